@@ -1,0 +1,618 @@
+/*
+ * lodger-agent: PID 1 of a Lodger sandbox guest.
+ *
+ * It brings the guest up (mounts, modules, job disks), then serves the host over a
+ * virtio-serial port named org.lodger.agent using the framing in docs/AGENT_PROTOCOL.md:
+ * runs commands, streams their output, reports exit status, delivers signals, onlines
+ * hot-added vCPUs and memory (memory as online_movable so it can be unplugged again),
+ * reports CPUs/memory/load and sends a heartbeat. Single-threaded poll loop: no locks.
+ *
+ * `lodger-agent --parse-stdin` runs only the frame parser over stdin and prints what it
+ * found; tests feed it random and truncated frames on the host.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC0 0x4c
+#define MAGIC1 0x47
+#define VERSION 1
+#define HEADER_BYTES 20
+#define MAX_PAYLOAD (1u << 20)
+#define PORT_NAME "org.lodger.agent"
+#define MAX_JOBS 64
+#define STALE_MS 500
+#define HEARTBEAT_MS 1000
+
+enum {
+  T_HELLO = 1, T_PING, T_PONG, T_EXEC, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_SIGNAL,
+  T_STATS_REQ, T_STATS, T_SYNC, T_SYNC_DONE, T_ERROR, T_ONLINE, T_SHUTDOWN, T_LAST = T_SHUTDOWN
+};
+
+/* ---------- crc32 (IEEE, as zlib) ---------- */
+static uint32_t crc_table[256];
+static void crc_init(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    crc_table[i] = c;
+  }
+}
+static uint32_t crc32(const uint8_t *p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  while (n--) c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+static uint32_t rd32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static void wr32(uint8_t *p, uint32_t v) { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
+static void wr64(uint8_t *p, uint64_t v) { wr32(p, (uint32_t)v); wr32(p + 4, (uint32_t)(v >> 32)); }
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------- frame parser: resynchronises on any bad byte ---------- */
+struct parser {
+  uint8_t *buf;
+  size_t len, cap;
+  uint64_t last_progress_ms;
+  uint64_t discarded;
+};
+typedef void (*frame_fn)(int type, uint32_t id, const uint8_t *p, uint32_t n);
+
+static void parser_skip(struct parser *ps, size_t n) {
+  memmove(ps->buf, ps->buf + n, ps->len - n);
+  ps->len -= n;
+  ps->discarded += n;
+}
+
+/* Consume every complete frame in the buffer. */
+static void parser_run(struct parser *ps, frame_fn on_frame) {
+  while (ps->len >= 2) {
+    uint8_t *b = ps->buf;
+    if (b[0] != MAGIC0 || b[1] != MAGIC1) {
+      uint8_t *m = memchr(b + 1, MAGIC0, ps->len - 1);
+      parser_skip(ps, m ? (size_t)(m - b) : ps->len);
+      continue;
+    }
+    if (ps->len < HEADER_BYTES) return;
+    uint32_t n = rd32(b + 8);
+    if (b[2] != VERSION || b[3] < 1 || b[3] > T_LAST || n > MAX_PAYLOAD || rd32(b + 16) != crc32(b, 16)) {
+      parser_skip(ps, 1);
+      continue;
+    }
+    if (ps->len < HEADER_BYTES + n) return;
+    if (crc32(b + HEADER_BYTES, n) != rd32(b + 12)) {
+      parser_skip(ps, 1);
+      continue;
+    }
+    on_frame(b[3], rd32(b + 4), b + HEADER_BYTES, n);
+    memmove(ps->buf, ps->buf + HEADER_BYTES + n, ps->len - HEADER_BYTES - n);
+    ps->len -= HEADER_BYTES + n;
+  }
+}
+
+/* Append bytes; a full buffer can only hold garbage (a frame fits), so drop a byte. */
+static void parser_feed(struct parser *ps, const uint8_t *p, size_t n, frame_fn on_frame) {
+  while (n > 0) {
+    size_t room = ps->cap - ps->len;
+    if (room == 0) {
+      parser_skip(ps, 1);
+      parser_run(ps, on_frame);
+      continue;
+    }
+    size_t k = n < room ? n : room;
+    memcpy(ps->buf + ps->len, p, k);
+    ps->len += k;
+    p += k;
+    n -= k;
+    parser_run(ps, on_frame);
+  }
+  ps->last_progress_ms = now_ms();
+}
+
+/* The sender stalled mid-frame: give up on the held frame's first byte and rescan. */
+static void parser_expire(struct parser *ps, frame_fn on_frame) {
+  if (ps->len == 0 || now_ms() - ps->last_progress_ms < STALE_MS) return;
+  parser_skip(ps, 1);
+  parser_run(ps, on_frame);
+  ps->last_progress_ms = now_ms();
+}
+
+/* ---------- host channel ---------- */
+static int port_fd = -1;
+
+static void write_all(int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd pf = {.fd = fd, .events = POLLOUT};
+        poll(&pf, 1, 100);
+        continue;
+      }
+      return; /* host gone: nothing to do but carry on */
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+static void send_frame(int type, uint32_t id, const void *payload, uint32_t n) {
+  uint8_t h[HEADER_BYTES];
+  h[0] = MAGIC0; h[1] = MAGIC1; h[2] = VERSION; h[3] = (uint8_t)type;
+  wr32(h + 4, id);
+  wr32(h + 8, n);
+  wr32(h + 12, crc32(payload, n));
+  wr32(h + 16, crc32(h, 16));
+  if (port_fd < 0) return;
+  write_all(port_fd, h, sizeof h);
+  if (n) write_all(port_fd, payload, n);
+}
+
+static void send_error(uint32_t id, int err, const char *msg) {
+  uint8_t p[256];
+  wr32(p, (uint32_t)err);
+  size_t m = strnlen(msg, sizeof p - 4);
+  memcpy(p + 4, msg, m);
+  send_frame(T_ERROR, id, p, (uint32_t)(4 + m));
+}
+
+/* ---------- guest state ---------- */
+static int write_file(const char *path, const char *val) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t w = write(fd, val, strlen(val));
+  int e = w < 0 ? -errno : 0;
+  close(fd);
+  return e;
+}
+
+static ssize_t read_file(const char *path, char *buf, size_t cap) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t r = read(fd, buf, cap - 1);
+  close(fd);
+  if (r < 0) return -1;
+  buf[r] = 0;
+  return r;
+}
+
+/* Count CPUs in a list such as "0-3,5". */
+static uint32_t count_cpu_list(const char *s) {
+  uint32_t n = 0;
+  while (*s && *s != '\n') {
+    char *end;
+    long a = strtol(s, &end, 10);
+    if (end == s) break;
+    long b = a;
+    if (*end == '-') b = strtol(end + 1, &end, 10);
+    if (b >= a) n += (uint32_t)(b - a + 1);
+    s = *end == ',' ? end + 1 : end;
+  }
+  return n;
+}
+
+static uint64_t meminfo_kib(const char *text, const char *key) {
+  const char *p = strstr(text, key);
+  return p ? strtoull(p + strlen(key), NULL, 10) : 0;
+}
+
+static void send_stats(uint32_t id) {
+  char buf[4096];
+  uint8_t p[48] = {0};
+  if (read_file("/sys/devices/system/cpu/online", buf, sizeof buf) > 0) wr32(p, count_cpu_list(buf));
+  if (read_file("/sys/devices/system/cpu/present", buf, sizeof buf) > 0) wr32(p + 4, count_cpu_list(buf));
+  if (read_file("/proc/meminfo", buf, sizeof buf) > 0) {
+    wr64(p + 8, meminfo_kib(buf, "MemTotal:"));
+    wr64(p + 16, meminfo_kib(buf, "MemAvailable:"));
+  }
+  if (read_file("/proc/loadavg", buf, sizeof buf) > 0) {
+    double l1 = 0, l5 = 0, l15 = 0;
+    sscanf(buf, "%lf %lf %lf", &l1, &l5, &l15);
+    wr32(p + 24, (uint32_t)(l1 * 100 + 0.5));
+    wr32(p + 28, (uint32_t)(l5 * 100 + 0.5));
+    wr32(p + 32, (uint32_t)(l15 * 100 + 0.5));
+  }
+  if (read_file("/proc/uptime", buf, sizeof buf) > 0) wr64(p + 40, (uint64_t)(strtod(buf, NULL) * 1000));
+  send_frame(T_STATS, id, p, sizeof p);
+}
+
+/* Online every offline CPU and memory block (memory as movable so it can be unplugged). */
+static int online_all(void) {
+  int changed = 0;
+  char path[300], buf[64];
+  DIR *d = opendir("/sys/devices/system/cpu");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, "cpu", 3) || e->d_name[3] < '0' || e->d_name[3] > '9') continue;
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/%s/online", e->d_name);
+    if (read_file(path, buf, sizeof buf) > 0 && buf[0] == '0' && write_file(path, "1") == 0) changed = 1;
+  }
+  if (d) closedir(d);
+  d = opendir("/sys/devices/system/memory");
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, "memory", 6) || e->d_name[6] < '0' || e->d_name[6] > '9') continue;
+    snprintf(path, sizeof path, "/sys/devices/system/memory/%s/state", e->d_name);
+    if (read_file(path, buf, sizeof buf) > 0 && !strncmp(buf, "offline", 7) && write_file(path, "online_movable") == 0)
+      changed = 1;
+  }
+  if (d) closedir(d);
+  return changed;
+}
+
+/* ---------- jobs ---------- */
+struct job {
+  int used;
+  uint32_t id;
+  pid_t pid;
+  int out_fd, err_fd;
+  int exited;
+  int status;
+};
+static struct job jobs[MAX_JOBS];
+
+static struct job *job_by_pid(pid_t pid) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (jobs[i].used && jobs[i].pid == pid) return &jobs[i];
+  return NULL;
+}
+
+static void job_finish_if_done(struct job *j) {
+  if (!j->exited || j->out_fd >= 0 || j->err_fd >= 0) return;
+  uint8_t p[8];
+  int code = WIFEXITED(j->status) ? WEXITSTATUS(j->status) : -1;
+  int sig = WIFSIGNALED(j->status) ? WTERMSIG(j->status) : 0;
+  wr32(p, (uint32_t)code);
+  wr32(p + 4, (uint32_t)sig);
+  sync(); /* the host reads /output from the disk image once it sees EXIT */
+  send_frame(T_EXIT, j->id, p, sizeof p);
+  j->used = 0;
+}
+
+/* Forward what a job wrote; returns 0 at end of file. */
+static int pump(struct job *j, int *fd, int type) {
+  static uint8_t buf[65536];
+  for (;;) {
+    ssize_t r = read(*fd, buf, sizeof buf);
+    if (r > 0) {
+      send_frame(type, j->id, buf, (uint32_t)r);
+      if (!j->exited) return 1; /* give other fds a turn while it runs */
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EAGAIN) return 1;
+    close(*fd);
+    *fd = -1;
+    return 0;
+  }
+}
+
+static const char *default_env[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
+                                    "LODGER_OUTPUT=/output", NULL};
+
+static void do_exec(uint32_t id, const uint8_t *p, uint32_t n) {
+  if (n < 12) return send_error(id, EINVAL, "exec payload too short");
+  uint32_t flags = rd32(p), argc = rd32(p + 4), envc = rd32(p + 8);
+  if (argc == 0 || argc > 4096 || envc > 4096) return send_error(id, EINVAL, "exec: bad argc/envc");
+  /* Strings: cwd, argv..., env..., each NUL-terminated, all inside the payload. */
+  uint32_t want = 1 + argc + envc;
+  char **strs = calloc(want + 2, sizeof(char *));
+  if (!strs) return send_error(id, ENOMEM, "exec: out of memory");
+  const char *s = (const char *)p + 12, *end = (const char *)p + n;
+  for (uint32_t i = 0; i < want; i++) {
+    const char *z = memchr(s, 0, (size_t)(end - s));
+    if (!z) { free(strs); return send_error(id, EINVAL, "exec: strings not NUL-terminated"); }
+    strs[i] = (char *)s;
+    s = z + 1;
+  }
+  struct job *j = NULL;
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (!jobs[i].used) { j = &jobs[i]; break; }
+  if (!j) { free(strs); return send_error(id, EBUSY, "exec: too many jobs"); }
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) { free(strs); return send_error(id, errno, "exec: pipe"); }
+  char *cwd = strs[0];
+  char **argv = strs + 1; /* strs[1+argc] is overwritten below: copy env first */
+  char **envp = calloc(envc + 4, sizeof(char *));
+  size_t k = 0;
+  for (uint32_t i = 0; i < envc; i++) envp[k++] = strs[1 + argc + i];
+  for (const char **d = default_env; *d; d++) {
+    size_t klen = strchr(*d, '=') - *d + 1;
+    int have = 0;
+    for (size_t i = 0; i < k; i++) if (!strncmp(envp[i], *d, klen)) have = 1;
+    if (!have) envp[k++] = (char *)*d;
+  }
+  envp[k] = NULL;
+  argv[argc] = NULL;
+  pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    setsid();
+    int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    if ((flags & 1) && (chroot("/rootfs") || chdir("/"))) {
+      dprintf(2, "lodger-agent: chroot /rootfs: %s\n", strerror(errno));
+      _exit(126);
+    }
+    if (chdir(cwd)) {
+      dprintf(2, "lodger-agent: chdir %s: %s\n", cwd, strerror(errno));
+      _exit(126);
+    }
+    for (char **e = envp; *e; e++) putenv(*e);
+    execvpe(argv[0], argv, envp);
+    dprintf(2, "lodger-agent: exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  int e = errno;
+  close(out[1]);
+  close(err[1]);
+  free(envp);
+  free(strs);
+  if (pid < 0) {
+    close(out[0]);
+    close(err[0]);
+    return send_error(id, e, "exec: fork");
+  }
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  fcntl(err[0], F_SETFL, O_NONBLOCK);
+  *j = (struct job){.used = 1, .id = id, .pid = pid, .out_fd = out[0], .err_fd = err[0]};
+  uint8_t pp[4];
+  wr32(pp, (uint32_t)pid);
+  send_frame(T_STARTED, id, pp, 4);
+}
+
+static void do_signal(uint32_t id, const uint8_t *p, uint32_t n) {
+  if (n < 4) return send_error(id, EINVAL, "signal payload too short");
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (jobs[i].used && jobs[i].id == id && !jobs[i].exited) {
+      kill(-jobs[i].pid, (int)rd32(p)); /* its whole process group */
+      return;
+    }
+  send_error(id, ESRCH, "signal: no such job");
+}
+
+static void shutdown_guest(void) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (jobs[i].used && !jobs[i].exited) kill(-jobs[i].pid, SIGKILL);
+  sync();
+  umount2("/output", MNT_DETACH);
+  reboot(RB_POWER_OFF);
+}
+
+static void on_frame(int type, uint32_t id, const uint8_t *p, uint32_t n) {
+  switch (type) {
+  case T_PING: send_frame(T_PONG, id, p, n); break;
+  case T_EXEC: do_exec(id, p, n); break;
+  case T_SIGNAL: do_signal(id, p, n); break;
+  case T_STATS_REQ: send_stats(id); break;
+  case T_ONLINE: online_all(); send_stats(id); break;
+  case T_SYNC: {
+    sync();
+    uint8_t r[4] = {0};
+    send_frame(T_SYNC_DONE, id, r, 4);
+    break;
+  }
+  case T_SHUTDOWN: shutdown_guest(); break;
+  default: send_error(id, ENOTSUP, "unexpected frame type"); break;
+  }
+}
+
+/* ---------- boot ---------- */
+static void load_modules(void) {
+  char list[8192];
+  if (read_file("/etc/lodger/modules", list, sizeof list) <= 0) return;
+  for (char *line = strtok(list, "\n"); line; line = strtok(NULL, "\n")) {
+    int fd = open(line, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { dprintf(2, "lodger-agent: open %s: %s\n", line, strerror(errno)); continue; }
+    if (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST)
+      dprintf(2, "lodger-agent: load %s: %s\n", line, strerror(errno));
+    close(fd);
+  }
+}
+
+/* Find /dev/vportNpM whose name is PORT_NAME; the port shows up asynchronously. */
+static int open_port(void) {
+  for (int tries = 0; tries < 2000; tries++) {
+    DIR *d = opendir("/sys/class/virtio-ports");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], name[64];
+      snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+      if (read_file(path, name, sizeof name) <= 0 || strncmp(name, PORT_NAME, strlen(PORT_NAME))) continue;
+      snprintf(path, sizeof path, "/dev/%s", e->d_name);
+      int fd = open(path, O_RDWR | O_CLOEXEC);
+      if (fd >= 0) { closedir(d); return fd; }
+    }
+    if (d) closedir(d);
+    usleep(1000);
+  }
+  return -1;
+}
+
+/* Job disks are found by their virtio-blk serial. */
+static void mount_disk(const char *serial, const char *target, unsigned long flags) {
+  DIR *d = opendir("/sys/block");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char path[300], buf[64];
+    snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+    if (read_file(path, buf, sizeof buf) <= 0 || strncmp(buf, serial, strlen(serial))) continue;
+    snprintf(path, sizeof path, "/dev/%s", e->d_name);
+    mkdir(target, 0755);
+    if (mount(path, target, "ext4", flags, NULL))
+      dprintf(2, "lodger-agent: mount %s on %s: %s\n", path, target, strerror(errno));
+  }
+  if (d) closedir(d);
+}
+
+static void boot(void) {
+  mount("proc", "/proc", "proc", 0, NULL);
+  mount("sysfs", "/sys", "sysfs", 0, NULL);
+  mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+  mkdir("/tmp", 01777);
+  mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777");
+  int con = open("/dev/console", O_RDWR | O_CLOEXEC);
+  if (con >= 0) { dup2(con, 1); dup2(con, 2); close(con); }
+  load_modules();
+  mkdir("/output", 0755);
+  mount_disk("lodger-output", "/output", 0);
+  mount_disk("lodger-rootfs", "/rootfs", MS_RDONLY);
+  /* The job's own root: give it the kernel filesystems, scratch space and /output. */
+  if (access("/rootfs/.", F_OK) == 0) {
+    mount("proc", "/rootfs/proc", "proc", 0, NULL);
+    mount("sysfs", "/rootfs/sys", "sysfs", 0, NULL);
+    mount("/dev", "/rootfs/dev", NULL, MS_BIND, NULL);
+    mount("tmpfs", "/rootfs/tmp", "tmpfs", 0, "mode=1777");
+    mount("/output", "/rootfs/output", NULL, MS_BIND, NULL);
+  }
+  online_all();
+}
+
+/* ---------- host-side parser test mode ---------- */
+static unsigned long test_frames;
+static void print_frame(int type, uint32_t id, const uint8_t *p, uint32_t n) {
+  (void)p;
+  test_frames++;
+  printf("frame type=%d id=%u len=%u\n", type, id, n);
+}
+
+static int parse_stdin(void) {
+  struct parser ps = {.buf = malloc(MAX_PAYLOAD + HEADER_BYTES), .cap = MAX_PAYLOAD + HEADER_BYTES};
+  uint8_t buf[4096];
+  ssize_t r;
+  while ((r = read(0, buf, sizeof buf)) > 0) parser_feed(&ps, buf, (size_t)r, print_frame);
+  /* End of input stands for a stalled sender: rescan whatever is held. */
+  while (ps.len > 0) {
+    ps.last_progress_ms = 0;
+    parser_expire(&ps, print_frame);
+  }
+  printf("frames=%lu discarded=%llu\n", test_frames, (unsigned long long)ps.discarded);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  crc_init();
+  if (argc > 1 && !strcmp(argv[1], "--parse-stdin")) return parse_stdin();
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  if (getpid() == 1) boot();
+  port_fd = open_port();
+  if (port_fd < 0) {
+    dprintf(2, "lodger-agent: no virtio port %s\n", PORT_NAME);
+    if (getpid() == 1) reboot(RB_POWER_OFF);
+    return 1;
+  }
+  int ue = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_KOBJECT_UEVENT);
+  struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = 1};
+  if (ue >= 0 && bind(ue, (struct sockaddr *)&sa, sizeof sa)) { close(ue); ue = -1; }
+  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  struct itimerspec its = {.it_interval = {HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000000},
+                           .it_value = {HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000000}};
+  timerfd_settime(tfd, 0, &its, NULL);
+
+  struct parser ps = {.buf = malloc(MAX_PAYLOAD + HEADER_BYTES), .cap = MAX_PAYLOAD + HEADER_BYTES};
+  send_stats(0);
+  send_frame(T_HELLO, 0, "lodger-agent/1", 14);
+
+  for (;;) {
+    struct pollfd pf[4 + 2 * MAX_JOBS];
+    struct job *owner[4 + 2 * MAX_JOBS];
+    int n = 0;
+    pf[n++] = (struct pollfd){.fd = port_fd, .events = POLLIN};
+    pf[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    pf[n++] = (struct pollfd){.fd = tfd, .events = POLLIN};
+    pf[n++] = (struct pollfd){.fd = ue, .events = POLLIN};
+    for (int i = 0; i < MAX_JOBS; i++) {
+      if (!jobs[i].used) continue;
+      if (jobs[i].out_fd >= 0) { owner[n] = &jobs[i]; pf[n++] = (struct pollfd){.fd = jobs[i].out_fd, .events = POLLIN}; }
+      if (jobs[i].err_fd >= 0) { owner[n] = &jobs[i]; pf[n++] = (struct pollfd){.fd = jobs[i].err_fd, .events = POLLIN}; }
+    }
+    if (poll(pf, (nfds_t)n, ps.len ? STALE_MS : -1) < 0 && errno != EINTR) continue;
+
+    if (pf[0].revents & POLLIN) {
+      static uint8_t rb[65536];
+      ssize_t r = read(port_fd, rb, sizeof rb);
+      if (r > 0) parser_feed(&ps, rb, (size_t)r, on_frame);
+    } else if (pf[0].revents & POLLHUP) {
+      usleep(10000); /* host not connected yet: don't spin */
+    }
+    parser_expire(&ps, on_frame);
+
+    if (pf[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) == sizeof si) {}
+      int st;
+      pid_t pid;
+      while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        struct job *j = job_by_pid(pid);
+        if (!j) continue; /* an orphan re-parented to us */
+        j->exited = 1;
+        j->status = st;
+        if (j->out_fd >= 0) pump(j, &j->out_fd, T_STDOUT);
+        if (j->err_fd >= 0) pump(j, &j->err_fd, T_STDERR);
+        /* A background grandchild may hold the pipes open: don't wait for it. */
+        if (j->out_fd >= 0) { close(j->out_fd); j->out_fd = -1; }
+        if (j->err_fd >= 0) { close(j->err_fd); j->err_fd = -1; }
+        job_finish_if_done(j);
+      }
+    }
+    if (pf[2].revents & POLLIN) {
+      uint64_t ticks;
+      if (read(tfd, &ticks, sizeof ticks) > 0) send_stats(0); /* heartbeat */
+    }
+    if (ue >= 0 && (pf[3].revents & POLLIN)) {
+      char ev[4096];
+      int relevant = 0;
+      ssize_t r;
+      while ((r = recv(ue, ev, sizeof ev - 1, 0)) > 0) {
+        ev[r] = 0;
+        if (strstr(ev, "/devices/system/cpu/") || strstr(ev, "/devices/system/memory/")) relevant = 1;
+      }
+      /* Hot-added CPUs come up offline; tell the host as soon as the count moves. */
+      if (relevant) { online_all(); send_stats(0); }
+    }
+    for (int i = 4; i < n; i++) {
+      if (!(pf[i].revents & (POLLIN | POLLHUP))) continue;
+      struct job *j = owner[i];
+      if (!j->used) continue;
+      if (pf[i].fd == j->out_fd) pump(j, &j->out_fd, T_STDOUT);
+      else if (pf[i].fd == j->err_fd) pump(j, &j->err_fd, T_STDERR);
+      job_finish_if_done(j);
+    }
+  }
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// Installs what `npm test` and `npm run demo` need on a fresh Debian host, and nothing
+// twice: Debian packages (apt-get when root, otherwise the exact command to run), npm
+// packages, the native addon, and the guest image (rebuilt only when its inputs change).
+// Plain JavaScript with no dependencies, because it runs before `npm install`.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, statSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const quiet = process.argv.includes('--quiet');
+const log = (msg) => { if (!quiet) console.error(`[setup] ${msg}`); };
+
+// Debian packages by purpose. Tests and the demo use the real services.
+const DEBIAN_PACKAGES = [
+  'qemu-system-x86', // the VMM
+  'linux-image-cloud-amd64', // default guest kernel
+  'busybox-static', // guest userland
+  'e2fsprogs', // mkfs.ext4 / debugfs / e2fsck for job disks
+  'gcc', 'libc6-dev', 'g++', 'make', // guest agent (static C) and the native addon
+  'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
+];
+
+function missingDebianPackages() {
+  const missing = [];
+  for (const pkg of DEBIAN_PACKAGES) {
+    const r = spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' });
+    if (r.status !== 0 || !r.stdout.includes('install ok installed')) missing.push(pkg);
+  }
+  return missing;
+}
+
+function ensureDebianPackages() {
+  if (!existsSync('/usr/bin/dpkg-query')) {
+    log('not a Debian host: skipping package checks; install QEMU, busybox-static, e2fsprogs and a C compiler yourself');
+    return;
+  }
+  const missing = missingDebianPackages();
+  if (missing.length === 0) return;
+  const cmd = `apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`;
+  if (process.getuid?.() !== 0) {
+    console.error(`[setup] missing Debian packages: ${missing.join(', ')}\n[setup] run as root:\n  ${cmd}`);
+    process.exit(1);
+  }
+  log(`installing Debian packages: ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  execFileSync('apt-get', ['update'], { stdio: quiet ? 'ignore' : 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: quiet ? 'ignore' : 'inherit', env });
+}
+
+function mtime(p) {
+  try { return statSync(p).mtimeMs; } catch { return 0; }
+}
+
+function ensureNpmPackages() {
+  const marker = join(root, 'node_modules', '.package-lock.json');
+  const lock = join(root, 'package-lock.json');
+  const manifest = join(root, 'package.json');
+  if (mtime(marker) >= Math.max(mtime(lock), mtime(manifest))) return;
+  log('installing npm packages');
+  const args = existsSync(lock) ? ['ci', '--no-audit', '--no-fund'] : ['install', '--no-audit', '--no-fund'];
+  execFileSync('npm', args, { cwd: root, stdio: quiet ? 'ignore' : 'inherit' });
+}
+
+function newestMtime(dir) {
+  let newest = 0;
+  for (const name of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, name.name);
+    newest = Math.max(newest, name.isDirectory() ? newestMtime(p) : mtime(p));
+  }
+  return newest;
+}
+
+function ensureNativeAddon() {
+  const dir = join(root, 'native', 'kvm');
+  const out = join(dir, 'build', 'Release', 'lodger_kvm.node');
+  if (mtime(out) > Math.max(newestMtime(join(dir, 'src')), mtime(join(dir, 'binding.gyp')))) return;
+  log('building native/kvm addon');
+  // npm ships node-gyp; use it rather than downloading another copy.
+  const npmDir = process.env.npm_execpath ? join(dirname(process.env.npm_execpath), '..')
+    : join(execFileSync('npm', ['root', '-g'], { encoding: 'utf8' }).trim(), 'npm');
+  const gyp = join(npmDir, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+  const args = [gyp, 'rebuild', '--directory', dir];
+  if (existsSync('/usr/include/node/node.h')) args.push('--nodedir=/usr');
+  execFileSync(process.execPath, args, { cwd: root, stdio: quiet ? 'ignore' : 'inherit' });
+}
+
+function ensureGuestImage() {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(root, 'scripts', 'build-image.ts'), ...(quiet ? ['--quiet'] : [])],
+    { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+ensureDebianPackages();
+ensureNpmPackages();
+ensureNativeAddon();
+ensureGuestImage();
