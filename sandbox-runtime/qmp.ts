@@ -1,7 +1,7 @@
 // Typed async QMP client: one command in flight per id, each with a timeout; events
 // fan out to listeners; every QMP error reaches the caller with the command that failed.
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
+import * as net from 'node:net';
 import { QmpCommandError, SandboxError } from './errors.ts';
 
 export interface QmpEvent {
@@ -74,7 +74,7 @@ export class QmpClient extends EventEmitter {
       const sock = net.connect(this.path);
       let greeted = false;
       sock.setEncoding('utf8');
-      sock.once('error', (e) => { if (!greeted) reject(e); });
+      sock.once('error', (e: Error) => { if (!greeted) reject(e); });
       sock.on('data', (chunk: string) => {
         this.buf += chunk;
         let nl: number;
@@ -91,14 +91,15 @@ export class QmpClient extends EventEmitter {
           if (!greeted && 'QMP' in msg) {
             greeted = true;
             this.sock = sock;
+            // Only a connection that got as far as the greeting can fail the client.
+            sock.on('close', () => this.failAll(new SandboxError('QMP_CLOSED', `QMP connection ${this.path} closed`)));
+            sock.on('error', (e: Error) => this.failAll(new SandboxError('QMP_CLOSED', `QMP connection ${this.path}: ${e.message}`, { cause: e })));
             resolve();
             continue;
           }
           this.dispatch(msg);
         }
       });
-      sock.on('close', () => this.failAll(new SandboxError('QMP_CLOSED', `QMP connection ${this.path} closed`)));
-      sock.on('error', (e) => this.failAll(new SandboxError('QMP_CLOSED', `QMP connection ${this.path}: ${e.message}`, { cause: e })));
     });
   }
 
@@ -137,7 +138,7 @@ export class QmpClient extends EventEmitter {
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = this.defaultTimeoutMs): Promise<T> {
     if (this.closedErr) return Promise.reject(new SandboxError('QMP_CLOSED', `QMP ${command}: connection closed`, { cause: this.closedErr }));
     const sock = this.sock;
-    if (!sock && command !== 'qmp_capabilities') return Promise.reject(new SandboxError('QMP_CLOSED', `QMP ${command}: not connected`));
+    if (!sock) return Promise.reject(new SandboxError('QMP_CLOSED', `QMP ${command}: not connected`));
     const id = `l${this.nextId++}`;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -145,7 +146,7 @@ export class QmpClient extends EventEmitter {
         reject(new SandboxError('QMP_TIMEOUT', `QMP ${command} got no answer in ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { command, args, resolve: resolve as (v: unknown) => void, reject, timer });
-      sock!.write(`${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`);
+      sock.write(`${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`);
     });
   }
 

@@ -1,0 +1,287 @@
+// Host end of the agent channel: a unix socket that QEMU bridges to the guest's
+// virtio-serial port. Turns frames into promises and output streams.
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { SandboxError } from '../errors.ts';
+import {
+  decodeError, decodeExit, decodeStats, encodeExec, encodeFrame, encodeU32, FrameDecoder, FrameType,
+  type ExecRequest, type ExitStatus, type Frame, type GuestStats,
+} from './protocol.ts';
+
+const STALE_MS = 500;
+
+export class AgentExec {
+  private readonly out: Buffer[] = [];
+  private readonly err: Buffer[] = [];
+  private outCb: ((b: Buffer) => void) | null = null;
+  private errCb: ((b: Buffer) => void) | null = null;
+  private settle!: { resolve: (s: ExitStatus) => void; reject: (e: Error) => void };
+  readonly done: Promise<ExitStatus>;
+  guestPid: number | null = null;
+
+  constructor(readonly id: number, private readonly client: AgentClient) {
+    this.done = new Promise((resolve, reject) => { this.settle = { resolve, reject }; });
+    this.done.catch(() => {}); // observed through wait(); don't crash on unobserved rejection
+  }
+
+  /** Output that arrives before a listener is attached is held, not lost. */
+  onStdout(cb: (b: Buffer) => void): void {
+    this.outCb = cb;
+    for (const b of this.out.splice(0)) cb(b);
+  }
+
+  onStderr(cb: (b: Buffer) => void): void {
+    this.errCb = cb;
+    for (const b of this.err.splice(0)) cb(b);
+  }
+
+  signal(signo: number): Promise<void> {
+    return this.client.send(FrameType.Signal, this.id, encodeU32(signo));
+  }
+
+  wait(): Promise<ExitStatus> {
+    return this.done;
+  }
+
+  /** @internal */
+  feed(f: Frame): void {
+    if (f.type === FrameType.Stdout) {
+      if (this.outCb) this.outCb(f.payload); else this.out.push(f.payload);
+    } else if (f.type === FrameType.Stderr) {
+      if (this.errCb) this.errCb(f.payload); else this.err.push(f.payload);
+    } else if (f.type === FrameType.Started) {
+      this.guestPid = f.payload.length >= 4 ? f.payload.readUInt32LE(0) : null;
+    } else if (f.type === FrameType.Exit) {
+      this.settle.resolve(decodeExit(f.payload));
+    } else if (f.type === FrameType.Error) {
+      const e = decodeError(f.payload);
+      this.settle.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: ${e.message} (errno ${e.errno})`));
+    }
+  }
+
+  /** @internal */
+  fail(e: Error): void {
+    this.settle.reject(e);
+  }
+}
+
+interface Waiter {
+  types: FrameType[];
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class AgentClient extends EventEmitter {
+  private sock: net.Socket | null = null;
+  private readonly decoder = new FrameDecoder();
+  private staleTimer: NodeJS.Timeout | null = null;
+  private nextId = 1;
+  private readonly execs = new Map<number, AgentExec>();
+  private readonly waiters = new Map<number, Waiter>();
+  private failure: Error | null = null;
+  /** Latest guest report, from a heartbeat or an answer. */
+  stats: GuestStats | null = null;
+  statsAt = 0;
+  ready = false;
+
+  constructor(private readonly path: string) {
+    super();
+  }
+
+  async connect(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const s = net.connect(this.path);
+          s.once('connect', () => { this.attach(s); resolve(); });
+          s.once('error', reject);
+        });
+        return;
+      } catch (e) {
+        if (Date.now() > deadline) throw new SandboxError('SANDBOX_BOOT_FAILED', `agent socket ${this.path} did not accept a connection`, { cause: e });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  }
+
+  private attach(s: net.Socket): void {
+    this.sock = s;
+    s.on('data', (chunk: Buffer) => {
+      this.dispatchAll(this.decoder.push(chunk));
+      this.armStale();
+    });
+    s.on('error', () => {});
+    s.on('close', () => this.fail(new SandboxError('SANDBOX_AGENT_ERROR', 'agent channel closed')));
+  }
+
+  // A frame left half-sent (the guest crashed mid-write) must not block later frames.
+  private armStale(): void {
+    if (this.staleTimer) clearTimeout(this.staleTimer);
+    this.staleTimer = null;
+    if (this.decoder.pending === 0) return;
+    this.staleTimer = setTimeout(() => {
+      this.dispatchAll(this.decoder.expireStale());
+      this.armStale();
+    }, STALE_MS);
+    this.staleTimer.unref();
+  }
+
+  private dispatchAll(frames: Frame[]): void {
+    for (const f of frames) this.dispatch(f);
+  }
+
+  private dispatch(f: Frame): void {
+    if (f.type === FrameType.Stats) {
+      try {
+        this.stats = decodeStats(f.payload);
+        this.statsAt = Date.now();
+        this.emit('stats', this.stats);
+      } catch { /* a short stats frame is ignored */ }
+    }
+    if (f.type === FrameType.Hello || f.type === FrameType.Pong) {
+      if (!this.ready) {
+        this.ready = true;
+        this.emit('ready');
+      }
+    }
+    const exec = this.execs.get(f.id);
+    if (exec && [FrameType.Stdout, FrameType.Stderr, FrameType.Started, FrameType.Exit, FrameType.Error].includes(f.type)) {
+      exec.feed(f);
+      if (f.type === FrameType.Exit || f.type === FrameType.Error) this.execs.delete(f.id);
+      return;
+    }
+    const w = this.waiters.get(f.id);
+    if (w && (w.types.includes(f.type) || f.type === FrameType.Error)) {
+      this.waiters.delete(f.id);
+      clearTimeout(w.timer);
+      if (f.type === FrameType.Error) {
+        const e = decodeError(f.payload);
+        w.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: ${e.message} (errno ${e.errno})`));
+      } else {
+        w.resolve(f);
+      }
+    }
+  }
+
+  /** Stops everything in flight with `e` (the VMM died, or we closed). */
+  fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    for (const x of this.execs.values()) x.fail(e);
+    this.execs.clear();
+    for (const w of this.waiters.values()) {
+      clearTimeout(w.timer);
+      w.reject(e);
+    }
+    this.waiters.clear();
+    if (this.staleTimer) clearTimeout(this.staleTimer);
+    this.emit('failed', e);
+  }
+
+  send(type: FrameType, id: number, payload?: Buffer): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (!this.sock) return Promise.reject(new SandboxError('SANDBOX_AGENT_ERROR', 'agent not connected'));
+    const s = this.sock;
+    return new Promise((resolve, reject) => s.write(encodeFrame(type, id, payload), (e?: Error | null) => (e ? reject(e) : resolve())));
+  }
+
+  /** Raw bytes onto the channel (tests feed the agent garbage this way). */
+  sendRaw(bytes: Buffer): void {
+    this.sock?.write(bytes);
+  }
+
+  private request(type: FrameType, answer: FrameType[], payload: Buffer | undefined, timeoutMs: number): Promise<Frame> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.allocId();
+    const p = new Promise<Frame>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.delete(id);
+        reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent did not answer ${FrameType[type]} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.set(id, { types: answer, resolve, reject, timer });
+    });
+    this.send(type, id, payload).catch(() => {});
+    return p;
+  }
+
+  private allocId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0x7fffffff ? 1 : this.nextId + 1;
+    return id;
+  }
+
+  /** Resolves once the agent said hello (fresh boot) or answered a ping (reattach). */
+  waitReady(timeoutMs: number): Promise<void> {
+    if (this.ready) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      // Pings cover the case where the hello was sent before we connected.
+      const ping = setInterval(() => { this.send(FrameType.Ping, 0).catch(() => {}); }, 250);
+      const timer = setTimeout(() => { cleanup(); reject(new SandboxError('SANDBOX_BOOT_TIMEOUT', `guest agent not ready within ${timeoutMs} ms`)); }, timeoutMs);
+      const onReady = (): void => { cleanup(); resolve(); };
+      const onFail = (e: Error): void => { cleanup(); reject(e); };
+      const cleanup = (): void => {
+        clearInterval(ping);
+        clearTimeout(timer);
+        this.off('ready', onReady);
+        this.off('failed', onFail);
+      };
+      this.on('ready', onReady);
+      this.on('failed', onFail);
+    });
+  }
+
+  async exec(req: ExecRequest): Promise<AgentExec> {
+    if (this.failure) throw this.failure;
+    const id = this.allocId();
+    const x = new AgentExec(id, this);
+    this.execs.set(id, x);
+    await this.send(FrameType.Exec, id, encodeExec(req));
+    return x;
+  }
+
+  async requestStats(timeoutMs = 5000): Promise<GuestStats> {
+    const f = await this.request(FrameType.StatsRequest, [FrameType.Stats], undefined, timeoutMs);
+    return decodeStats(f.payload);
+  }
+
+  /** Asks the guest to online every offline CPU and memory block; answers with fresh stats. */
+  async online(timeoutMs = 5000): Promise<GuestStats> {
+    const f = await this.request(FrameType.Online, [FrameType.Stats], undefined, timeoutMs);
+    return decodeStats(f.payload);
+  }
+
+  async sync(timeoutMs = 30_000): Promise<void> {
+    await this.request(FrameType.Sync, [FrameType.SyncDone], undefined, timeoutMs);
+  }
+
+  async ping(timeoutMs = 5000): Promise<number> {
+    const t0 = performance.now();
+    await this.request(FrameType.Ping, [FrameType.Pong], undefined, timeoutMs);
+    return performance.now() - t0;
+  }
+
+  /** Polls until `pred` holds for a fresh guest report (pushed on CPU/memory events, or asked for). */
+  async waitStats(pred: (s: GuestStats) => boolean, timeoutMs: number, pollMs = 20): Promise<GuestStats> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await this.online(Math.max(1000, deadline - Date.now()));
+      if (pred(s)) return s;
+      if (Date.now() > deadline) {
+        throw new SandboxError('SANDBOX_AGENT_ERROR', `guest did not reach the expected state within ${timeoutMs} ms (cpus ${s.cpusOnline}, MemTotal ${Math.round(s.memTotalKiB / 1024)} MiB)`);
+      }
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+
+  shutdown(): Promise<void> {
+    return this.send(FrameType.Shutdown, 0);
+  }
+
+  close(): void {
+    this.fail(new SandboxError('SANDBOX_AGENT_ERROR', 'agent channel closed by host'));
+    this.sock?.destroy();
+  }
+}

@@ -1,0 +1,173 @@
+// In-memory sandbox with the same contract as QemuSandbox, for daemon and controller
+// tests that need many sandboxes and exact control over time and failures. Commands are
+// answered by a handler the test supplies; resizes succeed instantly unless told to fail.
+import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import type { CgroupKnobs } from './cgroup/index.ts';
+import {
+  validateSpec, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxMetrics,
+  type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type UpdateReport, type VmmExit,
+} from './contract.ts';
+import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
+
+export type FakeCommand = (req: ExecRequest, io: { stdout(s: string): void; stderr(s: string): void }) => Promise<number> | number;
+
+export interface FakeOptions {
+  /** Runs a command; default: echo argv to stdout and exit 0. */
+  command?: FakeCommand;
+  /** Make update() fail on the n-th call (1-based), leaving the previous size. */
+  failUpdateAt?: number;
+}
+
+let nextExecId = 1;
+
+export class FakeSandbox implements Sandbox {
+  readonly id: string;
+  state: SandboxState = 'created';
+  vcpus: number;
+  memoryMiB: number;
+  knobs: CgroupKnobs = {};
+  readonly updates: ResourceUpdate[] = [];
+  private exitInfo: VmmExit | null = null;
+  private resolveExit!: (e: VmmExit) => void;
+  private readonly exited = new Promise<VmmExit>((r) => { this.resolveExit = r; });
+  private readonly running = new Set<{ reject: (e: Error) => void }>();
+  cpuUsageUsec = 0;
+
+  constructor(readonly spec: SandboxSpec, private readonly opts: FakeOptions = {}) {
+    this.id = spec.id;
+    this.vcpus = spec.vcpus;
+    this.memoryMiB = spec.memoryMiB;
+    this.knobs = { ...spec.cgroup };
+  }
+
+  private guest(): GuestStats {
+    return {
+      cpusOnline: this.vcpus, cpusPresent: this.vcpus, memTotalKiB: this.memoryMiB * 1024,
+      memAvailableKiB: this.memoryMiB * 900, load1: 0, load5: 0, load15: 0, uptimeMs: 0,
+    };
+  }
+
+  private live(what: string): void {
+    if (this.exitInfo) throw new VmmExitedError(this.id, this.exitInfo.code, this.exitInfo.signal, `cannot ${what}`);
+    if (this.state !== 'running' && this.state !== 'paused') throw new SandboxError('SANDBOX_BAD_STATE', `cannot ${what}: sandbox ${this.id} is ${this.state}`);
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'created') throw new SandboxError('SANDBOX_BAD_STATE', `sandbox ${this.id} is ${this.state}, not created`);
+    this.state = 'running';
+  }
+
+  async exec(req: ExecRequest): Promise<ExecHandle> {
+    this.live('exec');
+    const id = nextExecId++;
+    const outCbs: ((b: Buffer) => void)[] = [];
+    const errCbs: ((b: Buffer) => void)[] = [];
+    const held: { out: Buffer[]; err: Buffer[] } = { out: [], err: [] };
+    const emit = (cbs: typeof outCbs, hold: Buffer[], s: string): void => {
+      const b = Buffer.from(s);
+      if (cbs.length) cbs.forEach((cb) => cb(b)); else hold.push(b);
+    };
+    let entry!: { reject: (e: Error) => void };
+    const done = new Promise<ExitStatus>((resolve, reject) => {
+      entry = { reject };
+      this.running.add(entry);
+      const cmd = this.opts.command ?? ((r, io) => { io.stdout(`${r.argv.join(' ')}\n`); return 0; });
+      // Run on a later tick so callers can attach listeners first, as with a real guest.
+      setImmediate(() => {
+        Promise.resolve(cmd(req, { stdout: (s) => emit(outCbs, held.out, s), stderr: (s) => emit(errCbs, held.err, s) }))
+          .then((code) => resolve({ code, signal: null }), reject)
+          .finally(() => this.running.delete(entry));
+      });
+    });
+    done.catch(() => {});
+    return {
+      id,
+      onStdout: (cb) => { outCbs.push(cb); held.out.splice(0).forEach(cb); },
+      onStderr: (cb) => { errCbs.push(cb); held.err.splice(0).forEach(cb); },
+      signal: async () => {},
+      wait: () => done,
+    };
+  }
+
+  async update(req: ResourceUpdate): Promise<UpdateReport> {
+    this.live('update');
+    this.updates.push(req);
+    if (this.opts.failUpdateAt === this.updates.length) {
+      throw new ResizeError(`sandbox ${this.id}: injected resize failure`, { vcpus: this.vcpus, memoryMiB: this.memoryMiB });
+    }
+    if (req.vcpus !== undefined && (req.vcpus < 1 || req.vcpus > this.spec.maxVcpus)) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `vcpus must be in [1, ${this.spec.maxVcpus}] (got ${req.vcpus})`);
+    }
+    if (req.memoryMiB !== undefined && (req.memoryMiB < this.spec.memoryMiB || req.memoryMiB > this.spec.maxMemoryMiB)) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `memoryMiB must be in [${this.spec.memoryMiB}, ${this.spec.maxMemoryMiB}] (got ${req.memoryMiB})`);
+    }
+    if (req.cgroup) this.knobs = { ...this.knobs, ...req.cgroup };
+    if (req.vcpus !== undefined) this.vcpus = req.vcpus;
+    if (req.memoryMiB !== undefined) this.memoryMiB = req.memoryMiB;
+    return { steps: [], totalMs: 0, vcpus: this.vcpus, memoryMiB: this.memoryMiB };
+  }
+
+  async pause(): Promise<void> {
+    this.live('pause');
+    this.state = 'paused';
+  }
+
+  async resume(): Promise<void> {
+    this.live('resume');
+    this.state = 'running';
+  }
+
+  async collectOutput(): Promise<string[]> {
+    return [];
+  }
+
+  /** Simulates the VMM dying (kill -9): every waiter gets a VmmExitedError. */
+  crash(): void {
+    if (this.exitInfo) return;
+    this.exitInfo = { code: null, signal: 'SIGKILL', expected: false };
+    this.state = 'failed';
+    const err = new VmmExitedError(this.id, null, 'SIGKILL');
+    for (const r of this.running) r.reject(err);
+    this.running.clear();
+    this.resolveExit(this.exitInfo);
+  }
+
+  async stop(): Promise<void> {
+    if (!this.exitInfo) {
+      this.exitInfo = { code: 0, signal: null, expected: true };
+      for (const r of this.running) r.reject(new VmmExitedError(this.id, 0, null, 'stopped'));
+      this.running.clear();
+      this.resolveExit(this.exitInfo);
+    }
+    if (this.state !== 'failed') this.state = 'stopped';
+  }
+
+  wait(): Promise<VmmExit> {
+    return this.exited;
+  }
+
+  status(): SandboxStatus {
+    return {
+      id: this.id, state: this.state, accel: null, pid: null, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
+      maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, guest: this.guest(), bootMs: 0, error: null,
+    };
+  }
+
+  async metrics(): Promise<SandboxMetrics> {
+    return { cpuUsageUsec: this.cpuUsageUsec, memoryBytes: this.memoryMiB * 1048576, vmmRssBytes: 0, guest: this.guest() };
+  }
+}
+
+export class FakeRuntime implements SandboxRuntime {
+  readonly accel = 'tcg' as const;
+  readonly sandboxes: FakeSandbox[] = [];
+  constructor(private readonly opts: FakeOptions = {}) {}
+
+  async create(spec: SandboxSpec): Promise<FakeSandbox> {
+    const bad = validateSpec(spec);
+    if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
+    const sb = new FakeSandbox(spec, this.opts);
+    this.sandboxes.push(sb);
+    return sb;
+  }
+}

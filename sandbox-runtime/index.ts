@@ -1,0 +1,11 @@
+// Public door of the sandbox runtime. Knows nothing of SLOs, jobs or policies.
+export * from './contract.ts';
+export * from './errors.ts';
+export { defaultHostPaths, type HostPaths } from './host.ts';
+export { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
+export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
+export { ensureGuestImage, type GuestImage, type ImageOptions } from './image/index.ts';
+export { QemuRuntime, QemuSandbox, qemuArgs, vmmMemory, type QemuRuntimeOptions } from './qemu.ts';
+export { FakeRuntime, FakeSandbox } from './fake.ts';
+export { openRuntime, type OpenRuntimeOptions } from './open.ts';
+export type { GuestStats, ExitStatus } from './agent/protocol.ts';

@@ -1,0 +1,30 @@
+// One call that assembles a QEMU runtime for this host: guest image, accelerator
+// decision (with the reason), cgroup manager.
+import { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
+import { CgroupManager, detectCgroupVersion } from './cgroup/index.ts';
+import { defaultHostPaths, type HostPaths } from './host.ts';
+import { ensureGuestImage, type ImageOptions } from './image/index.ts';
+import { QemuRuntime } from './qemu.ts';
+
+export interface OpenRuntimeOptions {
+  host?: Partial<HostPaths>;
+  accel?: AccelRequest;
+  image?: ImageOptions;
+  /** The configured guest kernel is PVM-enlightened (lets `auto` pick a kvm_pvm /dev/kvm). */
+  pvmGuestKernel?: boolean;
+  /** Parent cgroup below this process's own; default "lodger". */
+  cgroupParent?: string;
+  bootTimeoutMs?: number;
+  log?: (msg: string) => void;
+}
+
+export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: QemuRuntime; accel: AccelChoice; host: HostPaths }> {
+  const host = defaultHostPaths(o.host);
+  const image = await ensureGuestImage(host, o.image ?? {}, o.log);
+  const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);
+  const cgroups = detectCgroupVersion(host.cgroupRoot)
+    ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent })
+    : null;
+  const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, log: o.log });
+  return { runtime, accel, host };
+}

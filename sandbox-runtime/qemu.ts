@@ -1,0 +1,603 @@
+// QEMU implementation of the sandbox contract: a q35 VM with hotpluggable vCPUs, a
+// virtio-mem region up to the sandbox's maximum memory, the agent on virtio-serial, QMP
+// for control, and the VMM (all its threads) inside its own cgroup from its first instruction.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AccelChoice } from './accel.ts';
+import { AgentClient } from './agent/client.ts';
+import type { GuestStats } from './agent/protocol.ts';
+import type { Cgroup, CgroupManager } from './cgroup/index.ts';
+import {
+  validateSpec, type Accelerator, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox,
+  type SandboxMetrics, type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus,
+  type UpdateReport, type UpdateStep, type VmmExit,
+} from './contract.ts';
+import { extractOutputImage, makeOutputImage, makeRootfsImage } from './disks.ts';
+import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
+import type { HostPaths } from './host.ts';
+import type { GuestImage } from './image/index.ts';
+import { QmpClient, type CpuInfoFast, type HotpluggableCpu, type MemoryDeviceInfo } from './qmp.ts';
+
+const MiB = 1048576;
+export const AGENT_PORT = 'org.lodger.agent';
+export const VMEM_ID = 'vmem0';
+const QBOOT = '/usr/share/qemu/qboot.rom';
+
+// Firmware and kernel options that shorten boot (measured in docs/BENCHMARKS.md).
+const FAST_BOOT_CMDLINE = [
+  'console=ttyS0', 'quiet', 'panic=-1', 'memhp_default_state=online_movable', 'tsc=reliable', 'no_timer_check',
+  'noreplace-smp', 'cryptomgr.notests', 'i8042.noaux', 'i8042.nomux', 'i8042.nopnp', 'i8042.dumbkbd',
+  'rcupdate.rcu_expedited=1', 'random.trust_cpu=on', 'pci=lastbus=0', 'nokaslr', '8250.nr_uarts=1',
+];
+
+export interface QemuPaths {
+  runDir: string;
+  qmpSocket: string;
+  agentSocket: string;
+  console: string;
+  outputImage: string;
+  rootfsImage: string;
+}
+
+export function sandboxPaths(runDir: string, id: string): QemuPaths {
+  const dir = join(runDir, id);
+  return {
+    runDir: dir,
+    qmpSocket: join(dir, 'qmp.sock'),
+    agentSocket: join(dir, 'agent.sock'),
+    console: join(dir, 'console.log'),
+    outputImage: join(dir, 'output.img'),
+    rootfsImage: join(dir, 'rootfs.img'),
+  };
+}
+
+export interface QemuArgsOptions {
+  accel: Accelerator;
+  seccomp: boolean;
+  /** TCG translation cache; it dominates the VMM's own memory under TCG. */
+  tbSizeMiB: number;
+  firmware: string | null;
+  extraCmdline?: string;
+}
+
+export function cpuModel(accel: Accelerator): string {
+  return accel === 'kvm' ? 'host' : 'qemu64';
+}
+
+/** The QEMU command line for a sandbox. Pure, so it is unit-tested. */
+export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage, o: QemuArgsOptions): string[] {
+  const model = cpuModel(o.accel);
+  const args = [
+    '-name', `lodger-${spec.id},debug-threads=on`,
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-machine', 'q35,smbus=off,sata=off,vmport=off',
+    '-accel', o.accel === 'kvm' ? 'kvm' : `tcg,thread=multi,tb-size=${o.tbSizeMiB}`,
+    '-cpu', model,
+    // One socket per vCPU, so each can be plugged alone; boot with one and cold-plug
+    // the rest as devices with ids, which makes every one but the first unpluggable.
+    '-smp', `1,sockets=${spec.maxVcpus},cores=1,threads=1,maxcpus=${spec.maxVcpus}`,
+  ];
+  for (let s = 1; s < spec.vcpus; s++) args.push('-device', `${model}-x86_64-cpu,id=vcpu-s${s},socket-id=${s},core-id=0,thread-id=0`);
+  if (o.firmware) args.push('-bios', o.firmware);
+  const hot = spec.maxMemoryMiB - spec.memoryMiB;
+  args.push('-m', hot > 0 ? `${spec.memoryMiB}M,slots=1,maxmem=${spec.maxMemoryMiB}M` : `${spec.memoryMiB}M`);
+  if (hot > 0) {
+    args.push('-object', `memory-backend-ram,id=vmem-ram,size=${hot}M`,
+      '-device', `virtio-mem-pci,id=${VMEM_ID},memdev=vmem-ram,requested-size=0,block-size=2M`);
+  }
+  args.push(
+    '-kernel', image.kernel, '-initrd', image.initramfs,
+    '-append', [...FAST_BOOT_CMDLINE, o.extraCmdline ?? ''].join(' ').trim(),
+    '-chardev', `file,id=con,path=${paths.console}`, '-serial', 'chardev:con',
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT}`,
+    '-chardev', `socket,id=qmp,path=${paths.qmpSocket},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+  );
+  if (spec.outputDir) {
+    args.push('-drive', `if=none,id=output,file=${paths.outputImage},format=raw`,
+      '-device', 'virtio-blk-pci,drive=output,serial=lodger-output');
+  }
+  if (spec.rootfsDir) {
+    args.push('-drive', `if=none,id=rootfs,file=${paths.rootfsImage},format=raw,readonly=on`,
+      '-device', 'virtio-blk-pci,drive=rootfs,serial=lodger-rootfs');
+  }
+  if (o.seccomp) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  return args;
+}
+
+export interface QemuRuntimeOptions {
+  host: HostPaths;
+  image: GuestImage;
+  accel: AccelChoice;
+  /** Null runs VMMs without a cgroup of their own (only for hosts without one). */
+  cgroups: CgroupManager | null;
+  bootTimeoutMs?: number;
+  seccomp?: boolean;
+  tbSizeMiB?: number;
+  log?: (msg: string) => void;
+}
+
+export class QemuRuntime implements SandboxRuntime {
+  constructor(readonly opts: QemuRuntimeOptions) {}
+
+  get accel(): Accelerator {
+    return this.opts.accel.accel;
+  }
+
+  async create(spec: SandboxSpec): Promise<QemuSandbox> {
+    const bad = validateSpec(spec);
+    if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
+    return new QemuSandbox(spec, this.opts);
+  }
+}
+
+function tail(text: string, lines: number): string {
+  return text.trim().split('\n').slice(-lines).join('\n');
+}
+
+export class QemuSandbox implements Sandbox {
+  readonly id: string;
+  readonly paths: QemuPaths;
+  private state: SandboxState = 'created';
+  private child: ChildProcess | null = null;
+  private qmp: QmpClient | null = null;
+  private agent: AgentClient | null = null;
+  private cgroup: Cgroup | null = null;
+  private vcpus: number;
+  private memoryMiB: number;
+  private bootMs: number | null = null;
+  private error: string | null = null;
+  private stderrTail = '';
+  private exitInfo: VmmExit | null = null;
+  private stopping = false;
+  private outputCollected = false;
+  private readonly exited: Promise<VmmExit>;
+  private resolveExit!: (e: VmmExit) => void;
+  private cleanedUp: Promise<void> | null = null;
+  /** Guest MemTotal with no virtio-mem memory plugged: the base the guest sees. */
+  private baseMemTotalKiB = 0;
+  /** update() calls run one at a time. */
+  private updating: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly spec: SandboxSpec, private readonly opts: QemuRuntimeOptions) {
+    this.id = spec.id;
+    this.paths = sandboxPaths(opts.host.runDir, spec.id);
+    this.vcpus = spec.vcpus;
+    this.memoryMiB = spec.memoryMiB;
+    this.exited = new Promise((r) => { this.resolveExit = r; });
+  }
+
+  get accel(): Accelerator {
+    return this.opts.accel.accel;
+  }
+
+  get pid(): number | null {
+    return this.child?.pid ?? null;
+  }
+
+  get cgroupDirs(): ReadonlyMap<string, string> | null {
+    return this.cgroup?.dirs ?? null;
+  }
+
+  private log(msg: string): void {
+    this.opts.log?.(`[sandbox ${this.id}] ${msg}`);
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'created') throw new SandboxError('SANDBOX_BAD_STATE', `sandbox ${this.id} is ${this.state}, not created`);
+    this.state = 'starting';
+    const t0 = performance.now();
+    try {
+      await rm(this.paths.runDir, { recursive: true, force: true });
+      await mkdir(this.paths.runDir, { recursive: true });
+      if (this.opts.cgroups) {
+        this.cgroup = await this.opts.cgroups.create(`sb-${this.id}`);
+        if (this.spec.cgroup) await this.cgroup.apply(this.spec.cgroup);
+      }
+      if (this.spec.outputDir) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
+      if (this.spec.rootfsDir) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
+      this.spawnVmm();
+      const bootTimeout = this.opts.bootTimeoutMs ?? (this.accel === 'kvm' ? 15_000 : 60_000);
+      this.qmp = new QmpClient(this.paths.qmpSocket);
+      await this.raceExit(this.qmp.connect(10_000));
+      this.agent = new AgentClient(this.paths.agentSocket);
+      await this.raceExit(this.agent.connect(10_000));
+      await this.raceExit(this.agent.waitReady(bootTimeout));
+      this.bootMs = performance.now() - t0;
+      const stats = this.agent.stats ?? (await this.agent.requestStats());
+      this.baseMemTotalKiB = stats.memTotalKiB;
+      this.state = 'running';
+      this.log(`ready in ${this.bootMs.toFixed(0)} ms (${this.accel}, pid ${this.pid})`);
+    } catch (e) {
+      this.state = 'failed';
+      const consoleText = await readFile(this.paths.console, 'utf8').catch(() => '');
+      this.error = `${(e as Error).message}${consoleText ? `\nguest console:\n${tail(consoleText, 15)}` : ''}`;
+      await this.kill();
+      await this.cleanup();
+      if (e instanceof SandboxError && e.code === 'SANDBOX_VMM_EXITED') throw e;
+      throw new SandboxError(e instanceof SandboxError && e.code === 'SANDBOX_BOOT_TIMEOUT' ? 'SANDBOX_BOOT_TIMEOUT' : 'SANDBOX_BOOT_FAILED',
+        `sandbox ${this.id} failed to boot: ${this.error}`, { cause: e });
+    }
+  }
+
+  private spawnVmm(): void {
+    const args = qemuArgs(this.spec, this.paths, this.opts.image, {
+      accel: this.accel,
+      seccomp: this.opts.seccomp ?? true,
+      tbSizeMiB: this.opts.tbSizeMiB ?? 32,
+      firmware: existsSync(QBOOT) ? QBOOT : null,
+    });
+    // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
+    // born inside the cgroup, so none is left behind in the daemon's.
+    const join = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
+    const child = spawn('/bin/sh', ['-c', join, 'lodger-vmm', this.opts.host.qemuBinary, ...args], {
+      env: { ...process.env, LODGER_CGROUP_PROCS: this.cgroup?.procsFiles.join(' ') ?? '' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.child = child;
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (d: string) => { this.stderrTail = (this.stderrTail + d).slice(-8192); });
+    child.on('exit', (code, signal) => this.onVmmExit(code, signal));
+    child.on('error', (e) => {
+      this.stderrTail += `\nspawn failed: ${e.message}`;
+      this.onVmmExit(127, null);
+    });
+  }
+
+  private onVmmExit(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exitInfo) return;
+    const expected = this.stopping;
+    this.exitInfo = { code, signal, expected };
+    const err = new VmmExitedError(this.id, code, signal, code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 3));
+    if (!expected) {
+      this.error = err.message;
+      this.log(err.message);
+    }
+    if (this.state !== 'starting') this.state = expected ? 'stopped' : 'failed';
+    this.agent?.fail(err);
+    this.qmp?.close();
+    this.resolveExit(this.exitInfo);
+    // An unexpected death still releases the cgroup; the output disk stays for collectOutput().
+    if (!expected && this.state !== 'starting') void this.releaseCgroup();
+  }
+
+  private async raceExit<T>(p: Promise<T>): Promise<T> {
+    const died = this.exited.then((x) => {
+      throw new VmmExitedError(this.id, x.code, x.signal, x.code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 5));
+    });
+    died.catch(() => {});
+    return Promise.race([p, died]);
+  }
+
+  private assertRunning(what: string): { qmp: QmpClient; agent: AgentClient } {
+    if (this.exitInfo) throw new VmmExitedError(this.id, this.exitInfo.code, this.exitInfo.signal, `cannot ${what}`);
+    if ((this.state !== 'running' && this.state !== 'paused') || !this.qmp || !this.agent) {
+      throw new SandboxError('SANDBOX_BAD_STATE', `cannot ${what}: sandbox ${this.id} is ${this.state}`);
+    }
+    return { qmp: this.qmp, agent: this.agent };
+  }
+
+  async exec(req: ExecRequest): Promise<ExecHandle> {
+    const { agent } = this.assertRunning('exec');
+    if (this.state === 'paused') throw new SandboxError('SANDBOX_BAD_STATE', `cannot exec: sandbox ${this.id} is paused`);
+    if (!req.argv.length) throw new SandboxError('SANDBOX_BAD_SPEC', 'exec needs a command');
+    this.outputCollected = false;
+    return agent.exec({ argv: req.argv, env: req.env ?? {}, cwd: req.cwd ?? '/', chroot: !!this.spec.rootfsDir });
+  }
+
+  update(req: ResourceUpdate): Promise<UpdateReport> {
+    const next = this.updating.then(() => this.doUpdate(req));
+    this.updating = next.catch(() => {});
+    return next;
+  }
+
+  private async doUpdate(req: ResourceUpdate): Promise<UpdateReport> {
+    const { qmp, agent } = this.assertRunning('update');
+    const t0 = performance.now();
+    const steps: UpdateStep[] = [];
+    if (req.vcpus !== undefined && (!Number.isInteger(req.vcpus) || req.vcpus < 1 || req.vcpus > this.spec.maxVcpus)) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `vcpus must be in [1, ${this.spec.maxVcpus}] (got ${req.vcpus})`);
+    }
+    if (req.memoryMiB !== undefined) {
+      const m = req.memoryMiB;
+      if (!Number.isInteger(m) || m < this.spec.memoryMiB || m > this.spec.maxMemoryMiB || (m - this.spec.memoryMiB) % 2 !== 0) {
+        throw new SandboxError('SANDBOX_BAD_SPEC',
+          `memoryMiB must be in [${this.spec.memoryMiB}, ${this.spec.maxMemoryMiB}] in 2 MiB steps (got ${m})`);
+      }
+    }
+    if (this.state === 'paused' && (req.vcpus !== undefined || req.memoryMiB !== undefined)) {
+      throw new SandboxError('SANDBOX_BAD_STATE', `cannot resize sandbox ${this.id} while paused: the guest must take part`);
+    }
+    try {
+      if (req.cgroup && this.cgroup) {
+        const t = performance.now();
+        const writes = await this.cgroup.apply(req.cgroup);
+        steps.push({ kind: 'cgroup', detail: writes.map((w) => `${w.file}=${w.value}`).join(', ') || 'no change', ms: performance.now() - t });
+      }
+      if (req.vcpus !== undefined && req.vcpus !== this.vcpus) await this.setVcpus(qmp, agent, req.vcpus, steps);
+      if (req.memoryMiB !== undefined && req.memoryMiB !== this.memoryMiB) await this.setMemory(qmp, agent, req.memoryMiB, steps);
+    } catch (e) {
+      const actual = await this.reread().catch(() => ({ vcpus: this.vcpus, memoryMiB: this.memoryMiB }));
+      this.vcpus = actual.vcpus;
+      this.memoryMiB = actual.memoryMiB;
+      if (e instanceof VmmExitedError) throw e;
+      throw new ResizeError(`sandbox ${this.id}: resize failed: ${(e as Error).message}`, actual, { cause: e });
+    }
+    return { steps, totalMs: performance.now() - t0, vcpus: this.vcpus, memoryMiB: this.memoryMiB };
+  }
+
+  /** What QEMU says the sandbox has now. */
+  private async reread(): Promise<{ vcpus: number; memoryMiB: number }> {
+    const qmp = this.qmp!;
+    const cpus = await qmp.execute<CpuInfoFast[]>('query-cpus-fast');
+    return { vcpus: cpus.length, memoryMiB: this.spec.memoryMiB + Math.round((await this.vmemSize(qmp)) / MiB) };
+  }
+
+  private async vmemSize(qmp: QmpClient): Promise<number> {
+    if (this.spec.maxMemoryMiB === this.spec.memoryMiB) return 0;
+    const devs = await qmp.execute<MemoryDeviceInfo[]>('query-memory-devices');
+    const d = devs.find((x) => x.data.id === VMEM_ID);
+    if (!d) throw new SandboxError('SANDBOX_RESIZE_FAILED', `virtio-mem device ${VMEM_ID} missing from query-memory-devices`);
+    return d.data.size;
+  }
+
+  private stepTimeoutMs(): number {
+    return this.accel === 'kvm' ? 5_000 : 30_000;
+  }
+
+  private async setVcpus(qmp: QmpClient, agent: AgentClient, target: number, steps: UpdateStep[]): Promise<void> {
+    const sortKey = (c: HotpluggableCpu): number => (c.props['socket-id'] ?? 0) * 65536 + (c.props['core-id'] ?? 0) * 256 + (c.props['thread-id'] ?? 0);
+    let slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+    let current = slots.filter((c) => c['qom-path']).length;
+    while (current < target) {
+      const free = slots.filter((c) => !c['qom-path']).sort((a, b) => sortKey(a) - sortKey(b))[0];
+      if (!free) throw new SandboxError('SANDBOX_RESIZE_FAILED', `no free vCPU slot for ${current + 1} of ${target}`);
+      const id = `vcpu-s${free.props['socket-id'] ?? 0}c${free.props['core-id'] ?? 0}t${free.props['thread-id'] ?? 0}`;
+      const t = performance.now();
+      await qmp.execute('device_add', { driver: free.type, id, ...free.props });
+      const want = current + 1;
+      await agent.waitStats((s) => s.cpusOnline >= want, this.stepTimeoutMs());
+      current = want;
+      this.vcpus = current;
+      steps.push({ kind: 'vcpu-plug', detail: `${current - 1} -> ${current} (${id})`, ms: performance.now() - t });
+      slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+    }
+    while (current > target) {
+      // Only CPUs we gave an id (cold- or hot-plugged as devices) can be unplugged.
+      const victim = slots.filter((c) => c['qom-path']?.startsWith('/machine/peripheral/')).sort((a, b) => sortKey(b) - sortKey(a))[0];
+      if (!victim) throw new SandboxError('SANDBOX_RESIZE_FAILED', `no unpluggable vCPU left at ${current} (the boot vCPU stays)`);
+      const path = victim['qom-path']!;
+      const id = path.split('/').pop()!;
+      const t = performance.now();
+      // QEMU 7.2 emits DEVICE_DELETED only for the CPU's child (".../lapic"), and reports
+      // a guest refusal as an ACPI _OST eject status 0x80-0x83 rather than
+      // DEVICE_UNPLUG_GUEST_ERROR: accept all three forms.
+      const ev = qmp.waitEvent(['DEVICE_DELETED', 'DEVICE_UNPLUG_GUEST_ERROR', 'ACPI_DEVICE_OST'], (e) => {
+        if (e.event === 'ACPI_DEVICE_OST') return isOstEjectFailure(e.data, id);
+        const p = typeof e.data.path === 'string' ? e.data.path : '';
+        return e.data.device === id || p === path || p.startsWith(`${path}/`);
+      }, this.stepTimeoutMs());
+      try {
+        await qmp.execute('device_del', { id });
+      } catch (e) {
+        ev.cancel();
+        throw e;
+      }
+      const e = await ev.promise;
+      if (e.event !== 'DEVICE_DELETED') throw new SandboxError('SANDBOX_RESIZE_FAILED', `guest refused to unplug vCPU ${id} (${e.event} ${JSON.stringify(e.data)})`);
+      await this.until(async () => !(await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).some((c) => c['qom-path'] === path),
+        this.stepTimeoutMs(), `vCPU ${id} still listed by query-cpus-fast`);
+      const want = current - 1;
+      await agent.waitStats((s) => s.cpusOnline <= want, this.stepTimeoutMs());
+      current = want;
+      this.vcpus = current;
+      steps.push({ kind: 'vcpu-unplug', detail: `${current + 1} -> ${current} (${id})`, ms: performance.now() - t });
+      slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+    }
+    const seen = (await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).length;
+    if (seen !== target) throw new SandboxError('SANDBOX_RESIZE_FAILED', `QEMU reports ${seen} vCPUs after resizing to ${target}`);
+  }
+
+  private async until(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await cond())) {
+      if (Date.now() > deadline) throw new SandboxError('SANDBOX_RESIZE_FAILED', `${what} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  private async setMemory(qmp: QmpClient, agent: AgentClient, targetMiB: number, steps: UpdateStep[]): Promise<void> {
+    const from = this.memoryMiB;
+    const requested = (targetMiB - this.spec.memoryMiB) * MiB;
+    const t = performance.now();
+    await qmp.execute('qom-set', { path: `/machine/peripheral/${VMEM_ID}`, property: 'requested-size', value: requested });
+    // QEMU rate-limits MEMORY_DEVICE_SIZE_CHANGE to one a second: poll the size instead.
+    const timeout = targetMiB > from ? this.stepTimeoutMs() : this.stepTimeoutMs() * 2;
+    const deadline = Date.now() + timeout;
+    let size = await this.vmemSize(qmp);
+    while (size !== requested) {
+      if (Date.now() > deadline) {
+        // Stop the guest chasing a size it cannot reach: pin the request to what it has.
+        await qmp.execute('qom-set', { path: `/machine/peripheral/${VMEM_ID}`, property: 'requested-size', value: size }).catch(() => {});
+        this.memoryMiB = this.spec.memoryMiB + Math.round(size / MiB);
+        throw new SandboxError('SANDBOX_RESIZE_FAILED',
+          `virtio-mem reached ${Math.round(size / MiB)} of ${Math.round(requested / MiB)} MiB within ${timeout} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+      size = await this.vmemSize(qmp);
+    }
+    this.memoryMiB = targetMiB;
+    // The guest's MemTotal follows once the blocks are onlined (or taken away).
+    const expectKiB = this.baseMemTotalKiB + requested / 1024;
+    await agent.waitStats((s) => Math.abs(s.memTotalKiB - expectKiB) <= 4096, this.stepTimeoutMs());
+    steps.push({ kind: 'memory', detail: `${from} -> ${targetMiB} MiB`, ms: performance.now() - t });
+  }
+
+  async pause(): Promise<void> {
+    const { qmp } = this.assertRunning('pause');
+    if (this.state === 'paused') return;
+    await qmp.execute('stop');
+    this.state = 'paused';
+  }
+
+  async resume(): Promise<void> {
+    const { qmp } = this.assertRunning('resume');
+    if (this.state !== 'paused') return;
+    await qmp.execute('cont');
+    this.state = 'running';
+  }
+
+  async collectOutput(): Promise<string[]> {
+    if (!this.spec.outputDir) return [];
+    if (!existsSync(this.paths.outputImage)) throw new SandboxError('SANDBOX_OUTPUT_FAILED', `output disk of ${this.id} is gone`);
+    const alive = !this.exitInfo && this.state === 'running' && this.agent;
+    try {
+      if (alive) await this.agent!.sync();
+      // A guest that died may have left the filesystem half-written: check it first.
+      const names = await extractOutputImage(this.paths.outputImage, this.spec.outputDir, !alive);
+      this.outputCollected = true;
+      return names;
+    } catch (e) {
+      throw new SandboxError('SANDBOX_OUTPUT_FAILED', `collecting /output of ${this.id}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.state === 'created') {
+      this.state = 'stopped';
+      return;
+    }
+    // A start() that failed has already killed and cleaned up.
+    if (this.cleanedUp && this.exitInfo) return;
+    this.stopping = !this.exitInfo;
+    if (!this.exitInfo && this.child) {
+      const wasPaused = this.state === 'paused';
+      this.state = 'stopping';
+      const grace = opts.graceMs ?? 3000;
+      // Ask the guest to power off (it syncs /output first); then QMP quit; then SIGKILL.
+      if (this.agent && !wasPaused && grace > 0) await this.agent.shutdown().catch(() => {});
+      if (!(await this.exitedWithin(grace))) {
+        await this.qmp?.execute('quit', undefined, 1000).catch(() => {});
+        if (!(await this.exitedWithin(1000))) await this.kill();
+      }
+    }
+    await this.exited;
+    if (this.spec.outputDir && !this.outputCollected) {
+      await this.collectOutput().catch((e: unknown) => this.log(`output not collected: ${(e as Error).message}`));
+    }
+    await this.cleanup();
+    if (this.state !== 'failed') this.state = 'stopped';
+  }
+
+  private async exitedWithin(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const r = await Promise.race([this.exited.then(() => true), new Promise<boolean>((res) => { timer = setTimeout(() => res(false), ms); })]);
+    clearTimeout(timer);
+    return r;
+  }
+
+  private async kill(): Promise<void> {
+    if (this.child?.pid && !this.exitInfo) {
+      this.stopping = true;
+      try { process.kill(this.child.pid, 'SIGKILL'); } catch { /* gone */ }
+      await this.exited;
+    }
+  }
+
+  private async releaseCgroup(): Promise<void> {
+    const cg = this.cgroup;
+    if (!cg) return;
+    this.cgroup = null;
+    await cg.destroy().catch((e: unknown) => this.log(`cgroup not removed: ${(e as Error).message}`));
+  }
+
+  private cleanup(): Promise<void> {
+    this.cleanedUp ??= (async () => {
+      this.agent?.close();
+      this.qmp?.close();
+      await this.releaseCgroup();
+      if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.runDir, { recursive: true, force: true });
+    })();
+    return this.cleanedUp;
+  }
+
+  wait(): Promise<VmmExit> {
+    return this.exited;
+  }
+
+  status(): SandboxStatus {
+    return {
+      id: this.id,
+      state: this.state,
+      accel: this.accel,
+      pid: this.pid,
+      vcpus: this.vcpus,
+      memoryMiB: this.memoryMiB,
+      maxVcpus: this.spec.maxVcpus,
+      maxMemoryMiB: this.spec.maxMemoryMiB,
+      guest: this.agent?.stats ?? null,
+      bootMs: this.bootMs,
+      error: this.error,
+    };
+  }
+
+  /** The latest guest report, asked for now. */
+  async guestStats(): Promise<GuestStats> {
+    const { agent } = this.assertRunning('read guest stats');
+    return agent.requestStats();
+  }
+
+  /** The agent channel, for tests that talk to the agent directly. */
+  get agentClient(): AgentClient | null {
+    return this.agent;
+  }
+
+  async metrics(): Promise<SandboxMetrics> {
+    const usage = (await this.cgroup?.usage()) ?? { cpuUsageUsec: 0, memoryBytes: 0 };
+    const mem = this.pid ? await vmmMemory(this.opts.host.proc, this.pid, [this.spec.memoryMiB, this.spec.maxMemoryMiB - this.spec.memoryMiB]) : null;
+    return {
+      cpuUsageUsec: usage.cpuUsageUsec,
+      memoryBytes: usage.memoryBytes,
+      vmmRssBytes: mem?.rssBytes ?? 0,
+      guest: this.agent?.stats ?? null,
+    };
+  }
+}
+
+/** ACPI _OST for an eject (source 3) with status 0x80-0x83: the guest would not let go. */
+export function isOstEjectFailure(data: Record<string, unknown>, id: string): boolean {
+  const info = data.info as { device?: string; source?: number; status?: number } | undefined;
+  return !!info && info.device === id && info.source === 3 && typeof info.status === 'number' && info.status >= 0x80 && info.status <= 0x83;
+}
+
+/**
+ * The VMM's resident memory, split into guest RAM (the mappings sized like the guest's
+ * RAM regions) and everything else, which is the VMM's own overhead.
+ */
+export async function vmmMemory(proc: string, pid: number, ramRegionsMiB: number[]): Promise<{ rssBytes: number; guestRamRssBytes: number } | null> {
+  const text = await readFile(join(proc, String(pid), 'smaps'), 'utf8').catch(() => null);
+  if (text === null) return null;
+  const sizes = new Set(ramRegionsMiB.filter((m) => m > 0).map((m) => m * 1024));
+  let rss = 0;
+  let guest = 0;
+  let inGuestRam = false;
+  for (const line of text.split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) {
+      inGuestRam = false;
+      continue;
+    }
+    const m = /^(Size|Rss):\s+(\d+) kB/.exec(line);
+    if (!m) continue;
+    const kb = Number(m[2]);
+    if (m[1] === 'Size') inGuestRam = sizes.has(kb);
+    else {
+      rss += kb * 1024;
+      if (inGuestRam) guest += kb * 1024;
+    }
+  }
+  return { rssBytes: rss, guestRamRssBytes: guest };
+}
