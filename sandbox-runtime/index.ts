@@ -9,3 +9,4 @@ export { QemuRuntime, QemuSandbox, qemuArgs, vmmMemory, type QemuRuntimeOptions 
 export { FakeRuntime, FakeSandbox } from './fake.ts';
 export { openRuntime, type OpenRuntimeOptions } from './open.ts';
 export type { GuestStats, ExitStatus } from './agent/protocol.ts';
+export { runDoctor, type Check } from './doctor.ts';

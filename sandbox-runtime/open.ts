@@ -18,7 +18,7 @@ export interface OpenRuntimeOptions {
   log?: (msg: string) => void;
 }
 
-export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: QemuRuntime; accel: AccelChoice; host: HostPaths }> {
+export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: QemuRuntime; accel: AccelChoice; host: HostPaths; cgroups: CgroupManager | null }> {
   const host = defaultHostPaths(o.host);
   const image = await ensureGuestImage(host, o.image ?? {}, o.log);
   const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);
@@ -26,5 +26,5 @@ export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime
     ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent })
     : null;
   const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, log: o.log });
-  return { runtime, accel, host };
+  return { runtime, accel, host, cgroups };
 }

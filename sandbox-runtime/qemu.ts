@@ -205,6 +205,10 @@ export class QemuSandbox implements Sandbox {
       this.qmp = new QmpClient(this.paths.qmpSocket);
       await this.raceExit(this.qmp.connect(10_000));
       this.agent = new AgentClient(this.paths.agentSocket);
+      this.agent.onChannelClose = async () => {
+        if (await this.exitedWithin(2000)) return this.exitError();
+        return new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: agent channel closed while QEMU runs`);
+      };
       await this.raceExit(this.agent.connect(10_000));
       await this.raceExit(this.agent.waitReady(bootTimeout));
       this.bootMs = performance.now() - t0;
@@ -252,7 +256,7 @@ export class QemuSandbox implements Sandbox {
     if (this.exitInfo) return;
     const expected = this.stopping;
     this.exitInfo = { code, signal, expected };
-    const err = new VmmExitedError(this.id, code, signal, code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 3));
+    const err = this.exitError();
     if (!expected) {
       this.error = err.message;
       this.log(err.message);
@@ -265,9 +269,14 @@ export class QemuSandbox implements Sandbox {
     if (!expected && this.state !== 'starting') void this.releaseCgroup();
   }
 
+  private exitError(): VmmExitedError {
+    const x = this.exitInfo!;
+    return new VmmExitedError(this.id, x.code, x.signal, x.code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 5));
+  }
+
   private async raceExit<T>(p: Promise<T>): Promise<T> {
-    const died = this.exited.then((x) => {
-      throw new VmmExitedError(this.id, x.code, x.signal, x.code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 5));
+    const died = this.exited.then(() => {
+      throw this.exitError();
     });
     died.catch(() => {});
     return Promise.race([p, died]);

@@ -85,6 +85,12 @@ export class AgentClient extends EventEmitter {
   statsAt = 0;
   ready = false;
 
+  /**
+   * Decides what a closed channel means. The VMM's death closes the socket before the
+   * process exit is seen, so the owner can wait for that and return the truer error.
+   */
+  onChannelClose: () => Promise<Error> = async () => new SandboxError('SANDBOX_AGENT_ERROR', 'agent channel closed');
+
   constructor(private readonly path: string) {
     super();
   }
@@ -113,7 +119,9 @@ export class AgentClient extends EventEmitter {
       this.armStale();
     });
     s.on('error', () => {});
-    s.on('close', () => this.fail(new SandboxError('SANDBOX_AGENT_ERROR', 'agent channel closed')));
+    s.on('close', () => {
+      void this.onChannelClose().then((e) => this.fail(e));
+    });
   }
 
   // A frame left half-sent (the guest crashed mid-write) must not block later frames.

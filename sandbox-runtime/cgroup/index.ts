@@ -156,9 +156,24 @@ export class Cgroup {
     return join(dir, f);
   }
 
+  /** The weight last asked for, written or not (an idle group refuses it). */
+  private desiredWeight: number | undefined;
+
   /** Applies knobs; returns the writes actually made (unchanged values are skipped). */
   async apply(knobs: CgroupKnobs): Promise<KnobWrite[]> {
-    const writes = this.version === 2 ? knobWritesV2(knobs) : knobWritesV1(knobs);
+    const idleFile = this.version === 2 ? 'cpu.idle' : 'cpu/cpu.idle';
+    const weightFile = this.version === 2 ? 'cpu.weight' : 'cpu/cpu.shares';
+    const k = { ...knobs };
+    if (k.cpuWeight !== undefined) this.desiredWeight = k.cpuWeight;
+    const idleChanges = k.cpuIdle !== undefined && this.last.get(idleFile) !== (k.cpuIdle ? '1' : '0');
+    const willBeIdle = k.cpuIdle ?? this.last.get(idleFile) === '1';
+    // Changing cpu.idle resets the weight in the kernel (to the idle weight, or back to
+    // the default, not to ours), and an idle group refuses weight writes with EINVAL.
+    if (idleChanges) this.last.delete(weightFile);
+    if (willBeIdle) delete k.cpuWeight;
+    else if (idleChanges && this.desiredWeight !== undefined) k.cpuWeight = this.desiredWeight;
+    const all = this.version === 2 ? knobWritesV2(k) : knobWritesV1(k);
+    const writes = [...all.filter((w) => w.file === idleFile), ...all.filter((w) => w.file !== idleFile)];
     const done: KnobWrite[] = [];
     for (const w of writes) {
       // io rules are per device: key the cache by the device too.
@@ -292,6 +307,13 @@ export class CgroupManager {
     }
     if (this.version === 2) await this.enableV2Controllers(dirs.get('')!);
     return new Cgroup(this.version, dirs);
+  }
+
+  /** Removes the parent directories if no sandbox group is left in them. */
+  async removeParents(): Promise<void> {
+    for (const dir of this.parentDirs.values()) {
+      await rmdir(dir).catch(() => {});
+    }
   }
 
   /** An existing group (after a daemon restart), or null. */

@@ -252,6 +252,10 @@ static int online_all(void) {
     if (read_file(path, buf, sizeof buf) > 0 && buf[0] == '0' && write_file(path, "1") == 0) changed = 1;
   }
   if (d) closedir(d);
+  /* Where the kernel onlines hot-added memory itself (memhp_default_state), leave memory
+   * alone: onlining a block the virtio-mem driver is taking away would fight it. */
+  if (read_file("/sys/devices/system/memory/auto_online_blocks", buf, sizeof buf) > 0 && strncmp(buf, "offline", 7))
+    return changed;
   d = opendir("/sys/devices/system/memory");
   while (d && (e = readdir(d))) {
     if (strncmp(e->d_name, "memory", 6) || e->d_name[6] < '0' || e->d_name[6] > '9') continue;

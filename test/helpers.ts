@@ -1,0 +1,59 @@
+// Shared set-up for suites that use real QEMU: a runtime whose run files and cgroups are
+// private to this test process, and a registry that stops every sandbox started, by pid,
+// even when a test fails.
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openRuntime, type QemuRuntime, type QemuSandbox, type SandboxSpec } from '../sandbox-runtime/index.ts';
+
+export interface TestRuntime {
+  runtime: QemuRuntime;
+  dir: string;
+  /** Creates and starts a sandbox that is stopped by stopAll(). */
+  boot(spec: Partial<SandboxSpec> & { id: string }): Promise<QemuSandbox>;
+  stopAll(): Promise<void>;
+}
+
+export async function testRuntime(name: string): Promise<TestRuntime> {
+  const dir = mkdtempSync(join(tmpdir(), `lodger-${name}-`));
+  const { runtime, cgroups } = await openRuntime({
+    host: { runDir: join(dir, 'run') },
+    cgroupParent: `lodger-test-${process.pid}`,
+    bootTimeoutMs: 120_000,
+  });
+  const started: QemuSandbox[] = [];
+  return {
+    runtime,
+    dir,
+    async boot(spec) {
+      const sb = await runtime.create({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, ...spec });
+      started.push(sb);
+      await sb.start();
+      return sb;
+    },
+    async stopAll() {
+      for (const sb of started) {
+        await sb.stop({ graceMs: 1000 }).catch(() => {});
+        const pid = sb.pid;
+        if (pid) {
+          try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+        }
+      }
+      await cgroups?.removeParents();
+    },
+  };
+}
+
+export async function collect(h: { onStdout(cb: (b: Buffer) => void): void; onStderr(cb: (b: Buffer) => void): void; wait(): Promise<{ code: number | null; signal: number | null }> }) {
+  let stdout = '';
+  let stderr = '';
+  h.onStdout((b) => { stdout += b.toString(); });
+  h.onStderr((b) => { stderr += b.toString(); });
+  const status = await h.wait();
+  return { stdout, stderr, ...status };
+}
+
+/** Each thread of a process with its /proc/<pid>/task/<tid>/cgroup lines. */
+export function taskCgroups(pid: number): { tid: string; lines: string[] }[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => ({ tid, lines: readFileSync(`/proc/${pid}/task/${tid}/cgroup`, 'utf8').trim().split('\n') }));
+}

@@ -1,0 +1,170 @@
+// The sandbox runtime against real QEMU (TCG on these hosts), a real guest kernel and the
+// real cgroups of this kernel. One sandbox is shared by the serial tests that allow it.
+import test from 'ava';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
+import { SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
+
+let rt: TestRuntime;
+let sb: QemuSandbox;
+let outputDir: string;
+
+test.before(async () => {
+  rt = await testRuntime('sandbox');
+  outputDir = join(rt.dir, 'out');
+  mkdirSync(outputDir);
+  sb = await rt.boot({
+    id: 'shared', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, outputDir,
+    cgroup: { cpuWeight: 10, cpuIdle: true, pidsMax: 4096, memoryMaxBytes: 4 * 1024 ** 3 },
+  });
+});
+
+test.after.always(async () => {
+  await rt?.stopAll();
+});
+
+test.serial('a command\'s output and exit code come back', async (t) => {
+  const r = await collect(await sb.exec({ argv: ['sh', '-c', 'echo "hello $NAME from $(pwd)"; echo oops >&2; exit 3'], env: { NAME: 'lodger' }, cwd: '/tmp' }));
+  t.is(r.stdout, 'hello lodger from /tmp\n');
+  t.is(r.stderr, 'oops\n');
+  t.is(r.code, 3);
+  t.is(r.signal, null);
+});
+
+test.serial('a missing command exits 127 with a message; a signal is delivered and reported', async (t) => {
+  const missing = await collect(await sb.exec({ argv: ['no-such-command'] }));
+  t.is(missing.code, 127);
+  t.regex(missing.stderr, /no-such-command/);
+  const h = await sb.exec({ argv: ['sleep', '30'] });
+  await new Promise((r) => setTimeout(r, 300));
+  await h.signal(15);
+  t.deepEqual(await h.wait(), { code: null, signal: 15 });
+});
+
+test.serial('a large output stream arrives whole and in order', async (t) => {
+  const r = await collect(await sb.exec({ argv: ['sh', '-c', 'seq 1 100000'] }));
+  const lines = r.stdout.trim().split('\n');
+  t.is(lines.length, 100000);
+  t.is(lines[0], '1');
+  t.is(lines[99999], '100000');
+});
+
+test.serial('vCPUs 1 -> 2 -> 1, the guest sees each count', async (t) => {
+  const up = await sb.update({ vcpus: 2 });
+  t.is(up.vcpus, 2);
+  t.is((await sb.guestStats()).cpusOnline, 2);
+  const nproc = await collect(await sb.exec({ argv: ['nproc'] }));
+  t.is(nproc.stdout.trim(), '2');
+  const down = await sb.update({ vcpus: 1 });
+  t.is(down.vcpus, 1);
+  t.is((await sb.guestStats()).cpusOnline, 1);
+  t.log(`plug ${up.steps.find((s) => s.kind === 'vcpu-plug')?.ms.toFixed(0)} ms, unplug ${down.steps.find((s) => s.kind === 'vcpu-unplug')?.ms.toFixed(0)} ms`);
+  t.is(sb.status().vcpus, 1);
+});
+
+test.serial('memory 256 -> 768 -> 256 MiB, the guest\'s MemTotal follows', async (t) => {
+  const base = (await sb.guestStats()).memTotalKiB;
+  const up = await sb.update({ memoryMiB: 768 });
+  t.is(up.memoryMiB, 768);
+  const grown = (await sb.guestStats()).memTotalKiB;
+  t.true(Math.abs(grown - base - 512 * 1024) <= 4096, `MemTotal grew by ${(grown - base) / 1024} MiB`);
+  const down = await sb.update({ memoryMiB: 256 });
+  t.is(down.memoryMiB, 256);
+  const shrunk = (await sb.guestStats()).memTotalKiB;
+  t.true(Math.abs(shrunk - base) <= 4096, `MemTotal back to ${shrunk / 1024} MiB from ${base / 1024}`);
+  t.log(`+512 MiB ${up.totalMs.toFixed(0)} ms, -512 MiB ${down.totalMs.toFixed(0)} ms`);
+});
+
+test.serial('out-of-range resizes are refused with a typed error and change nothing', async (t) => {
+  const e = await t.throwsAsync(sb.update({ vcpus: 3 }), { instanceOf: SandboxError });
+  t.is(e?.code, 'SANDBOX_BAD_SPEC');
+  await t.throwsAsync(sb.update({ memoryMiB: 1024 }), { message: /memoryMiB must be in \[256, 768\]/ });
+  t.is(sb.status().vcpus, 1);
+  t.is(sb.status().memoryMiB, 256);
+});
+
+test.serial('the VMM and all its threads sit in the sandbox cgroup, with the requested knobs', async (t) => {
+  const dirs = sb.cgroupDirs!;
+  t.truthy(dirs);
+  const tasks = taskCgroups(sb.pid!);
+  t.true(tasks.length > 3, `QEMU has ${tasks.length} threads`);
+  for (const [hierarchy, dir] of dirs) {
+    const rel = dir.slice(dir.indexOf(`/${hierarchy}/`) + hierarchy.length + 1);
+    for (const { tid, lines } of tasks) {
+      const line = lines.find((l) => l.split(':')[1]!.split(',').includes(hierarchy));
+      t.is(line?.split(':')[2], rel, `thread ${tid} in ${hierarchy}`);
+    }
+  }
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.idle'), 'utf8').trim(), '1');
+  // An idle group carries the kernel's idle weight (3); ours returns when idle is cleared.
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.shares'), 'utf8').trim(), '3');
+  t.is(readFileSync(join(dirs.get('pids')!, 'pids.max'), 'utf8').trim(), '4096');
+  const r = await sb.update({ cgroup: { cpus: '1', cpuIdle: false } });
+  t.is(readFileSync(join(dirs.get('cpuset')!, 'cpuset.cpus'), 'utf8').trim(), '1');
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.idle'), 'utf8').trim(), '0');
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.shares'), 'utf8').trim(), '102');
+  t.deepEqual(r.steps.map((s) => s.kind), ['cgroup']);
+  // A weight asked for while idle is held back, then applied when idle is cleared.
+  await sb.update({ cgroup: { cpuIdle: true } });
+  await sb.update({ cgroup: { cpuWeight: 20 } });
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.shares'), 'utf8').trim(), '3');
+  await sb.update({ cgroup: { cpuIdle: false } });
+  t.is(readFileSync(join(dirs.get('cpu')!, 'cpu.shares'), 'utf8').trim(), '205');
+  const again = await sb.update({ cgroup: { cpus: '1', cpuIdle: false } });
+  t.is(again.steps[0]!.detail, 'no change');
+  await sb.update({ cgroup: { cpus: '0-1', cpuIdle: true } });
+});
+
+test.serial('pause stops the guest and resume brings it back', async (t) => {
+  await sb.pause();
+  t.is(sb.status().state, 'paused');
+  await t.throwsAsync(sb.exec({ argv: ['true'] }), { message: /paused/ });
+  await sb.resume();
+  t.is(sb.status().state, 'running');
+  t.is((await collect(await sb.exec({ argv: ['true'] }))).code, 0);
+});
+
+test.serial('the agent survives garbage and a truncated frame on its channel', async (t) => {
+  const agent = sb.agentClient!;
+  agent.sendRaw(Buffer.from('LG this is not a frame \x00\xff LGLGLG'));
+  agent.sendRaw(encodeFrame(FrameType.Exec, 5, Buffer.alloc(2000, 0x41)).subarray(0, 60));
+  // The truncated frame stalls the guest's parser until it expires (500 ms), then this goes through.
+  const ms = await agent.ping(10_000);
+  t.log(`ping after garbage: ${ms.toFixed(0)} ms`);
+  const r = await collect(await sb.exec({ argv: ['echo', 'still here'] }));
+  t.is(r.stdout, 'still here\n');
+});
+
+test.serial('the output directory comes back when the job fails', async (t) => {
+  const r = await collect(await sb.exec({ argv: ['sh', '-c', 'mkdir -p $LODGER_OUTPUT/logs && echo partial > $LODGER_OUTPUT/logs/result.txt && exit 9'] }));
+  t.is(r.code, 9);
+  const names = await sb.collectOutput();
+  t.true(names.includes('logs'));
+  t.is(readFileSync(join(outputDir, 'logs', 'result.txt'), 'utf8'), 'partial\n');
+});
+
+test.serial('kill -9 of QEMU surfaces as a typed error, its cgroup is removed, synced output survives', async (t) => {
+  const out = join(rt.dir, 'crash-out');
+  mkdirSync(out);
+  const victim = await rt.boot({ id: 'victim', outputDir: out });
+  const dirs = [...victim.cgroupDirs!.values()];
+  t.true(dirs.every((d) => existsSync(d)));
+  const job = await victim.exec({ argv: ['sh', '-c', 'echo before-crash > $LODGER_OUTPUT/progress && sync && echo synced && sleep 60'] });
+  const seen = new Promise<void>((resolve) => job.onStdout((b) => { if (b.toString().includes('synced')) resolve(); }));
+  await seen;
+  process.kill(victim.pid!, 'SIGKILL');
+  const err = await t.throwsAsync(job.wait(), { instanceOf: VmmExitedError });
+  t.is(err?.code, 'SANDBOX_VMM_EXITED');
+  t.regex(err!.message, /SIGKILL/);
+  const exit = await victim.wait();
+  t.is(exit.signal, 'SIGKILL');
+  t.false(exit.expected);
+  t.is(victim.status().state, 'failed');
+  await t.throwsAsync(victim.update({ vcpus: 2 }), { instanceOf: VmmExitedError });
+  for (let i = 0; i < 100 && dirs.some((d) => existsSync(d)); i++) await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(dirs.filter((d) => existsSync(d)), [], 'cgroup directories removed');
+  await victim.stop();
+  t.is(readFileSync(join(out, 'progress'), 'utf8'), 'before-crash\n');
+});
