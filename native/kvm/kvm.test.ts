@@ -6,7 +6,7 @@ const t2 = nativeAvailable() ? test : test.skip;
 
 t2('probe names the vendor module /sys/module shows, and the API version when usable', (t) => {
   const p = probeKvm('/dev/kvm', '/sys/module');
-  const expected = ['kvm_pvm', 'kvm_intel', 'kvm_amd'].find((m) => existsSync(`/sys/module/${m}`)) ?? null;
+  const expected = (['kvm_pvm', 'kvm_intel', 'kvm_amd'] as const).find((m) => existsSync(`/sys/module/${m}`)) ?? null;
   t.is(p.vendor, expected);
   if (p.available) {
     t.is(p.apiVersion, 12);
