@@ -30,7 +30,8 @@ export interface ResourceUpdate {
 }
 
 export interface UpdateStep {
-  kind: 'vcpu-plug' | 'vcpu-unplug' | 'memory' | 'cgroup';
+  /** vcpu-online/-offline: the guest brings an existing vCPU up or down (no device change). */
+  kind: 'vcpu-plug' | 'vcpu-unplug' | 'vcpu-online' | 'vcpu-offline' | 'memory' | 'cgroup';
   detail: string;
   ms: number;
 }

@@ -58,6 +58,8 @@ export interface QemuArgsOptions {
   seccomp: boolean;
   /** TCG translation cache; it dominates the VMM's own memory under TCG. */
   tbSizeMiB: number;
+  /** TCG: one host thread per vCPU ("multi") or one for all ("single"). */
+  tcgThread?: 'multi' | 'single';
   firmware: string | null;
   extraCmdline?: string;
 }
@@ -73,7 +75,7 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
     '-name', `lodger-${spec.id},debug-threads=on`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-machine', 'q35,smbus=off,sata=off,vmport=off',
-    '-accel', o.accel === 'kvm' ? 'kvm' : `tcg,thread=multi,tb-size=${o.tbSizeMiB}`,
+    '-accel', o.accel === 'kvm' ? 'kvm' : `tcg,thread=${o.tcgThread ?? 'multi'},tb-size=${o.tbSizeMiB}`,
     '-cpu', model,
     // One socket per vCPU, so each can be plugged alone; boot with one and cold-plug
     // the rest as devices with ids, which makes every one but the first unpluggable.
@@ -109,6 +111,8 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
   return args;
 }
 
+export type VcpuUnplugMode = 'acpi' | 'offline';
+
 export interface QemuRuntimeOptions {
   host: HostPaths;
   image: GuestImage;
@@ -118,6 +122,9 @@ export interface QemuRuntimeOptions {
   bootTimeoutMs?: number;
   seccomp?: boolean;
   tbSizeMiB?: number;
+  tcgThread?: 'multi' | 'single';
+  /** How vCPUs are taken away; default 'acpi' under KVM, 'offline' under TCG. */
+  vcpuUnplug?: VcpuUnplugMode;
   log?: (msg: string) => void;
 }
 
@@ -160,6 +167,8 @@ export class QemuSandbox implements Sandbox {
   private cleanedUp: Promise<void> | null = null;
   /** Guest MemTotal with no virtio-mem memory plugged: the base the guest sees. */
   private baseMemTotalKiB = 0;
+  /** An ACPI vCPU unplug happened (TCG then cannot plug again). */
+  private acpiUnplugged = false;
   /** update() calls run one at a time. */
   private updating: Promise<unknown> = Promise.resolve();
 
@@ -215,7 +224,7 @@ export class QemuSandbox implements Sandbox {
       const stats = this.agent.stats ?? (await this.agent.requestStats());
       this.baseMemTotalKiB = stats.memTotalKiB;
       this.state = 'running';
-      this.log(`ready in ${this.bootMs.toFixed(0)} ms (${this.accel}, pid ${this.pid})`);
+      this.log(`ready in ${this.bootMs.toFixed(0)} ms (${this.accel}, vCPU unplug by ${this.vcpuUnplugMode}, pid ${this.pid})`);
     } catch (e) {
       this.state = 'failed';
       const consoleText = await readFile(this.paths.console, 'utf8').catch(() => '');
@@ -233,6 +242,7 @@ export class QemuSandbox implements Sandbox {
       accel: this.accel,
       seccomp: this.opts.seccomp ?? true,
       tbSizeMiB: this.opts.tbSizeMiB ?? 32,
+      tcgThread: this.opts.tcgThread,
       firmware: existsSync(QBOOT) ? QBOOT : null,
     });
     // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
@@ -330,6 +340,8 @@ export class QemuSandbox implements Sandbox {
       if (req.vcpus !== undefined && req.vcpus !== this.vcpus) await this.setVcpus(qmp, agent, req.vcpus, steps);
       if (req.memoryMiB !== undefined && req.memoryMiB !== this.memoryMiB) await this.setMemory(qmp, agent, req.memoryMiB, steps);
     } catch (e) {
+      // A closed QMP socket usually means QEMU died: say so, with its last words.
+      if (e instanceof SandboxError && e.code === 'QMP_CLOSED' && (await this.exitedWithin(1000))) throw this.exitError();
       const actual = await this.reread().catch(() => ({ vcpus: this.vcpus, memoryMiB: this.memoryMiB }));
       this.vcpus = actual.vcpus;
       this.memoryMiB = actual.memoryMiB;
@@ -342,8 +354,12 @@ export class QemuSandbox implements Sandbox {
   /** What QEMU says the sandbox has now. */
   private async reread(): Promise<{ vcpus: number; memoryMiB: number }> {
     const qmp = this.qmp!;
-    const cpus = await qmp.execute<CpuInfoFast[]>('query-cpus-fast');
-    return { vcpus: cpus.length, memoryMiB: this.spec.memoryMiB + Math.round((await this.vmemSize(qmp)) / MiB) };
+    const memoryMiB = this.spec.memoryMiB + Math.round((await this.vmemSize(qmp)) / MiB);
+    // Offline vCPUs still exist in QEMU: the guest's online count is the truth then.
+    const vcpus = this.vcpuUnplugMode === 'offline'
+      ? (await this.agent!.requestStats()).cpusOnline
+      : (await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).length;
+    return { vcpus, memoryMiB };
   }
 
   private async vmemSize(qmp: QmpClient): Promise<number> {
@@ -358,57 +374,101 @@ export class QemuSandbox implements Sandbox {
     return this.accel === 'kvm' ? 5_000 : 30_000;
   }
 
+  /**
+   * How vCPUs leave. 'acpi': device_del, the guest ejects the CPU. 'offline': the guest
+   * takes the CPU offline and QEMU keeps the device, its thread halted. Under TCG QEMU
+   * cannot re-plug after an unplug (7.2 corrupts its heap; 10.0 runs out of TCG contexts
+   * after maxcpus thread creations), so TCG defaults to 'offline'.
+   */
+  get vcpuUnplugMode(): VcpuUnplugMode {
+    return this.opts.vcpuUnplug ?? (this.accel === 'kvm' ? 'acpi' : 'offline');
+  }
+
   private async setVcpus(qmp: QmpClient, agent: AgentClient, target: number, steps: UpdateStep[]): Promise<void> {
     const sortKey = (c: HotpluggableCpu): number => (c.props['socket-id'] ?? 0) * 65536 + (c.props['core-id'] ?? 0) * 256 + (c.props['thread-id'] ?? 0);
+    const mode = this.vcpuUnplugMode;
     let slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
-    let current = slots.filter((c) => c['qom-path']).length;
-    while (current < target) {
-      const free = slots.filter((c) => !c['qom-path']).sort((a, b) => sortKey(a) - sortKey(b))[0];
-      if (!free) throw new SandboxError('SANDBOX_RESIZE_FAILED', `no free vCPU slot for ${current + 1} of ${target}`);
-      const id = `vcpu-s${free.props['socket-id'] ?? 0}c${free.props['core-id'] ?? 0}t${free.props['thread-id'] ?? 0}`;
+    let plugged = slots.filter((c) => c['qom-path']).length;
+    let online = this.vcpus;
+    while (online < target) {
       const t = performance.now();
-      await qmp.execute('device_add', { driver: free.type, id, ...free.props });
-      const want = current + 1;
-      await agent.waitStats((s) => s.cpusOnline >= want, this.stepTimeoutMs());
-      current = want;
-      this.vcpus = current;
-      steps.push({ kind: 'vcpu-plug', detail: `${current - 1} -> ${current} (${id})`, ms: performance.now() - t });
-      slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
-    }
-    while (current > target) {
-      // Only CPUs we gave an id (cold- or hot-plugged as devices) can be unplugged.
-      const victim = slots.filter((c) => c['qom-path']?.startsWith('/machine/peripheral/')).sort((a, b) => sortKey(b) - sortKey(a))[0];
-      if (!victim) throw new SandboxError('SANDBOX_RESIZE_FAILED', `no unpluggable vCPU left at ${current} (the boot vCPU stays)`);
-      const path = victim['qom-path']!;
-      const id = path.split('/').pop()!;
-      const t = performance.now();
-      // QEMU 7.2 emits DEVICE_DELETED only for the CPU's child (".../lapic"), and reports
-      // a guest refusal as an ACPI _OST eject status 0x80-0x83 rather than
-      // DEVICE_UNPLUG_GUEST_ERROR: accept all three forms.
-      const ev = qmp.waitEvent(['DEVICE_DELETED', 'DEVICE_UNPLUG_GUEST_ERROR', 'ACPI_DEVICE_OST'], (e) => {
-        if (e.event === 'ACPI_DEVICE_OST') return isOstEjectFailure(e.data, id);
-        const p = typeof e.data.path === 'string' ? e.data.path : '';
-        return e.data.device === id || p === path || p.startsWith(`${path}/`);
-      }, this.stepTimeoutMs());
-      try {
-        await qmp.execute('device_del', { id });
-      } catch (e) {
-        ev.cancel();
-        throw e;
+      let detail: string;
+      let kind: UpdateStep['kind'] = 'vcpu-online';
+      if (online >= plugged) {
+        if (this.accel === 'tcg' && this.acpiUnplugged) {
+          throw new SandboxError('SANDBOX_RESIZE_FAILED', 'refusing to plug a vCPU after an ACPI unplug under TCG: QEMU aborts on it (use vcpuUnplug "offline")');
+        }
+        const free = slots.filter((c) => !c['qom-path']).sort((a, b) => sortKey(a) - sortKey(b))[0];
+        if (!free) throw new SandboxError('SANDBOX_RESIZE_FAILED', `no free vCPU slot for ${online + 1} of ${target}`);
+        const id = `vcpu-s${free.props['socket-id'] ?? 0}c${free.props['core-id'] ?? 0}t${free.props['thread-id'] ?? 0}`;
+        await qmp.execute('device_add', { driver: free.type, id, ...free.props });
+        plugged++;
+        kind = 'vcpu-plug';
+        detail = `${online} -> ${online + 1} (${id})`;
+        slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+      } else {
+        detail = `${online} -> ${online + 1} (guest online)`;
       }
-      const e = await ev.promise;
-      if (e.event !== 'DEVICE_DELETED') throw new SandboxError('SANDBOX_RESIZE_FAILED', `guest refused to unplug vCPU ${id} (${e.event} ${JSON.stringify(e.data)})`);
-      await this.until(async () => !(await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).some((c) => c['qom-path'] === path),
-        this.stepTimeoutMs(), `vCPU ${id} still listed by query-cpus-fast`);
-      const want = current - 1;
-      await agent.waitStats((s) => s.cpusOnline <= want, this.stepTimeoutMs());
-      current = want;
-      this.vcpus = current;
-      steps.push({ kind: 'vcpu-unplug', detail: `${current + 1} -> ${current} (${id})`, ms: performance.now() - t });
-      slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+      const want = online + 1;
+      // A hot-added CPU appears in the guest a moment after device_add: the agent onlines
+      // it when its uevent arrives, so keep asking until the count is reached.
+      await agent.setCpus(want);
+      await agent.waitStats((s) => s.cpusOnline >= want, this.stepTimeoutMs());
+      online = want;
+      this.vcpus = online;
+      steps.push({ kind, detail, ms: performance.now() - t });
     }
+    while (online > target) {
+      const t = performance.now();
+      const want = online - 1;
+      if (mode === 'offline') {
+        await agent.setCpus(want);
+        await agent.waitStats((s) => s.cpusOnline <= want, this.stepTimeoutMs());
+        steps.push({ kind: 'vcpu-offline', detail: `${online} -> ${want} (guest offline)`, ms: performance.now() - t });
+      } else {
+        await this.acpiUnplugOne(qmp, slots, sortKey);
+        this.acpiUnplugged = true;
+        await agent.setCpus(want);
+        await agent.waitStats((s) => s.cpusOnline <= want, this.stepTimeoutMs());
+        steps.push({ kind: 'vcpu-unplug', detail: `${online} -> ${want}`, ms: performance.now() - t });
+        slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+        plugged--;
+      }
+      online = want;
+      this.vcpus = online;
+    }
+    // QEMU's view must agree: every online vCPU exists, and after ACPI unplugs no more.
     const seen = (await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).length;
-    if (seen !== target) throw new SandboxError('SANDBOX_RESIZE_FAILED', `QEMU reports ${seen} vCPUs after resizing to ${target}`);
+    if (seen < target || (mode === 'acpi' && seen !== plugged)) {
+      throw new SandboxError('SANDBOX_RESIZE_FAILED', `QEMU reports ${seen} vCPUs after resizing to ${target}`);
+    }
+  }
+
+  /** device_del of the highest unpluggable vCPU, confirmed by QEMU. */
+  private async acpiUnplugOne(qmp: QmpClient, slots: HotpluggableCpu[], sortKey: (c: HotpluggableCpu) => number): Promise<void> {
+    // Only CPUs we gave an id (cold- or hot-plugged as devices) can be unplugged.
+    const victim = slots.filter((c) => c['qom-path']?.startsWith('/machine/peripheral/')).sort((a, b) => sortKey(b) - sortKey(a))[0];
+    if (!victim) throw new SandboxError('SANDBOX_RESIZE_FAILED', 'no unpluggable vCPU left (the boot vCPU stays)');
+    const path = victim['qom-path']!;
+    const id = path.split('/').pop()!;
+    // QEMU 7.2 emits DEVICE_DELETED only for the CPU's child (".../lapic"), and reports
+    // a guest refusal as an ACPI _OST eject status 0x80-0x83 rather than
+    // DEVICE_UNPLUG_GUEST_ERROR: accept all three forms.
+    const ev = qmp.waitEvent(['DEVICE_DELETED', 'DEVICE_UNPLUG_GUEST_ERROR', 'ACPI_DEVICE_OST'], (e) => {
+      if (e.event === 'ACPI_DEVICE_OST') return isOstEjectFailure(e.data, id);
+      const p = typeof e.data.path === 'string' ? e.data.path : '';
+      return e.data.device === id || p === path || p.startsWith(`${path}/`);
+    }, this.stepTimeoutMs());
+    try {
+      await qmp.execute('device_del', { id });
+    } catch (e) {
+      ev.cancel();
+      throw e;
+    }
+    const e = await ev.promise;
+    if (e.event !== 'DEVICE_DELETED') throw new SandboxError('SANDBOX_RESIZE_FAILED', `guest refused to unplug vCPU ${id} (${e.event} ${JSON.stringify(e.data)})`);
+    await this.until(async () => !(await qmp.execute<CpuInfoFast[]>('query-cpus-fast')).some((c) => c['qom-path'] === path),
+      this.stepTimeoutMs(), `vCPU ${id} still listed by query-cpus-fast`);
   }
 
   private async until(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {

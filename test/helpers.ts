@@ -4,13 +4,13 @@
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openRuntime, type QemuRuntime, type QemuSandbox, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import { openRuntime, QemuRuntime, type QemuRuntimeOptions, type QemuSandbox, type SandboxSpec } from '../sandbox-runtime/index.ts';
 
 export interface TestRuntime {
   runtime: QemuRuntime;
   dir: string;
-  /** Creates and starts a sandbox that is stopped by stopAll(). */
-  boot(spec: Partial<SandboxSpec> & { id: string }): Promise<QemuSandbox>;
+  /** Creates and starts a sandbox that is stopped by stopAll(); runtime options may be overridden. */
+  boot(spec: Partial<SandboxSpec> & { id: string }, runtimeOpts?: Partial<QemuRuntimeOptions>): Promise<QemuSandbox>;
   stopAll(): Promise<void>;
 }
 
@@ -25,8 +25,9 @@ export async function testRuntime(name: string): Promise<TestRuntime> {
   return {
     runtime,
     dir,
-    async boot(spec) {
-      const sb = await runtime.create({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, ...spec });
+    async boot(spec, runtimeOpts) {
+      const rt = runtimeOpts ? new QemuRuntime({ ...runtime.opts, ...runtimeOpts }) : runtime;
+      const sb = await rt.create({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, ...spec });
       started.push(sb);
       await sb.start();
       return sb;

@@ -261,6 +261,12 @@ export class AgentClient extends EventEmitter {
     return decodeStats(f.payload);
   }
 
+  /** Asks the guest to keep exactly `n` CPUs online; answers with fresh stats. */
+  async setCpus(n: number, timeoutMs = 10_000): Promise<GuestStats> {
+    const f = await this.request(FrameType.SetCpus, [FrameType.Stats], encodeU32(n), timeoutMs);
+    return decodeStats(f.payload);
+  }
+
   async sync(timeoutMs = 30_000): Promise<void> {
     await this.request(FrameType.Sync, [FrameType.SyncDone], undefined, timeoutMs);
   }

@@ -25,6 +25,8 @@ export enum FrameType {
   Error = 14,
   Online = 15,
   Shutdown = 16,
+  /** Host -> guest: keep exactly N CPUs online (u32 N); answered with Stats. */
+  SetCpus = 17,
 }
 
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType).filter((v): v is number => typeof v === 'number'));

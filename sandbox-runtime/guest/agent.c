@@ -45,7 +45,7 @@
 
 enum {
   T_HELLO = 1, T_PING, T_PONG, T_EXEC, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_SIGNAL,
-  T_STATS_REQ, T_STATS, T_SYNC, T_SYNC_DONE, T_ERROR, T_ONLINE, T_SHUTDOWN, T_LAST = T_SHUTDOWN
+  T_STATS_REQ, T_STATS, T_SYNC, T_SYNC_DONE, T_ERROR, T_ONLINE, T_SHUTDOWN, T_SET_CPUS, T_LAST = T_SET_CPUS
 };
 
 /* ---------- crc32 (IEEE, as zlib) ---------- */
@@ -240,18 +240,52 @@ static void send_stats(uint32_t id) {
   send_frame(T_STATS, id, p, sizeof p);
 }
 
-/* Online every offline CPU and memory block (memory as movable so it can be unplugged). */
-static int online_all(void) {
-  int changed = 0;
-  char path[300], buf[64];
+/* How many CPUs the host wants online (-1: all present). Kept so that a CPU hot-add
+ * event does not bring back CPUs the host has taken offline. */
+static int cpu_target = -1;
+
+static int cpu_is_online(int n) {
+  char path[96], buf[8];
+  if (n == 0) return 1; /* cpu0 has no online file: it cannot go */
+  snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/online", n);
+  return read_file(path, buf, sizeof buf) > 0 && buf[0] == '1';
+}
+
+static int cpu_set_online(int n, int on) {
+  char path[96];
+  snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/online", n);
+  return write_file(path, on ? "1" : "0") == 0;
+}
+
+/* Bring the online CPU count to cpu_target: online the lowest offline CPUs, offline
+ * the highest online ones (never cpu0). */
+static int apply_cpu_target(void) {
+  int present[1024], n = 0, online = 0, changed = 0;
   DIR *d = opendir("/sys/devices/system/cpu");
   struct dirent *e;
-  while (d && (e = readdir(d))) {
+  while (d && (e = readdir(d)) && n < 1024) {
     if (strncmp(e->d_name, "cpu", 3) || e->d_name[3] < '0' || e->d_name[3] > '9') continue;
-    snprintf(path, sizeof path, "/sys/devices/system/cpu/%s/online", e->d_name);
-    if (read_file(path, buf, sizeof buf) > 0 && buf[0] == '0' && write_file(path, "1") == 0) changed = 1;
+    present[n++] = atoi(e->d_name + 3);
   }
   if (d) closedir(d);
+  for (int i = 1; i < n; i++) /* sort ascending */
+    for (int j = i; j > 0 && present[j - 1] > present[j]; j--) { int t = present[j]; present[j] = present[j - 1]; present[j - 1] = t; }
+  for (int i = 0; i < n; i++) online += cpu_is_online(present[i]);
+  int want = cpu_target < 0 || cpu_target > n ? n : cpu_target;
+  for (int i = 0; i < n && online < want; i++)
+    if (!cpu_is_online(present[i]) && cpu_set_online(present[i], 1)) { online++; changed = 1; }
+  for (int i = n - 1; i > 0 && online > want; i--)
+    if (cpu_is_online(present[i]) && cpu_set_online(present[i], 0)) { online--; changed = 1; }
+  return changed;
+}
+
+/* Online hot-added CPUs (up to the host's target) and memory blocks (as movable, so
+ * they can be unplugged again). */
+static int online_all(void) {
+  int changed = apply_cpu_target();
+  char path[300], buf[64];
+  DIR *d;
+  struct dirent *e;
   /* Where the kernel onlines hot-added memory itself (memhp_default_state), leave memory
    * alone: onlining a block the virtio-mem driver is taking away would fight it. */
   if (read_file("/sys/devices/system/memory/auto_online_blocks", buf, sizeof buf) > 0 && strncmp(buf, "offline", 7))
@@ -417,6 +451,12 @@ static void on_frame(int type, uint32_t id, const uint8_t *p, uint32_t n) {
   case T_SIGNAL: do_signal(id, p, n); break;
   case T_STATS_REQ: send_stats(id); break;
   case T_ONLINE: online_all(); send_stats(id); break;
+  case T_SET_CPUS:
+    if (n < 4) { send_error(id, EINVAL, "set-cpus payload too short"); break; }
+    cpu_target = (int)rd32(p) == 0 ? 1 : (int)rd32(p);
+    apply_cpu_target();
+    send_stats(id);
+    break;
   case T_SYNC: {
     sync();
     uint8_t r[4] = {0};
