@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { openRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { openRuntime, QemuRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../sandbox-runtime/image/cpio.ts';
 
 const { values } = parseArgs({
@@ -75,12 +75,17 @@ async function boot(): Promise<QemuSandbox> {
 }
 
 const bootMs: number[] = [];
+const phases: { agentStart: number; modulesLoaded: number; portOpen: number }[] = [];
 const rawMs: number[] = [];
 // Alternate the two so drift on the host hits both alike.
 for (let i = 0; i < runs; i++) {
   rawMs.push(await rawBoot());
   const sb = await boot();
   bootMs.push(sb.status().bootMs!);
+  // The agent's hello carries guest uptimes at its boot phases.
+  const hello = sb.agentClient?.hello ?? '';
+  const phase = (k: string): number => Number(new RegExp(`${k}=(\\d+)`).exec(hello)?.[1] ?? NaN);
+  phases.push({ agentStart: phase('start'), modulesLoaded: phase('modules'), portOpen: phase('port') });
   await sb.stop({ graceMs: 0 });
   say(`boot ${i + 1}/${runs}: lodger ${bootMs.at(-1)!.toFixed(0)} ms, bare qemu ${rawMs.at(-1)!.toFixed(0)} ms`);
 }
@@ -93,16 +98,22 @@ const memUnplug: number[] = [];
 let guestCpusAfterPlug = 0;
 let guestMemMiBAfterPlug = 0;
 let overheadMiB = 0;
+let overheadPssMiB = 0;
+let hotAddMs: number | null = null;
+let acpiUnplugMs: number | null = null;
 let vmmRssMiB = 0;
 try {
+  // One vCPU step each way, whatever the mechanism (device_add first, then guest
+  // online/offline under TCG, device_add/device_del under KVM).
   for (let i = 0; i < cycles; i++) {
     const up = await sb.update({ vcpus: 2 });
-    plug.push(up.steps.find((s) => s.kind === 'vcpu-plug')!.ms);
+    plug.push(up.steps.find((s) => s.kind === 'vcpu-plug' || s.kind === 'vcpu-online')!.ms);
+    if (i === 0) hotAddMs = up.steps.find((s) => s.kind === 'vcpu-plug')?.ms ?? null;
     guestCpusAfterPlug = (await sb.guestStats()).cpusOnline;
     const down = await sb.update({ vcpus: 1 });
-    unplug.push(down.steps.find((s) => s.kind === 'vcpu-unplug')!.ms);
+    unplug.push(down.steps.find((s) => s.kind === 'vcpu-unplug' || s.kind === 'vcpu-offline')!.ms);
   }
-  say(`vCPU plug ${plug.map((x) => x.toFixed(0)).join(' ')} ms; unplug ${unplug.map((x) => x.toFixed(0)).join(' ')} ms`);
+  say(`vCPU up ${plug.map((x) => x.toFixed(0)).join(' ')} ms; down ${unplug.map((x) => x.toFixed(0)).join(' ')} ms (${sb.vcpuUnplugMode})`);
   for (let i = 0; i < Math.min(cycles, 3); i++) {
     memPlug.push((await sb.update({ memoryMiB: 768 })).totalMs);
     guestMemMiBAfterPlug = Math.round((await sb.guestStats()).memTotalKiB / 1024);
@@ -118,8 +129,29 @@ try {
     vmmRssMiB = mem.rssBytes / 1048576;
     overheadMiB = (mem.rssBytes - mem.guestRamRssBytes) / 1048576;
   }
+  // With a second sandbox up, pages both map once (kernel image, QEMU's code) are shared:
+  // PSS beyond guest RAM is what each further sandbox costs.
+  const twin = await boot();
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const m2 = await vmmMemory(host.proc, sb.pid!, [256, 512]);
+    if (m2) overheadPssMiB = (m2.pssBytes - m2.guestRamPssBytes) / 1048576;
+  } finally {
+    await twin.stop({ graceMs: 0 });
+  }
 } finally {
   await sb.stop({ graceMs: 0 });
+}
+// The ACPI unplug path once, on its own sandbox (under TCG it can run only once per VM).
+const acpiSpec = { id: 'bench-acpi', vcpus: 2, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 };
+const acpiSb = new QemuRuntime({ ...runtime.opts, vcpuUnplug: 'acpi' });
+const acpiBox = await acpiSb.create(acpiSpec);
+try {
+  await acpiBox.start();
+  acpiUnplugMs = (await acpiBox.update({ vcpus: 1 })).steps.find((s) => s.kind === 'vcpu-unplug')!.ms;
+  say(`ACPI vCPU unplug ${acpiUnplugMs.toFixed(0)} ms`);
+} finally {
+  await acpiBox.stop({ graceMs: 0 });
 }
 
 const result = {
@@ -131,14 +163,27 @@ const result = {
   bootMsAll: bootMs.map(round),
   rawQemuBootMs: round(median(rawMs)),
   rawQemuBootMsAll: rawMs.map(round),
-  bootRatio: round((median(bootMs) / median(rawMs)) * 100) / 100,
+  bootRatio: Math.round((median(bootMs) / median(rawMs)) * 100) / 100,
+  // Guest uptime (ms) when the agent started, had loaded its modules, found its port.
+  guestBootPhasesMs: {
+    agentStart: median(phases.map((p) => p.agentStart)),
+    modulesLoaded: median(phases.map((p) => p.modulesLoaded)),
+    portOpen: median(phases.map((p) => p.portOpen)),
+  },
+  pvh: image.pvh,
+  vcpuUnplugMode: sb.vcpuUnplugMode,
   vcpuPlugMs: round(median(plug)),
   vcpuUnplugMs: round(median(unplug)),
+  vcpuHotAddMs: hotAddMs === null ? null : round(hotAddMs),
+  vcpuAcpiUnplugMs: acpiUnplugMs === null ? null : round(acpiUnplugMs),
   memPlugMs: round(median(memPlug)),
   memUnplugMs: round(median(memUnplug)),
   guestCpusAfterPlug,
   guestMemMiBAfterPlug,
+  // VMM resident memory beyond the guest RAM in use (RSS), and its proportional share
+  // with a second sandbox running (PSS): the marginal cost of one more sandbox.
   hostOverheadMiB: round(overheadMiB),
+  hostOverheadPssMiB: round(overheadPssMiB),
   vmmRssMiB: round(vmmRssMiB),
   initramfsMiB: round(image.bytes / 1048576),
 };

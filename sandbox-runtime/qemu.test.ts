@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const image = { kernel: '/k', initramfs: '/i', hash: 'h', kernelVersion: null, modules: [], bytes: 0 };
+const image = { kernel: '/k', kernelSource: '/k', pvh: false, initramfs: '/i', hash: 'h', kernelVersion: null, modules: [], bytes: 0 };
 const base = { id: 'a', vcpus: 3, maxVcpus: 4, memoryMiB: 256, maxMemoryMiB: 1280 };
 const opts = { accel: 'tcg' as const, seccomp: true, tbSizeMiB: 32, firmware: null };
 const value = (args: string[], flag: string): string[] => args.flatMap((a, i) => (args[i - 1] === flag ? [a] : []));
@@ -49,10 +49,10 @@ test('VMM memory splits guest RAM mappings from the rest', async (t) => {
   const proc = mkdtempSync(join(tmpdir(), 'lodger-proc-'));
   mkdirSync(join(proc, '7'));
   writeFileSync(join(proc, '7', 'smaps'), [
-    '7f0000000000-7f0010000000 rw-p 00000000 00:00 0', 'Size:             262144 kB', 'Rss:               40000 kB',
-    '5600000000-5600100000 r-xp 00000000 08:01 1 /usr/bin/qemu', 'Size:               1024 kB', 'Rss:                 900 kB',
-    '7f1000000000-7f1040000000 rw-p 00000000 00:00 0', 'Size:            1048576 kB', 'Rss:                   0 kB',
+    '7f0000000000-7f0010000000 rw-p 00000000 00:00 0', 'Size:             262144 kB', 'Rss:               40000 kB', 'Pss:               40000 kB',
+    '5600000000-5600100000 r-xp 00000000 08:01 1 /usr/bin/qemu', 'Size:               1024 kB', 'Rss:                 900 kB', 'Pss:                 300 kB',
+    '7f1000000000-7f1040000000 rw-p 00000000 00:00 0', 'Size:            1048576 kB', 'Rss:                   0 kB', 'Pss:                   0 kB',
   ].join('\n'));
-  t.deepEqual(await vmmMemory(proc, 7, [256, 1024]), { rssBytes: 40900 * 1024, guestRamRssBytes: 40000 * 1024 });
+  t.deepEqual(await vmmMemory(proc, 7, [256, 1024]), { rssBytes: 40900 * 1024, guestRamRssBytes: 40000 * 1024, pssBytes: 40300 * 1024, guestRamPssBytes: 40000 * 1024 });
   t.is(await vmmMemory(proc, 8, [256]), null);
 });

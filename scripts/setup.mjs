@@ -18,6 +18,7 @@ const DEBIAN_PACKAGES = [
   'linux-image-cloud-amd64', // default guest kernel
   'busybox-static', // guest userland
   'e2fsprogs', // mkfs.ext4 / debugfs / e2fsck for job disks
+  'lz4', // unpacks the kernel's vmlinux for PVH boot
   'gcc', 'libc6-dev', 'g++', 'make', // guest agent (static C) and the native addon
   'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
 ];

@@ -84,6 +84,8 @@ export class AgentClient extends EventEmitter {
   stats: GuestStats | null = null;
   statsAt = 0;
   ready = false;
+  /** The agent's hello: version and guest uptimes (ms) at its boot phases. */
+  hello: string | null = null;
 
   /**
    * Decides what a closed channel means. The VMM's death closes the socket before the
@@ -148,6 +150,7 @@ export class AgentClient extends EventEmitter {
         this.emit('stats', this.stats);
       } catch { /* a short stats frame is ignored */ }
     }
+    if (f.type === FrameType.Hello) this.hello = f.payload.toString('utf8');
     if (f.type === FrameType.Hello || f.type === FrameType.Pong) {
       if (!this.ready) {
         this.ready = true;

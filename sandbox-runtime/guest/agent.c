@@ -517,6 +517,14 @@ static void mount_disk(const char *serial, const char *target, unsigned long fla
   if (d) closedir(d);
 }
 
+/* Guest uptime (ms) at the agent's boot phases, reported in the hello frame. */
+static uint64_t t_start, t_modules, t_port;
+static uint64_t uptime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void boot(void) {
   mount("proc", "/proc", "proc", 0, NULL);
   mount("sysfs", "/sys", "sysfs", 0, NULL);
@@ -526,6 +534,7 @@ static void boot(void) {
   int con = open("/dev/console", O_RDWR | O_CLOEXEC);
   if (con >= 0) { dup2(con, 1); dup2(con, 2); close(con); }
   load_modules();
+  t_modules = uptime_ms();
   mkdir("/output", 0755);
   mount_disk("lodger-output", "/output", 0);
   mount_disk("lodger-rootfs", "/rootfs", MS_RDONLY);
@@ -574,8 +583,10 @@ int main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &mask, NULL);
   int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
+  t_start = uptime_ms();
   if (getpid() == 1) boot();
   port_fd = open_port();
+  t_port = uptime_ms();
   if (port_fd < 0) {
     dprintf(2, "lodger-agent: no virtio port %s\n", PORT_NAME);
     if (getpid() == 1) reboot(RB_POWER_OFF);
@@ -591,7 +602,10 @@ int main(int argc, char **argv) {
 
   struct parser ps = {.buf = malloc(MAX_PAYLOAD + HEADER_BYTES), .cap = MAX_PAYLOAD + HEADER_BYTES};
   send_stats(0);
-  send_frame(T_HELLO, 0, "lodger-agent/1", 14);
+  char hello[128];
+  int hn = snprintf(hello, sizeof hello, "lodger-agent/1 start=%llu modules=%llu port=%llu", (unsigned long long)t_start,
+                    (unsigned long long)t_modules, (unsigned long long)t_port);
+  send_frame(T_HELLO, 0, hello, (uint32_t)hn);
 
   for (;;) {
     struct pollfd pf[4 + 2 * MAX_JOBS];

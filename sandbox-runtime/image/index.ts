@@ -12,9 +12,10 @@ import { promisify } from 'node:util';
 import { SandboxError } from '../errors.ts';
 import type { HostPaths } from '../host.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry } from './cpio.ts';
+import { extractPvhKernel } from './pvh.ts';
 
 const run = promisify(execFile);
-const BUILDER_VERSION = 3; // bump when the image layout changes
+const BUILDER_VERSION = 4; // bump when the image layout changes
 export const AGENT_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', 'guest', 'agent.c');
 
 /** Modules the guest needs, by name; their dependencies are added from modules.dep. */
@@ -26,10 +27,16 @@ export interface ImageOptions {
   /** Module tree for that kernel; absent means the kernel has what it needs built in. */
   modulesDir?: string;
   busybox?: string;
+  /** Boot an uncompressed vmlinux through PVH when the kernel carries one (default true). */
+  pvh?: boolean;
 }
 
 export interface GuestImage {
+  /** What QEMU boots: the PVH vmlinux extracted into the image, or the kernel as given. */
   kernel: string;
+  /** The kernel as configured. */
+  kernelSource: string;
+  pvh: boolean;
   initramfs: string;
   hash: string;
   kernelVersion: string | null;
@@ -81,6 +88,7 @@ export function resolveModules(modulesDir: string, wanted: string[]): string[] {
 }
 
 export interface ImageInputs {
+  pvh: boolean;
   kernel: string;
   kernelVersion: string | null;
   modulesDir: string | null;
@@ -102,12 +110,12 @@ export function resolveInputs(host: HostPaths, opts: ImageOptions = {}): ImageIn
   for (const p of [kernel, busybox]) {
     if (!existsSync(p)) throw new SandboxError('IMAGE_BUILD_FAILED', `${p} is missing`);
   }
-  return { kernel, kernelVersion: version, modulesDir, busybox };
+  return { kernel, kernelVersion: version, modulesDir, busybox, pvh: opts.pvh ?? true };
 }
 
 export function imageHash(inputs: ImageInputs): string {
   const h = createHash('sha256');
-  h.update(`builder:${BUILDER_VERSION}\n`);
+  h.update(`builder:${BUILDER_VERSION} pvh:${inputs.pvh}\n`);
   h.update(readFileSync(AGENT_SOURCE));
   h.update(fileId(inputs.kernel));
   h.update(fileId(inputs.busybox));
@@ -164,8 +172,11 @@ export async function ensureGuestImage(host: HostPaths, opts: ImageOptions = {},
     const cpio = writeCpio(entries);
     await writeFile(join(tmp, 'initramfs.cpio'), cpio);
     await rm(agent);
+    const pvh = inputs.pvh && (await extractPvhKernel(inputs.kernel, join(tmp, 'vmlinux')));
     const image: GuestImage = {
-      kernel: inputs.kernel,
+      kernel: pvh ? join(dir, 'vmlinux') : inputs.kernel,
+      kernelSource: inputs.kernel,
+      pvh,
       initramfs: join(dir, 'initramfs.cpio'),
       hash,
       kernelVersion: inputs.kernelVersion,
@@ -175,12 +186,22 @@ export async function ensureGuestImage(host: HostPaths, opts: ImageOptions = {},
     await writeFile(join(tmp, 'manifest.json'), JSON.stringify(image, null, 2));
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
-    log(`guest image ${hash}: initramfs ${(cpio.length / 1048576).toFixed(1)} MiB, ${modules.length} modules`);
+    await pruneImages(join(host.cacheDir, 'images'), 4);
+    log(`guest image ${hash}: initramfs ${(cpio.length / 1048576).toFixed(1)} MiB, ${modules.length} modules, ${pvh ? 'PVH vmlinux' : 'bzImage boot'}`);
     return image;
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** Keeps the `keep` most recently built images; each holds a ~50 MB vmlinux. */
+async function pruneImages(imagesDir: string, keep: number): Promise<void> {
+  const dirs = readdirSync(imagesDir, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && !d.name.includes('.tmp-'))
+    .map((d) => ({ path: join(imagesDir, d.name), at: statSync(join(imagesDir, d.name)).mtimeMs }))
+    .sort((a, b) => b.at - a.at);
+  for (const d of dirs.slice(keep)) await rm(d.path, { recursive: true, force: true });
 }
 
 /** Path of a host build of the agent (for the parser tests); built on demand, cached. */
