@@ -1,7 +1,7 @@
 // What this host offers a sandbox runtime, each item with what to do when it is missing.
 // Reads only injected paths and runs only version queries, so it is safe anywhere.
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { decideAccel, probeHost, type AccelRequest } from './accel.ts';
@@ -48,17 +48,8 @@ export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; imag
       : V1_CONTROLLERS.filter((c) => existsSync(join(host.cgroupRoot, c)));
     const need = version === 2 ? ['cpu', 'cpuset', 'memory', 'pids'] : ['cpu', 'cpuset', 'memory'];
     const missing = need.filter((c) => !controllers.includes(c));
-    let writable = true;
-    try {
-      const mgr = new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc } });
-      for (const dir of mgr.parents.values()) {
-        let d = dir;
-        while (!existsSync(d)) d = join(d, '..');
-        accessSync(d, constants.W_OK);
-      }
-    } catch {
-      writable = false;
-    }
+    const why = new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc } }).whyNotWritable();
+    const writable = why === null;
     checks.push({
       name: 'cgroups', ok: missing.length === 0 && writable, required: true,
       detail: `v${version}${version === 1 ? ' (production hosts should run v2)' : ''}; controllers: ${controllers.join(' ')}${writable ? '' : '; not writable by this user'}`,

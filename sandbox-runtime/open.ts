@@ -22,9 +22,15 @@ export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime
   const host = defaultHostPaths(o.host);
   const image = await ensureGuestImage(host, o.image ?? {}, o.log);
   const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);
-  const cgroups = detectCgroupVersion(host.cgroupRoot)
+  let cgroups = detectCgroupVersion(host.cgroupRoot)
     ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent })
     : null;
+  // Without a writable cgroup tree sandboxes still run, unconfined: say so.
+  const why = cgroups ? cgroups.whyNotWritable() : `no cgroup filesystem at ${host.cgroupRoot}`;
+  if (why) {
+    (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
+    cgroups = null;
+  }
   const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, log: o.log });
   return { runtime, accel, host, cgroups };
 }

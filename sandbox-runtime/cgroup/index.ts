@@ -2,7 +2,7 @@
 // backend that translate knobs into file writes. The shared Cgroup class skips writes
 // that change nothing and reports the ones it made. Host paths are injected: unit tests
 // run the v2 logic against a temp-dir tree, integration tests run v1 on the real kernel.
-import { existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandboxError } from '../errors.ts';
@@ -264,6 +264,20 @@ export class CgroupManager {
 
   get parents(): ReadonlyMap<string, string> {
     return this.parentDirs;
+  }
+
+  /** Null when this process may create the sandbox groups, else why not. */
+  whyNotWritable(): string | null {
+    for (const dir of this.parentDirs.values()) {
+      let d = dir;
+      while (!existsSync(d)) d = join(d, '..');
+      try {
+        accessSync(d, constants.W_OK);
+      } catch {
+        return `${d} is not writable by this user (run as root, or under systemd with Delegate=yes)`;
+      }
+    }
+    return null;
   }
 
   private async ensureDir(hierarchy: string, dir: string): Promise<void> {
