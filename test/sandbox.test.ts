@@ -178,6 +178,9 @@ test.serial('kill -9 of QEMU surfaces as a typed error, its cgroup is removed, s
     // QEMU aborts on a re-plug after an unplug under TCG: refused, and QEMU lives on.
     const refused = await t.throwsAsync(victim.update({ vcpus: 2 }), { instanceOf: SandboxError });
     t.regex(refused!.message, /refusing to plug/);
+    // A failed step reports the state it left, re-read from QEMU and the guest.
+    t.deepEqual((refused as unknown as { actual: unknown }).actual, { vcpus: 1, memoryMiB: 256 });
+    t.is(victim.status().vcpus, 1);
     t.is((await victim.guestStats()).cpusOnline, 1);
   }
   t.true(dirs.every((d) => existsSync(d)));
