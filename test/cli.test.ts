@@ -86,3 +86,15 @@ test.serial('lodger run: Ctrl-C tears the sandbox down (VMM gone, cgroup removed
     killVmm(stderr);
   }
 });
+
+test.serial('lodger policy validate: the examples pass; a broken file prints file:line:column and fails', async (t) => {
+  const ok = await lodger(['policy', 'validate', 'policies/nginx.yaml', 'policies/redis.yaml', 'policies/batch.yaml'], 30_000);
+  t.is(ok.code, 0, ok.stderr);
+  t.regex(ok.stdout, /nginx\.yaml: ok \(OnlineService web\)/);
+  const dir = mkdtempSync(join(tmpdir(), 'lodger-pol-'));
+  const bad = join(dir, 'bad.yaml');
+  writeFileSync(bad, 'apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: web }\nspec:\n  slo: { target: 5 ms }\n  probe: { tcp: { address: "127.0.0.1:80" } }\n');
+  const r = await lodger(['policy', 'validate', bad], 30_000);
+  t.is(r.code, 1);
+  t.is(r.stderr.trim(), `${bad}:5:18: /spec/slo/target: "5 ms" is not in the expected form (e.g. 500us, 5ms, 1s, 2m)`);
+});

@@ -2,6 +2,7 @@
 // `run` and `doctor` work on their own.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { doctorCommand } from './doctor.ts';
+import { policyValidateCommand } from './policy.ts';
 import { runCommand } from './run.ts';
 import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
 
@@ -42,6 +43,16 @@ program.command('doctor')
   .addOption(new Option('--accel <accel>', 'accelerator to evaluate').choices(['auto', 'kvm', 'tcg']).default('auto'))
   .action(async (opts) => {
     process.exitCode = await doctorCommand(opts);
+  });
+
+program.command('policy')
+  .description('work with policy files')
+  .command('validate')
+  .description('check policy files against the schema; errors name file:line:column')
+  .argument('<files...>', 'policy YAML files')
+  .option('--json', 'machine-readable output', false)
+  .action(async (files: string[], opts: { json: boolean }) => {
+    process.exitCode = await policyValidateCommand(files, opts);
   });
 
 await program.parseAsync(process.argv);

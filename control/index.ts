@@ -1,0 +1,3 @@
+// Public door of the control plane: policies, monitoring, the pure controller and the
+// actuator. Never imports sandbox-runtime/ or native/: the actuator is handed the contract.
+export * from './policy/index.ts';

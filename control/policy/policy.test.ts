@@ -1,0 +1,58 @@
+import test from 'ava';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadPolicyDir, parsePolicyText, PolicyError } from './index.ts';
+
+const policiesDir = join(import.meta.dirname, '..', '..', 'policies');
+
+test('the shipped example policies load into typed values', async (t) => {
+  const set = await loadPolicyDir(policiesDir);
+  const web = set.services.find((s) => s.name === 'web')!;
+  t.deepEqual(web.slo, { percentile: 99, targetMs: 5, windowMs: 1000 });
+  t.deepEqual(web.probe, { kind: 'http', url: 'http://127.0.0.1:8080/', method: 'GET', intervalMs: 100, timeoutMs: 500 });
+  const cache = set.services.find((s) => s.name === 'cache')!;
+  t.like(cache.probe, { kind: 'redis', host: '127.0.0.1', port: 6379 });
+  const pool = set.pools[0]!;
+  t.deepEqual(pool.sandbox, { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 });
+  t.is(pool.reserve.memoryBytes, 2 * 1024 ** 3);
+  t.deepEqual(pool.knobs, ['cpu.idle', 'cpuset', 'cpu.weight', 'pause']);
+});
+
+function errorOf(text: string): PolicyError {
+  try {
+    parsePolicyText(text, 'p.yaml');
+  } catch (e) {
+    if (e instanceof PolicyError) return e;
+    throw e;
+  }
+  throw new Error('no error');
+}
+
+const svc = (spec: string): string => `apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: web }\nspec:\n${spec}`;
+
+test('an unknown key is named with its file, line and column', (t) => {
+  const e = errorOf(svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n  colour: blue\n'));
+  t.is(e.message, 'p.yaml:7:3: unknown key "colour" at /spec');
+  const deep = errorOf(svc('  slo: { target: 5ms, windw: 1s }\n  probe: { tcp: { address: "a:1" } }\n'));
+  t.regex(deep.message, /^p\.yaml:5:23: unknown key "windw" at \/spec\/slo$/);
+});
+
+test('bad values, missing keys and YAML syntax errors are located', (t) => {
+  t.regex(errorOf(svc('  slo: { target: fast }\n  probe: { tcp: { address: "a:1" } }\n')).message, /^p\.yaml:5:18: \/spec\/slo\/target: "fast" is not in the expected form/);
+  t.regex(errorOf(svc('  probe: { tcp: { address: "a:1" } }\n')).message, /^p\.yaml:\d+:\d+: missing key "slo" at \/spec$/);
+  t.regex(errorOf(svc('  slo: { target: 5ms }\n')).message, /\/spec: needs exactly one of: probe, prometheus$/);
+  t.regex(errorOf(svc('  slo: { target: 5ms }\n  probe: { interval: 1s }\n')).message, /\/spec\/probe: needs exactly one of: http, tcp, redis, memcached$/);
+  t.regex(errorOf('apiVersion: lodger.dev/v1\nkind: [unclosed\n').message, /^p\.yaml:\d+:\d+: YAML: /);
+  t.regex(errorOf('apiVersion: lodger.dev/v2\nkind: BatchPool\nmetadata: { name: x }\nspec: { sandbox: { maxVcpus: 1, maxMemory: 1Gi } }\n').message, /^p\.yaml:1:13: \/apiVersion: must be "lodger.dev\/v1"/);
+});
+
+test('semantic checks: min above max, and a name defined twice across files', async (t) => {
+  const pool = 'apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  sandbox: { minVcpus: 8, maxVcpus: 2, maxMemory: 1Gi }\n';
+  t.regex(errorOf(pool).message, /^p\.yaml:5:\d+: minVcpus 8 is above maxVcpus 2/);
+  const dir = mkdtempSync(join(tmpdir(), 'lodger-pol-'));
+  const web = svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n');
+  writeFileSync(join(dir, 'a.yaml'), web);
+  writeFileSync(join(dir, 'b.yaml'), web);
+  await t.throwsAsync(loadPolicyDir(dir), { message: /b\.yaml.*also defined in .*a\.yaml/ });
+});
