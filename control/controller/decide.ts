@@ -1,0 +1,232 @@
+// The QoS controller: a pure function from policy, observations and its own previous
+// state to a plan. No I/O, no clock: time comes in with the observations. Every action
+// says why. The actuator applies plans; this file only decides.
+import type { BatchPoolPolicy, Knob, OnlineServicePolicy } from '../policy/index.ts';
+
+export interface ServiceObservation {
+  name: string;
+  /** Latency at the SLO percentile over the SLO window; null with no samples yet. */
+  latencyMs: number | null;
+  /** Why there is no usable latency (connection refused, malformed metrics...). */
+  error: string | null;
+}
+
+export interface HostObservation {
+  cpus: number;
+  /** PSI "some" avg10 for CPU, percent. */
+  cpuPressure: number;
+  memAvailableBytes: number;
+}
+
+export interface SandboxObservation {
+  id: string;
+  vcpus: number;
+  memoryMiB: number;
+  paused: boolean;
+  /** Guest MemAvailable, when the guest reports it. */
+  guestMemAvailableMiB: number | null;
+}
+
+export interface Observations {
+  now: number;
+  services: ServiceObservation[];
+  host: HostObservation;
+  sandboxes: SandboxObservation[];
+}
+
+/** cgroup knobs in the sandbox contract's vocabulary (v2 units). */
+export interface KnobSettings {
+  cpuIdle?: boolean;
+  cpus?: string;
+  cpuWeight?: number;
+  cpuMax?: { quotaUs: number; periodUs: number } | null;
+}
+
+export type Action =
+  | { kind: 'knobs'; sandbox: string; knobs: KnobSettings; reason: string }
+  | { kind: 'pause' | 'resume'; sandbox: string; reason: string }
+  | { kind: 'resize'; sandbox: string; vcpus?: number; memoryMiB?: number; reason: string };
+
+export interface ControllerState {
+  /** Fast-path level: the first `level` knobs of the pool's order are applied. */
+  level: number;
+  levelChangedAt: number;
+  /** Since when slack has stayed below shrinkSlack / at or above minSlack (null: not now). */
+  lowSince: number | null;
+  highSince: number | null;
+  lastResizeAt: number;
+  lastDirection: 'grow' | 'shrink' | null;
+  wasViolating: boolean;
+}
+
+export interface Plan {
+  actions: Action[];
+  state: ControllerState;
+  /** Per service: (target - measured) / target, or null when unknown. */
+  slack: Record<string, number | null>;
+  /** One line on why the plan is what it is (also when it is empty). */
+  reason: string;
+}
+
+export const INITIAL_STATE: ControllerState = {
+  level: 0, levelChangedAt: -Infinity, lowSince: null, highSince: null, lastResizeAt: -Infinity, lastDirection: null, wasViolating: false,
+};
+
+export interface ControllerPolicy {
+  services: OnlineServicePolicy[];
+  pool: BatchPoolPolicy;
+}
+
+/** CPU list of every host CPU, and of those batch work may keep when moved away. */
+export function cpuSplit(hostCpus: number, services: OnlineServicePolicy[], reserveCpus: number): { all: string; batch: string } {
+  const all = `0-${hostCpus - 1}`;
+  const online = new Set<number>();
+  for (const s of services) for (const c of expandCpus(s.cpus ?? '')) online.add(c);
+  // Without service CPUs in the policy, keep the reserve's count of low CPUs for them.
+  if (online.size === 0) for (let c = 0; c < Math.min(Math.ceil(reserveCpus), hostCpus - 1); c++) online.add(c);
+  const rest = [...Array(hostCpus).keys()].filter((c) => !online.has(c));
+  return { all, batch: rest.length ? rest.join(',') : String(hostCpus - 1) };
+}
+
+export function expandCpus(list: string): number[] {
+  const out: number[] = [];
+  for (const part of list.split(',').filter(Boolean)) {
+    const [a, b] = part.split('-').map(Number) as [number, number | undefined];
+    for (let c = a; c <= (b ?? a); c++) out.push(c);
+  }
+  return out;
+}
+
+/** The cgroup settings (or pause) that knob `k` means, on and off. */
+function knobSettings(k: Knob, on: boolean, split: { all: string; batch: string }, vcpus: number): KnobSettings | 'pause' | 'resume' {
+  switch (k) {
+    case 'cpu.idle': return { cpuIdle: on };
+    case 'cpuset': return { cpus: on ? split.batch : split.all };
+    case 'cpu.weight': return { cpuWeight: on ? 1 : 100 };
+    // Half of the sandbox's vCPUs; measured to hurt the online tail on some hosts, so
+    // it is not in the default order.
+    case 'cpu.max': return { cpuMax: on ? { quotaUs: 50_000 * vcpus, periodUs: 100_000 } : null };
+    case 'pause': return on ? 'pause' : 'resume';
+  }
+}
+
+function knobActions(knob: Knob, on: boolean, obs: Observations, policy: ControllerPolicy, reason: string): Action[] {
+  const split = cpuSplit(obs.host.cpus, policy.services, policy.pool.reserve.cpus);
+  return obs.sandboxes.map((sb): Action => {
+    const s = knobSettings(knob, on, split, sb.vcpus);
+    if (s === 'pause' || s === 'resume') return { kind: s, sandbox: sb.id, reason };
+    return { kind: 'knobs', sandbox: sb.id, knobs: s, reason };
+  });
+}
+
+const fmt = (x: number): string => x.toFixed(2);
+
+export function decide(policy: ControllerPolicy, obs: Observations, prev: ControllerState): Plan {
+  const { pool } = policy;
+  const g = pool.growth;
+  const state: ControllerState = { ...prev };
+  const actions: Action[] = [];
+  const slack: Record<string, number | null> = {};
+
+  // Slack per service = (target - measured) / target.
+  let minSlack = Infinity;
+  let worst = '';
+  const unknown: string[] = [];
+  for (const svc of policy.services) {
+    const o = obs.services.find((x) => x.name === svc.name);
+    if (!o || o.latencyMs === null || o.error) {
+      slack[svc.name] = null;
+      unknown.push(`${svc.name}${o?.error ? ` (${o.error})` : ''}`);
+      continue;
+    }
+    const s = (svc.slo.targetMs - o.latencyMs) / svc.slo.targetMs;
+    slack[svc.name] = s;
+    if (s < minSlack) {
+      minSlack = s;
+      worst = `${svc.name} p${svc.slo.percentile} ${o.latencyMs.toFixed(2)} ms vs ${svc.slo.targetMs} ms`;
+    }
+  }
+  const violating = minSlack < 0;
+  // Unknown latency never justifies growth; it does not clamp either (the service may be
+  // down for reasons of its own), so it holds.
+  const canGrow = unknown.length === 0 && minSlack >= g.minSlack;
+
+  state.lowSince = minSlack < g.shrinkSlack ? (prev.lowSince ?? obs.now) : null;
+  state.highSince = canGrow ? (prev.highSince ?? obs.now) : null;
+  state.wasViolating = violating;
+  const windowMs = Math.max(...policy.services.map((s) => s.slo.windowMs), 0);
+
+  // ---- fast path: host-side knobs, in the policy's order ----
+  if (violating && state.level < pool.knobs.length) {
+    // First tick of a violation: act now. While it lasts, escalate again only once the
+    // window has refreshed, so the previous step's effect can show in the percentile.
+    const firstTick = !prev.wasViolating;
+    if (firstTick || obs.now - prev.levelChangedAt >= windowMs) {
+      const knob = pool.knobs[state.level]!;
+      actions.push(...knobActions(knob, true, obs, policy, `breach: ${worst} (slack ${fmt(minSlack)}): apply ${knob}`));
+      state.level += 1;
+      state.levelChangedAt = obs.now;
+    }
+  } else if (state.level > 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs &&
+             obs.now - prev.levelChangedAt >= g.cooldownMs) {
+    // Comfortable for a whole cool-down: release the last knob applied.
+    const knob = pool.knobs[state.level - 1]!;
+    actions.push(...knobActions(knob, false, obs, policy, `slack ${fmt(minSlack)} >= ${g.minSlack} for ${g.cooldownMs} ms: release ${knob}`));
+    state.level -= 1;
+    state.levelChangedAt = obs.now;
+    state.highSince = obs.now; // the next release waits for another cool-down
+  }
+
+  // ---- structural path: vCPUs and memory, one step at a time ----
+  const sinceResize = obs.now - prev.lastResizeAt;
+  // Changing direction waits twice as long as continuing: no oscillation around the target.
+  const cooled = (dir: 'grow' | 'shrink'): boolean =>
+    sinceResize >= (prev.lastDirection && prev.lastDirection !== dir ? 2 * g.cooldownMs : g.cooldownMs);
+  const memPressure = obs.host.memAvailableBytes < pool.reserve.memoryBytes;
+  const resizing = actions.length === 0;
+
+  if (resizing && state.lowSince !== null && obs.now - state.lowSince >= g.cooldownMs && cooled('shrink')) {
+    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus).sort((a, b) => b.vcpus - a.vcpus)[0];
+    if (victim) {
+      actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
+        reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${obs.now - state.lowSince} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
+    }
+  } else if (resizing && state.level === 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs && cooled('grow') &&
+             obs.host.cpuPressure < 20) {
+    const used = obs.sandboxes.reduce((n, s) => n + s.vcpus, 0);
+    const spare = obs.host.cpus - pool.reserve.cpus - used;
+    const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused).sort((a, b) => a.vcpus - b.vcpus)[0];
+    if (smallest && spare >= 1) {
+      actions.push({ kind: 'resize', sandbox: smallest.id, vcpus: smallest.vcpus + 1,
+        reason: `slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'} >= ${g.minSlack} for ${obs.now - state.highSince} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
+    }
+  }
+  // Memory: give back under host memory pressure, take more when the guest runs short
+  // and the host has room beyond its reserve.
+  if (!actions.some((a) => a.kind === 'resize')) {
+    const step = g.memoryStepMiB;
+    if (memPressure && cooled('shrink')) {
+      const big = [...obs.sandboxes].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+      if (big) actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step,
+        reason: `host MemAvailable ${(obs.host.memAvailableBytes / 1048576).toFixed(0)} MiB below the ${(pool.reserve.memoryBytes / 1048576).toFixed(0)} MiB reserve: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
+    } else if (!memPressure && canGrow && cooled('grow') && obs.host.memAvailableBytes - step * 1048576 > pool.reserve.memoryBytes) {
+      const short = obs.sandboxes.find((s) => s.guestMemAvailableMiB !== null && s.guestMemAvailableMiB < s.memoryMiB / 4 && s.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
+      if (short) actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
+        reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
+    }
+  }
+  const resize = actions.find((a) => a.kind === 'resize');
+  if (resize) {
+    const grow = (resize.vcpus ?? 0) > (obs.sandboxes.find((s) => s.id === resize.sandbox)?.vcpus ?? Infinity) ||
+      (resize.memoryMiB ?? 0) > (obs.sandboxes.find((s) => s.id === resize.sandbox)?.memoryMiB ?? Infinity);
+    state.lastResizeAt = obs.now;
+    state.lastDirection = grow ? 'grow' : 'shrink';
+  }
+
+  const reason = actions.length
+    ? actions.map((a) => a.reason).filter((r, i, all) => all.indexOf(r) === i).join('; ')
+    : violating ? `breach: ${worst} (slack ${fmt(minSlack)}): all knobs applied, waiting`
+      : unknown.length ? `holding: no latency for ${unknown.join(', ')}`
+        : `steady: min slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'}, level ${state.level}`;
+  return { actions, state, slack, reason };
+}
