@@ -18,6 +18,12 @@ test('vCPUs: boot one, cold-plug the rest with ids so they can be unplugged', (t
   ]);
 });
 
+test('coldPlugAll (TCG): every vCPU exists at boot, the guest starts with only `vcpus` online', (t) => {
+  const args = qemuArgs({ ...base, vcpus: 2 }, sandboxPaths('/run', 'a'), image, { ...opts, coldPlugAll: true });
+  t.is(value(args, '-device').filter((d) => d.includes('x86_64-cpu')).length, 3);
+  t.regex(value(args, '-append')[0]!, / maxcpus=2 lodger\.vcpus=2/);
+});
+
 test('memory: virtio-mem covers max - boot; guests boot with online_movable; seccomp on; no NIC', (t) => {
   const args = qemuArgs(base, sandboxPaths('/run', 'a'), image, opts);
   t.deepEqual(value(args, '-m'), ['256M,slots=1,maxmem=1280M']);

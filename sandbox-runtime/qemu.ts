@@ -65,6 +65,11 @@ export interface QemuArgsOptions {
   tcgThread?: 'multi' | 'single';
   firmware: string | null;
   extraCmdline?: string;
+  /**
+   * Create every vCPU up to the maximum at boot, those beyond `vcpus` left offline in
+   * the guest. Under TCG QEMU cannot safely create vCPU threads later (see vcpuUnplugMode).
+   */
+  coldPlugAll?: boolean;
 }
 
 export function cpuModel(accel: Accelerator): string {
@@ -84,7 +89,8 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
     // the rest as devices with ids, which makes every one but the first unpluggable.
     '-smp', `1,sockets=${spec.maxVcpus},cores=1,threads=1,maxcpus=${spec.maxVcpus}`,
   ];
-  for (let s = 1; s < spec.vcpus; s++) args.push('-device', `${model}-x86_64-cpu,id=vcpu-s${s},socket-id=${s},core-id=0,thread-id=0`);
+  const created = o.coldPlugAll ? spec.maxVcpus : spec.vcpus;
+  for (let s = 1; s < created; s++) args.push('-device', `${model}-x86_64-cpu,id=vcpu-s${s},socket-id=${s},core-id=0,thread-id=0`);
   if (o.firmware) args.push('-bios', o.firmware);
   const hot = spec.maxMemoryMiB - spec.memoryMiB;
   args.push('-m', hot > 0 ? `${spec.memoryMiB}M,slots=1,maxmem=${spec.maxMemoryMiB}M` : `${spec.memoryMiB}M`);
@@ -94,7 +100,7 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
   }
   args.push(
     '-kernel', image.kernel, '-initrd', image.initramfs,
-    '-append', [...FAST_BOOT_CMDLINE, o.extraCmdline ?? ''].join(' ').trim(),
+    '-append', [...FAST_BOOT_CMDLINE, ...(o.coldPlugAll ? [`maxcpus=${spec.vcpus}`, `lodger.vcpus=${spec.vcpus}`] : []), o.extraCmdline ?? ''].join(' ').trim(),
     '-chardev', `file,id=con,path=${paths.console}`, '-serial', 'chardev:con',
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
@@ -249,6 +255,7 @@ export class QemuSandbox implements Sandbox {
       tbSizeMiB: this.opts.tbSizeMiB ?? 32,
       tcgThread: this.opts.tcgThread,
       extraCmdline: this.opts.extraCmdline,
+      coldPlugAll: this.vcpuUnplugMode === 'offline',
       firmware: existsSync(QBOOT) ? QBOOT : null,
     });
     // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
@@ -381,10 +388,12 @@ export class QemuSandbox implements Sandbox {
   }
 
   /**
-   * How vCPUs leave. 'acpi': device_del, the guest ejects the CPU. 'offline': the guest
-   * takes the CPU offline and QEMU keeps the device, its thread halted. Under TCG QEMU
-   * cannot re-plug after an unplug (7.2 corrupts its heap; 10.0 runs out of TCG contexts
-   * after maxcpus thread creations), so TCG defaults to 'offline'.
+   * How vCPUs come and go. 'acpi': device_add / device_del, the guest ejects the CPU.
+   * 'offline': every vCPU exists from boot and the guest onlines or offlines them; an
+   * offline vCPU's thread sleeps. Under TCG QEMU cannot create vCPU threads safely after
+   * boot (7.2 aborts in tcg_region_initial_alloc once the translation cache's regions are
+   * taken, and on any re-plug after an unplug; 10.0 after maxcpus thread creations), so
+   * TCG defaults to 'offline'.
    */
   get vcpuUnplugMode(): VcpuUnplugMode {
     return this.opts.vcpuUnplug ?? (this.accel === 'kvm' ? 'acpi' : 'offline');

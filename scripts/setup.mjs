@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES = [
   'busybox-static', // guest userland
   'e2fsprogs', // mkfs.ext4 / debugfs / e2fsck for job disks
   'lz4', // unpacks the kernel's vmlinux for PVH boot
+  'linux-source-6.1', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', // the minimal guest kernel
   'gcc', 'libc6-dev', 'g++', 'make', // guest agent (static C) and the native addon
   'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
 ];

@@ -32,10 +32,12 @@ for (const [name, cmd, args] of [['typecheck', bin('tsc'), ['-p', 'tsconfig.json
 console.error('[test] ava');
 const ava = await step(bin('ava'), extra, true);
 const count = (re) => { const m = ava.out.match(re); return m ? Number(m[1]) : 0; };
-// ava's summary: "12 tests passed", "1 test failed", "2 known failures", "3 uncaught exceptions", ...
-let avaPassed = count(/(\d+) tests? passed/);
-const avaFailed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/) +
-  count(/(\d+) tests? remained uncompleted/) + count(/(\d+) tests? timed out/);
+// ava lists every test as it ends (✔ passed, ✘ failed); its summary omits the passed
+// count when something failed, so count the lines, and add what only the summary says.
+const lines = ava.out.split('\n');
+const avaPassed = lines.filter((l) => /^\s*✔ /.test(l)).length;
+const avaFailed = lines.filter((l) => /^\s*✘ \[fail\]/.test(l)).length + count(/(\d+) uncaught exceptions?/) +
+  count(/(\d+) unhandled rejections?/) + count(/(\d+) tests? remained uncompleted/) + (/✘ Timed out/.test(ava.out) ? 1 : 0);
 if (ava.code !== 0 && avaFailed === 0) failed++; // ava failed before running tests
 passed += avaPassed;
 failed += avaFailed;

@@ -525,6 +525,16 @@ static uint64_t uptime_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The host's vCPU target at boot (lodger.vcpus=N on the kernel command line): CPUs
+ * cold-plugged beyond it stay offline until the host asks for them. */
+static void read_boot_cpu_target(void) {
+  char cmdline[4096];
+  if (read_file("/proc/cmdline", cmdline, sizeof cmdline) <= 0) return;
+  const char *p = strstr(cmdline, "lodger.vcpus=");
+  if (p) cpu_target = atoi(p + strlen("lodger.vcpus="));
+  if (cpu_target == 0) cpu_target = 1;
+}
+
 static void boot(void) {
   mount("proc", "/proc", "proc", 0, NULL);
   mount("sysfs", "/sys", "sysfs", 0, NULL);
@@ -533,6 +543,7 @@ static void boot(void) {
   mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777");
   int con = open("/dev/console", O_RDWR | O_CLOEXEC);
   if (con >= 0) { dup2(con, 1); dup2(con, 2); close(con); }
+  read_boot_cpu_target();
   load_modules();
   t_modules = uptime_ms();
   mkdir("/output", 0755);

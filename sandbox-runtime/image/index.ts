@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { SandboxError } from '../errors.ts';
 import type { HostPaths } from '../host.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry } from './cpio.ts';
+import { builtMinimalKernel } from './kernel.ts';
 import { extractPvhKernel } from './pvh.ts';
 
 const run = promisify(execFile);
@@ -22,7 +23,11 @@ export const AGENT_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', 
 export const GUEST_MODULES = ['virtio_pci', 'virtio_console', 'virtio_blk', 'virtio_mem', 'virtio_balloon'];
 
 export interface ImageOptions {
-  /** Kernel image (bzImage or PVH vmlinux). Default: the newest Debian cloud kernel in /boot. */
+  /**
+   * Kernel image (bzImage or PVH vmlinux), or 'minimal' (Lodger's own, built by setup
+   * from linux-source), or 'debian' (the newest cloud kernel in /boot). Default: the
+   * minimal kernel when it is built, else Debian's.
+   */
   kernel?: string;
   /** Module tree for that kernel; absent means the kernel has what it needs built in. */
   modulesDir?: string;
@@ -98,7 +103,13 @@ export interface ImageInputs {
 export function resolveInputs(host: HostPaths, opts: ImageOptions = {}): ImageInputs {
   let kernel = opts.kernel;
   let version: string | null = null;
-  if (!kernel) {
+  if (kernel === 'minimal' || kernel === undefined) {
+    const built = builtMinimalKernel(host);
+    if (built) kernel = built;
+    else if (kernel === 'minimal') throw new SandboxError('IMAGE_BUILD_FAILED', 'the minimal guest kernel is not built: install linux-source-6.1 and run `npm run setup`');
+    else kernel = undefined;
+  }
+  if (!kernel || kernel === 'debian') {
     const found = findDefaultKernel(host);
     if (!found) throw new SandboxError('IMAGE_BUILD_FAILED', `no guest kernel in ${host.boot}: install linux-image-cloud-amd64 or configure one`);
     kernel = found.kernel;
