@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { openRuntime, QemuRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { ensureGuestImage, openRuntime, QemuRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../sandbox-runtime/image/cpio.ts';
 
 const { values } = parseArgs({
@@ -68,11 +68,15 @@ function rawBoot(): Promise<number> {
 }
 
 let seq = 0;
-async function boot(): Promise<QemuSandbox> {
-  const sb = await runtime.create({ id: `bench-${seq++}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
+async function boot(rt: QemuRuntime = runtime): Promise<QemuSandbox> {
+  const sb = await rt.create({ id: `bench-${seq++}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
   await sb.start();
   return sb;
 }
+// The Debian cloud kernel, booted the same way, for the gain of the minimal kernel.
+const debianImage = image.kernelSource.includes('/boot/') ? null : await ensureGuestImage(host, { kernel: 'debian' }).catch(() => null);
+const debianRuntime = debianImage ? new QemuRuntime({ ...runtime.opts, image: debianImage }) : null;
+const debianMs: number[] = [];
 
 const bootMs: number[] = [];
 const phases: { agentStart: number; modulesLoaded: number; portOpen: number }[] = [];
@@ -87,7 +91,12 @@ for (let i = 0; i < runs; i++) {
   const phase = (k: string): number => Number(new RegExp(`${k}=(\\d+)`).exec(hello)?.[1] ?? NaN);
   phases.push({ agentStart: phase('start'), modulesLoaded: phase('modules'), portOpen: phase('port') });
   await sb.stop({ graceMs: 0 });
-  say(`boot ${i + 1}/${runs}: lodger ${bootMs.at(-1)!.toFixed(0)} ms, bare qemu ${rawMs.at(-1)!.toFixed(0)} ms`);
+  if (debianRuntime) {
+    const d = await boot(debianRuntime);
+    debianMs.push(d.status().bootMs!);
+    await d.stop({ graceMs: 0 });
+  }
+  say(`boot ${i + 1}/${runs}: lodger ${bootMs.at(-1)!.toFixed(0)} ms, bare qemu ${rawMs.at(-1)!.toFixed(0)} ms${debianRuntime ? `, with the Debian kernel ${debianMs.at(-1)!.toFixed(0)} ms` : ''}`);
 }
 
 const sb = await boot();
@@ -108,7 +117,6 @@ try {
   for (let i = 0; i < cycles; i++) {
     const up = await sb.update({ vcpus: 2 });
     plug.push(up.steps.find((s) => s.kind === 'vcpu-plug' || s.kind === 'vcpu-online')!.ms);
-    if (i === 0) hotAddMs = up.steps.find((s) => s.kind === 'vcpu-plug')?.ms ?? null;
     guestCpusAfterPlug = (await sb.guestStats()).cpusOnline;
     const down = await sb.update({ vcpus: 1 });
     unplug.push(down.steps.find((s) => s.kind === 'vcpu-unplug' || s.kind === 'vcpu-offline')!.ms);
@@ -143,13 +151,14 @@ try {
   await sb.stop({ graceMs: 0 });
 }
 // The ACPI unplug path once, on its own sandbox (under TCG it can run only once per VM).
-const acpiSpec = { id: 'bench-acpi', vcpus: 2, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 };
+const acpiSpec = { id: 'bench-acpi', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 };
 const acpiSb = new QemuRuntime({ ...runtime.opts, vcpuUnplug: 'acpi' });
 const acpiBox = await acpiSb.create(acpiSpec);
 try {
   await acpiBox.start();
+  hotAddMs = (await acpiBox.update({ vcpus: 2 })).steps.find((s) => s.kind === 'vcpu-plug')!.ms;
   acpiUnplugMs = (await acpiBox.update({ vcpus: 1 })).steps.find((s) => s.kind === 'vcpu-unplug')!.ms;
-  say(`ACPI vCPU unplug ${acpiUnplugMs.toFixed(0)} ms`);
+  say(`ACPI vCPU device_add ${hotAddMs.toFixed(0)} ms, device_del ${acpiUnplugMs.toFixed(0)} ms`);
 } finally {
   await acpiBox.stop({ graceMs: 0 });
 }
@@ -164,6 +173,8 @@ const result = {
   rawQemuBootMs: round(median(rawMs)),
   rawQemuBootMsAll: rawMs.map(round),
   bootRatio: Math.round((median(bootMs) / median(rawMs)) * 100) / 100,
+  guestKernel: image.kernelSource,
+  debianKernelBootMs: debianMs.length ? round(median(debianMs)) : null,
   // Guest uptime (ms) when the agent started, had loaded its modules, found its port.
   guestBootPhasesMs: {
     agentStart: median(phases.map((p) => p.agentStart)),
