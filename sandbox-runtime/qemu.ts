@@ -322,6 +322,9 @@ export class QemuSandbox implements Sandbox {
   }
 
   update(req: ResourceUpdate): Promise<UpdateReport> {
+    // Host-side knobs are the fast path: they must not wait behind a vCPU or memory
+    // step of hundreds of milliseconds, so a knobs-only update skips the queue.
+    if (req.vcpus === undefined && req.memoryMiB === undefined) return this.doUpdate(req);
     const next = this.updating.then(() => this.doUpdate(req));
     this.updating = next.catch(() => {});
     return next;

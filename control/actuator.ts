@@ -1,0 +1,78 @@
+// Applies the controller's plans through the sandbox contract. Knob and pause actions
+// (the fast path) go out at once and in parallel; structural resizes run behind them,
+// one per sandbox at a time, without holding up the next tick. Reports what it did
+// and how long each action took.
+import type { Action, Plan } from './controller/decide.ts';
+
+/** The part of the sandbox contract the actuator uses (sandbox-runtime's Sandbox fits it). */
+export interface ActuatedSandbox {
+  readonly id: string;
+  update(req: { vcpus?: number; memoryMiB?: number; cgroup?: Record<string, unknown> }): Promise<{ steps: { kind: string; detail: string; ms: number }[] }>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+}
+
+export interface ActionResult {
+  action: Action;
+  ok: boolean;
+  /** From the start of apply() to this action's completion. */
+  ms: number;
+  detail: string;
+}
+
+export class Actuator {
+  private readonly resizing = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly lookup: (id: string) => ActuatedSandbox | undefined, private readonly clock: () => number = () => performance.now()) {}
+
+  private async run(a: Action, t0: number): Promise<ActionResult> {
+    const sb = this.lookup(a.sandbox);
+    if (!sb) return { action: a, ok: false, ms: this.clock() - t0, detail: `no sandbox ${a.sandbox}` };
+    try {
+      let detail = '';
+      switch (a.kind) {
+        case 'knobs': {
+          const r = await sb.update({ cgroup: { ...a.knobs } });
+          detail = r.steps.map((s) => s.detail).join(', ');
+          break;
+        }
+        case 'pause':
+          await sb.pause();
+          break;
+        case 'resume':
+          await sb.resume();
+          break;
+        case 'resize': {
+          const r = await sb.update({ ...(a.vcpus !== undefined ? { vcpus: a.vcpus } : {}), ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}) });
+          detail = r.steps.map((s) => `${s.kind} ${s.detail} ${s.ms.toFixed(0)} ms`).join(', ');
+          break;
+        }
+      }
+      return { action: a, ok: true, ms: this.clock() - t0, detail };
+    } catch (e) {
+      return { action: a, ok: false, ms: this.clock() - t0, detail: `${(e as { code?: string }).code ?? 'ERROR'}: ${(e as Error).message}` };
+    }
+  }
+
+  /**
+   * Applies the fast actions and waits for them; starts the resizes and returns them
+   * as a promise of their results, so the caller need not wait.
+   */
+  async apply(plan: Plan): Promise<{ fast: ActionResult[]; structural: Promise<ActionResult[]> }> {
+    const t0 = this.clock();
+    const fastActions = plan.actions.filter((a) => a.kind !== 'resize');
+    const fast = await Promise.all(fastActions.map((a) => this.run(a, t0)));
+    const structural = Promise.all(plan.actions.filter((a) => a.kind === 'resize').map((a) => {
+      const prev = this.resizing.get(a.sandbox) ?? Promise.resolve();
+      const next = prev.then(() => this.run(a, t0));
+      this.resizing.set(a.sandbox, next.catch(() => {}));
+      return next;
+    }));
+    return { fast, structural };
+  }
+
+  /** A resize still under way for this sandbox. */
+  busy(id: string): Promise<unknown> {
+    return this.resizing.get(id) ?? Promise.resolve();
+  }
+}

@@ -1,0 +1,143 @@
+// The control loop: observe (monitors, /proc, sandbox status) -> decide (pure) ->
+// actuate. It ticks on a timer and also on every probe sample, so a breach is acted on
+// when the sample that shows it arrives, not at the next tick. It keeps the recent
+// decisions with their reasons and the reaction time of every breach.
+import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
+import { Actuator, type ActionResult, type ActuatedSandbox } from './actuator.ts';
+import { decide, INITIAL_STATE, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/decide.ts';
+import { readMemAvailableBytes, readPsi } from './monitor/host.ts';
+import type { ServiceMonitor, ServiceReading } from './monitor/service.ts';
+
+export interface LoopSandbox extends ActuatedSandbox {
+  status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };
+}
+
+export interface HostReader {
+  read(): Promise<HostObservation>;
+}
+
+/** Host signals from /proc (injected path). */
+export class ProcHostReader implements HostReader {
+  constructor(private readonly proc = '/proc', private readonly cpus = availableParallelism()) {}
+  async read(): Promise<HostObservation> {
+    const [psi, mem] = await Promise.all([readPsi(this.proc, 'cpu'), readMemAvailableBytes(this.proc)]);
+    return { cpus: this.cpus, cpuPressure: psi?.someAvg10 ?? 0, memAvailableBytes: mem };
+  }
+}
+
+export interface Decision {
+  at: number;
+  reason: string;
+  slack: Record<string, number | null>;
+  actions: Action[];
+  results: ActionResult[];
+}
+
+export interface Reaction {
+  /** When the violating observation was made (loop clock, ms). */
+  observedAt: number;
+  /** From that observation to the last fast action applied. */
+  ms: number;
+  actions: string[];
+}
+
+export interface ControlLoopOptions {
+  policy: ControllerPolicy;
+  monitors: ServiceMonitor[];
+  host: HostReader;
+  sandboxes: () => LoopSandbox[];
+  tickMs?: number;
+  clock?: () => number;
+}
+
+export class ControlLoop extends EventEmitter {
+  private state: ControllerState = INITIAL_STATE;
+  private timer: NodeJS.Timeout | null = null;
+  private ticking: Promise<void> | null = null;
+  private again = false;
+  private readonly actuator: Actuator;
+  private readonly clock: () => number;
+  readonly decisions: Decision[] = [];
+  readonly reactions: Reaction[] = [];
+  lastReadings: ServiceReading[] = [];
+
+  constructor(private readonly o: ControlLoopOptions) {
+    super();
+    this.clock = o.clock ?? (() => performance.now());
+    this.actuator = new Actuator((id) => o.sandboxes().find((s) => s.id === id), this.clock);
+  }
+
+  get controllerState(): ControllerState {
+    return this.state;
+  }
+
+  start(): void {
+    for (const m of this.o.monitors) {
+      m.onSample = () => { void this.tick(); };
+      m.start();
+    }
+    this.timer = setInterval(() => void this.tick(), this.o.tickMs ?? 100);
+  }
+
+  /** One observe-decide-act round; calls that arrive meanwhile fold into one more round. */
+  tick(): Promise<void> {
+    if (this.ticking) {
+      this.again = true;
+      return this.ticking;
+    }
+    this.ticking = this.round().finally(() => {
+      this.ticking = null;
+      if (this.again) {
+        this.again = false;
+        void this.tick();
+      }
+    });
+    return this.ticking;
+  }
+
+  private async round(): Promise<void> {
+    const readings = this.o.monitors.map((m) => m.observe());
+    const now = this.clock();
+    const sandboxes = this.o.sandboxes();
+    const obs: Observations = {
+      now,
+      services: readings,
+      host: await this.o.host.read(),
+      sandboxes: sandboxes.map((s) => {
+        const st = s.status();
+        return { id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', guestMemAvailableMiB: st.guest ? Math.round(st.guest.memAvailableKiB / 1024) : null };
+      }),
+    };
+    this.lastReadings = readings;
+    const prev = this.state;
+    const plan = decide(this.o.policy, obs, prev);
+    this.state = plan.state;
+    if (plan.actions.length === 0) return;
+    const { fast, structural } = await this.actuator.apply(plan);
+    const decision: Decision = { at: now, reason: plan.reason, slack: plan.slack, actions: plan.actions, results: fast };
+    if (fast.length && plan.state.level > prev.level) {
+      this.reactions.push({ observedAt: now, ms: this.clock() - now, actions: fast.map((r) => `${r.action.kind} ${r.action.sandbox}${r.ok ? '' : ' FAILED'}`) });
+    }
+    this.record(decision);
+    void structural.then((results) => {
+      if (results.length) this.record({ at: this.clock(), reason: plan.reason, slack: plan.slack, actions: results.map((r) => r.action), results });
+    });
+  }
+
+  private record(d: Decision): void {
+    this.decisions.push(d);
+    if (this.decisions.length > 200) this.decisions.shift();
+    this.emit('decision', d);
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    for (const m of this.o.monitors) {
+      m.onSample = null;
+      m.stop();
+    }
+    await this.ticking;
+  }
+}
