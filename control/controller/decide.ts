@@ -143,7 +143,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
     slack[svc.name] = s;
     if (s < minSlack) {
       minSlack = s;
-      worst = `${svc.name} p${svc.slo.percentile} ${o.latencyMs.toFixed(2)} ms vs ${svc.slo.targetMs} ms`;
+      worst = `${svc.name} p${svc.slo.percentile} ${o.latencyMs.toFixed(2)} ms vs ${+svc.slo.targetMs.toFixed(3)} ms`;
     }
   }
   const violating = minSlack < 0;
