@@ -43,7 +43,7 @@ export interface UpdateReport {
   memoryMiB: number;
 }
 
-export type SandboxState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'failed';
+export type SandboxState = 'created' | 'starting' | 'running' | 'paused' | 'suspending' | 'suspended' | 'resuming' | 'stopping' | 'stopped' | 'failed';
 
 export interface SandboxStatus {
   id: string;
@@ -85,6 +85,12 @@ export interface ExecHandle {
   wait(): Promise<ExitStatus>;
 }
 
+export interface SuspendReport {
+  /** Size of the saved state. */
+  bytes: number;
+  ms: number;
+}
+
 export interface VmmExit {
   code: number | null;
   signal: string | null;
@@ -99,7 +105,13 @@ export interface Sandbox {
   exec(req: ExecRequest): Promise<ExecHandle>;
   update(req: ResourceUpdate): Promise<UpdateReport>;
   pause(): Promise<void>;
+  /** Continues a paused sandbox, or brings a suspended one back from disk. */
   resume(): Promise<void>;
+  /**
+   * Saves the whole VM (RAM and devices) to disk and ends the VMM, giving its memory back
+   * to the host; resume() restores it. Jobs keep running across it, none loses work.
+   */
+  suspend(): Promise<SuspendReport>;
   /** Copies the guest's /output into the spec's outputDir; works after the VMM died too. */
   collectOutput(): Promise<string[]>;
   /** Stops the VMM (gracefully within graceMs, then kill) and releases its cgroup and files. */

@@ -5,7 +5,7 @@ import type { ExitStatus, GuestStats } from './agent/protocol.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
   validateSpec, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxMetrics,
-  type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type UpdateReport, type VmmExit,
+  type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
 } from './contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
 
@@ -113,8 +113,18 @@ export class FakeSandbox implements Sandbox {
   }
 
   async resume(): Promise<void> {
+    if (this.state === 'suspended') {
+      this.state = 'running';
+      return;
+    }
     this.live('resume');
     this.state = 'running';
+  }
+
+  async suspend(): Promise<SuspendReport> {
+    this.live('suspend');
+    this.state = 'suspended';
+    return { bytes: this.memoryMiB * 1048576, ms: 0 };
   }
 
   async collectOutput(): Promise<string[]> {

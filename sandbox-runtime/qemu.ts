@@ -2,7 +2,8 @@
 // virtio-mem region up to the sandbox's maximum memory, the agent on virtio-serial, QMP
 // for control, and the VMM (all its threads) inside its own cgroup from its first instruction.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import * as net from 'node:net';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AccelChoice } from './accel.ts';
@@ -12,13 +13,13 @@ import type { Cgroup, CgroupManager } from './cgroup/index.ts';
 import {
   validateSpec, type Accelerator, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox,
   type SandboxMetrics, type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus,
-  type UpdateReport, type UpdateStep, type VmmExit,
+  type SuspendReport, type UpdateReport, type UpdateStep, type VmmExit,
 } from './contract.ts';
 import { extractOutputImage, makeOutputImage, makeRootfsImage } from './disks.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
 import type { HostPaths } from './host.ts';
 import type { GuestImage } from './image/index.ts';
-import { QmpClient, type CpuInfoFast, type HotpluggableCpu, type MemoryDeviceInfo } from './qmp.ts';
+import { QmpClient, type CpuInfoFast, type HotpluggableCpu, type MemoryDeviceInfo, type StatusInfo } from './qmp.ts';
 
 const MiB = 1048576;
 export const AGENT_PORT = 'org.lodger.agent';
@@ -70,6 +71,8 @@ export interface QemuArgsOptions {
    * the guest. Under TCG QEMU cannot safely create vCPU threads later (see vcpuUnplugMode).
    */
   coldPlugAll?: boolean;
+  /** virtio-mem memory to start with (a VM restored from disk must match what it had). */
+  vmemRequestedMiB?: number;
 }
 
 export function cpuModel(accel: Accelerator): string {
@@ -96,7 +99,7 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
   args.push('-m', hot > 0 ? `${spec.memoryMiB}M,slots=1,maxmem=${spec.maxMemoryMiB}M` : `${spec.memoryMiB}M`);
   if (hot > 0) {
     args.push('-object', `memory-backend-ram,id=vmem-ram,size=${hot}M`,
-      '-device', `virtio-mem-pci,id=${VMEM_ID},memdev=vmem-ram,requested-size=0,block-size=2M`);
+      '-device', `virtio-mem-pci,id=${VMEM_ID},memdev=vmem-ram,requested-size=${o.vmemRequestedMiB ?? 0}M,block-size=2M`);
   }
   args.push(
     '-kernel', image.kernel, '-initrd', image.initramfs,
@@ -178,6 +181,11 @@ export class QemuSandbox implements Sandbox {
   private cleanedUp: Promise<void> | null = null;
   /** Guest MemTotal with no virtio-mem memory plugged: the base the guest sees. */
   private baseMemTotalKiB = 0;
+  /** Resolves when the current VMM process exits. */
+  private childExit: Promise<void> = Promise.resolve();
+  /** Set while the VMM is being ended on purpose to suspend to disk. */
+  private suspending = false;
+  private wasPausedWhenSuspended = false;
   /** An ACPI vCPU unplug happened (TCG then cannot plug again). */
   private acpiUnplugged = false;
   /** update() calls run one at a time. */
@@ -248,8 +256,11 @@ export class QemuSandbox implements Sandbox {
     }
   }
 
-  private spawnVmm(): void {
-    const args = qemuArgs(this.spec, this.paths, this.opts.image, {
+  private spawnVmm(extra: string[] = []): void {
+    // A VM restored from disk is started with the vCPUs and memory it had when saved.
+    const spec = extra.length ? { ...this.spec, vcpus: this.vcpuUnplugMode === 'offline' ? this.spec.vcpus : this.vcpus } : this.spec;
+    const args = qemuArgs(spec, this.paths, this.opts.image, {
+      vmemRequestedMiB: extra.length ? this.memoryMiB - this.spec.memoryMiB : 0,
       accel: this.accel,
       seccomp: this.opts.seccomp ?? true,
       tbSizeMiB: this.opts.tbSizeMiB ?? 32,
@@ -261,17 +272,22 @@ export class QemuSandbox implements Sandbox {
     // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
     // born inside the cgroup, so none is left behind in the daemon's.
     const join = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', join, 'lodger-vmm', this.opts.host.qemuBinary, ...args], {
+    const child = spawn('/bin/sh', ['-c', join, 'lodger-vmm', this.opts.host.qemuBinary, ...args, ...extra], {
       env: { ...process.env, LODGER_CGROUP_PROCS: this.cgroup?.procsFiles.join(' ') ?? '' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     this.child = child;
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => { this.stderrTail = (this.stderrTail + d).slice(-8192); });
-    child.on('exit', (code, signal) => this.onVmmExit(code, signal));
+    this.childExit = new Promise((resolve) => child.once('exit', () => resolve()));
+    child.on('exit', (code, signal) => {
+      // The VMM we ended to suspend to disk is not the sandbox's end.
+      if (child !== this.child || this.suspending) return;
+      this.onVmmExit(code, signal);
+    });
     child.on('error', (e) => {
       this.stderrTail += `\nspawn failed: ${e.message}`;
-      this.onVmmExit(127, null);
+      if (child === this.child) this.onVmmExit(127, null);
     });
   }
 
@@ -532,10 +548,122 @@ export class QemuSandbox implements Sandbox {
   }
 
   async resume(): Promise<void> {
+    if (this.state === 'suspended') return this.restore();
     const { qmp } = this.assertRunning('resume');
     if (this.state !== 'paused') return;
     await qmp.execute('cont');
     this.state = 'running';
+  }
+
+  private get statePath(): string {
+    return join(this.paths.runDir, 'suspended.state');
+  }
+
+  async suspend(): Promise<SuspendReport> {
+    const { qmp, agent } = this.assertRunning('suspend');
+    const t0 = performance.now();
+    const wasPaused = this.state === 'paused';
+    if (wasPaused) await qmp.execute('cont');
+    this.state = 'suspending';
+    // What the guest has written to /output reaches the disk image first, so a sandbox
+    // that is never resumed still gives its output back.
+    await agent.sync().catch(() => {});
+    const sock = join(this.paths.runDir, 'migrate-out.sock');
+    const server = net.createServer();
+    let bytes = 0;
+    const received = new Promise<void>((resolve, reject) => {
+      server.once('connection', (c) => {
+        const out = createWriteStream(this.statePath);
+        c.on('data', (b: Buffer) => { bytes += b.length; });
+        c.on('error', reject);
+        out.on('error', reject);
+        out.on('finish', () => resolve());
+        c.pipe(out);
+      });
+    });
+    received.catch(() => {});
+    await new Promise<void>((resolve, reject) => server.listen(sock, resolve).once('error', reject));
+    try {
+      // QEMU streams the VM to our socket (exec: migration would need a shell, which its
+      // seccomp sandbox forbids); we write the stream to a file.
+      await qmp.execute('migrate', { uri: `unix:${sock}` });
+      await this.until(async () => {
+        const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+        if (m.status === 'failed' || m.status === 'cancelled') throw new SandboxError('SANDBOX_AGENT_ERROR', `migration to disk ${m.status}: ${m['error-desc'] ?? ''}`);
+        return m.status === 'completed';
+      }, 300_000, 'saving the VM to disk did not complete');
+      await received;
+    } catch (e) {
+      await qmp.execute('migrate_cancel').catch(() => {});
+      await qmp.execute('cont').catch(() => {});
+      this.state = wasPaused ? 'paused' : 'running';
+      if (wasPaused) await qmp.execute('stop').catch(() => {});
+      await rm(this.statePath, { force: true });
+      throw new SandboxError('SANDBOX_RESIZE_FAILED', `sandbox ${this.id}: suspend to disk failed: ${(e as Error).message}`, { cause: e });
+    } finally {
+      server.close();
+    }
+    // The VM is stopped and saved: end the VMM so its memory goes back to the host.
+    this.suspending = true;
+    this.wasPausedWhenSuspended = wasPaused;
+    agent.detach();
+    await qmp.execute('quit', undefined, 2000).catch(() => {});
+    qmp.close();
+    if (!(await this.within(this.childExit, 5000)) && this.child?.pid) process.kill(this.child.pid, 'SIGKILL');
+    await this.childExit;
+    this.suspending = false;
+    this.state = 'suspended';
+    const ms = performance.now() - t0;
+    this.log(`suspended to disk: ${(bytes / 1048576).toFixed(0)} MiB in ${ms.toFixed(0)} ms`);
+    return { bytes, ms };
+  }
+
+  /** Starts a new VMM that takes the saved VM back from disk and lets it run on. */
+  private async restore(): Promise<void> {
+    this.state = 'resuming';
+    const t0 = performance.now();
+    try {
+      this.spawnVmm(['-S', '-incoming', 'defer']);
+      this.qmp = new QmpClient(this.paths.qmpSocket);
+      await this.raceExit(this.qmp.connect(10_000));
+      const sock = join(this.paths.runDir, 'migrate-in.sock');
+      await this.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+      await new Promise<void>((resolve, reject) => {
+        const c = net.connect(sock);
+        c.once('error', reject);
+        c.once('connect', () => {
+          const src = createReadStream(this.statePath);
+          src.once('error', reject);
+          src.pipe(c);
+          c.once('finish', () => resolve());
+        });
+      });
+      const qmp = this.qmp;
+      await this.until(async () => (await qmp.execute<StatusInfo>('query-status')).status !== 'inmigrate', 300_000, 'restoring the VM from disk did not complete');
+      await qmp.execute('cont');
+      await this.raceExit(this.agent!.reconnect(30_000));
+      if (this.wasPausedWhenSuspended) await qmp.execute('stop');
+      this.state = this.wasPausedWhenSuspended ? 'paused' : 'running';
+      await rm(this.statePath, { force: true });
+      this.log(`resumed from disk in ${(performance.now() - t0).toFixed(0)} ms (pid ${this.pid})`);
+    } catch (e) {
+      // The saved state stays on disk: the job is not lost, a later resume() can retry.
+      if (this.child?.pid && !this.exitInfo) {
+        this.suspending = true;
+        try { process.kill(this.child.pid, 'SIGKILL'); } catch { /* gone */ }
+        await this.childExit;
+        this.suspending = false;
+      }
+      this.state = 'suspended';
+      throw new SandboxError('SANDBOX_BOOT_FAILED', `sandbox ${this.id}: resume from disk failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  private async within(p: Promise<unknown>, ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const r = await Promise.race([p.then(() => true), new Promise<boolean>((res) => { timer = setTimeout(() => res(false), ms); })]);
+    clearTimeout(timer);
+    return r;
   }
 
   async collectOutput(): Promise<string[]> {
@@ -560,6 +688,13 @@ export class QemuSandbox implements Sandbox {
     }
     // A start() that failed has already killed and cleaned up.
     if (this.cleanedUp && this.exitInfo) return;
+    if (this.state === 'suspended') {
+      // No VMM runs; the saved state is dropped and the (synced) output disk collected.
+      this.exitInfo = { code: 0, signal: null, expected: true };
+      this.resolveExit(this.exitInfo);
+      this.agent?.fail(new SandboxError('SANDBOX_BAD_STATE', `sandbox ${this.id} was stopped while suspended`));
+      await rm(this.statePath, { force: true });
+    }
     this.stopping = !this.exitInfo;
     if (!this.exitInfo && this.child) {
       const wasPaused = this.state === 'paused';
@@ -580,15 +715,13 @@ export class QemuSandbox implements Sandbox {
     if (this.state !== 'failed') this.state = 'stopped';
   }
 
-  private async exitedWithin(ms: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const r = await Promise.race([this.exited.then(() => true), new Promise<boolean>((res) => { timer = setTimeout(() => res(false), ms); })]);
-    clearTimeout(timer);
-    return r;
+  private exitedWithin(ms: number): Promise<boolean> {
+    return this.within(this.exited, ms);
   }
 
   private async kill(): Promise<void> {
-    if (this.child?.pid && !this.exitInfo) {
+    // Only a process we know is still ours: a pid that has exited may belong to another.
+    if (this.child?.pid && !this.exitInfo && this.child.exitCode === null && this.child.signalCode === null) {
       this.stopping = true;
       try { process.kill(this.child.pid, 'SIGKILL'); } catch { /* gone */ }
       await this.exited;

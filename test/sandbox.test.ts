@@ -163,6 +163,33 @@ test.serial('the output directory comes back when the job fails', async (t) => {
   t.is(readFileSync(join(outputDir, 'logs', 'result.txt'), 'utf8'), 'partial\n');
 });
 
+test.serial('suspend to disk ends the VMM; resume carries the running job on, losing and repeating nothing', async (t) => {
+  const h = await sb.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i; sleep 0.1; done; echo finished > $LODGER_OUTPUT/after-resume.txt'] });
+  let out = '';
+  h.onStdout((b) => { out += b.toString(); });
+  while (!out.includes('5\n')) await new Promise((r) => setTimeout(r, 20));
+  const before = sb.pid!;
+  const rep = await sb.suspend();
+  t.is(sb.status().state, 'suspended');
+  t.true(rep.bytes > 1 << 20, `saved ${rep.bytes} bytes`);
+  t.false(existsSync(`/proc/${before}`), 'the VMM is gone and its memory with it');
+  const atSuspend = out;
+  await new Promise((r) => setTimeout(r, 1000));
+  t.is(out, atSuspend, 'nothing runs while suspended');
+  await t.throwsAsync(sb.exec({ argv: ['true'] }), { message: /suspended/ });
+  await sb.resume();
+  t.is(sb.status().state, 'running');
+  t.not(sb.pid, before);
+  t.deepEqual(await h.wait(), { code: 0, signal: null });
+  t.deepEqual(out.trim().split('\n'), Array.from({ length: 30 }, (_, i) => String(i + 1)));
+  t.log(`suspended ${(rep.bytes / 1048576).toFixed(0)} MiB in ${rep.ms.toFixed(0)} ms`);
+  await sb.collectOutput();
+  t.is(readFileSync(join(outputDir, 'after-resume.txt'), 'utf8'), 'finished\n');
+  if (sb.cgroupDirs) {
+    for (const { lines } of taskCgroups(sb.pid!)) t.true(lines.some((l) => l.includes('/sb-shared')), 'the new VMM is in the same cgroup');
+  }
+});
+
 test.serial('kill -9 of QEMU surfaces as a typed error, its cgroup is removed, synced output survives', async (t) => {
   const out = join(rt.dir, 'crash-out');
   mkdirSync(out);

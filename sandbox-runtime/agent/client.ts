@@ -122,8 +122,26 @@ export class AgentClient extends EventEmitter {
     });
     s.on('error', () => {});
     s.on('close', () => {
+      if (this.sock !== s) return; // a socket we let go of on purpose
       void this.onChannelClose().then((e) => this.fail(e));
     });
+  }
+
+  /** Lets go of the channel without failing what is in flight (the VMM is about to go away and come back). */
+  detach(): void {
+    const s = this.sock;
+    this.sock = null;
+    this.ready = false;
+    s?.destroy();
+  }
+
+  /** Connects again (a new VMM serving the same guest) and waits for the agent to answer. */
+  async reconnect(timeoutMs: number): Promise<void> {
+    this.detach();
+    this.decoder.push(Buffer.alloc(0));
+    while (this.decoder.pending > 0) this.decoder.expireStale();
+    await this.connect(timeoutMs);
+    await this.waitReady(timeoutMs);
   }
 
   // A frame left half-sent (the guest crashed mid-write) must not block later frames.
