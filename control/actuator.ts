@@ -9,7 +9,9 @@ export interface ActuatedSandbox {
   readonly id: string;
   update(req: { vcpus?: number; memoryMiB?: number; cgroup?: Record<string, unknown> }): Promise<{ steps: { kind: string; detail: string; ms: number }[] }>;
   pause(): Promise<void>;
+  /** Continues a paused sandbox or restores a suspended one. */
   resume(): Promise<void>;
+  suspend(): Promise<{ bytes: number; ms: number }>;
 }
 
 export interface ActionResult {
@@ -42,6 +44,14 @@ export class Actuator {
         case 'resume':
           await sb.resume();
           break;
+        case 'suspend': {
+          const r = await sb.suspend();
+          detail = `saved ${(r.bytes / 1048576).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms`;
+          break;
+        }
+        case 'restore':
+          await sb.resume();
+          break;
         case 'resize': {
           const r = await sb.update({ ...(a.vcpus !== undefined ? { vcpus: a.vcpus } : {}), ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}) });
           detail = r.steps.map((s) => `${s.kind} ${s.detail} ${s.ms.toFixed(0)} ms`).join(', ');
@@ -60,9 +70,10 @@ export class Actuator {
    */
   async apply(plan: Plan): Promise<{ fast: ActionResult[]; structural: Promise<ActionResult[]> }> {
     const t0 = this.clock();
-    const fastActions = plan.actions.filter((a) => a.kind !== 'resize');
+    const slow = (a: Action): boolean => a.kind === 'resize' || a.kind === 'suspend' || a.kind === 'restore';
+    const fastActions = plan.actions.filter((a) => !slow(a));
     const fast = await Promise.all(fastActions.map((a) => this.run(a, t0)));
-    const structural = Promise.all(plan.actions.filter((a) => a.kind === 'resize').map((a) => {
+    const structural = Promise.all(plan.actions.filter(slow).map((a) => {
       const prev = this.resizing.get(a.sandbox) ?? Promise.resolve();
       const next = prev.then(() => this.run(a, t0));
       this.resizing.set(a.sandbox, next.catch(() => {}));

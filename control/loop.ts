@@ -106,7 +106,10 @@ export class ControlLoop extends EventEmitter {
       host: await this.o.host.read(),
       sandboxes: sandboxes.map((s) => {
         const st = s.status();
-        return { id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', guestMemAvailableMiB: st.guest ? Math.round(st.guest.memAvailableKiB / 1024) : null };
+        return {
+          id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', suspended: st.state === 'suspended',
+          guestMemAvailableMiB: st.guest && st.state !== 'suspended' ? Math.round(st.guest.memAvailableKiB / 1024) : null,
+        };
       }),
     };
     this.lastReadings = readings;

@@ -18,13 +18,15 @@ const pool: BatchPoolPolicy = {
 const policy = { services: [service], pool };
 const TICK = 100;
 
-interface Sb { id: string; vcpus: number; memoryMiB: number; paused: boolean; guestMemAvailableMiB: number | null }
+interface Sb { id: string; vcpus: number; memoryMiB: number; paused: boolean; suspended?: boolean; guestMemAvailableMiB: number | null }
 
 function apply(sbs: Sb[], actions: Action[]): void {
   for (const a of actions) {
     const sb = sbs.find((s) => s.id === a.sandbox)!;
     if (a.kind === 'pause') sb.paused = true;
     if (a.kind === 'resume') sb.paused = false;
+    if (a.kind === 'suspend') sb.suspended = true;
+    if (a.kind === 'restore') sb.suspended = false;
     if (a.kind === 'resize') {
       if (a.vcpus !== undefined) sb.vcpus = a.vcpus;
       if (a.memoryMiB !== undefined) sb.memoryMiB = a.memoryMiB;
@@ -41,7 +43,7 @@ const obsAt = (now: number, latencyMs: number | null, sbs: Sb[], memAvailMiB = 1
 /** True when the action gives batch work more than it had. */
 function grows(a: Action, before: Sb[]): boolean {
   const sb = before.find((s) => s.id === a.sandbox)!;
-  if (a.kind === 'resume') return true;
+  if (a.kind === 'resume' || a.kind === 'restore') return true;
   if (a.kind === 'resize') return (a.vcpus ?? 0) > sb.vcpus || (a.memoryMiB ?? 0) > sb.memoryMiB;
   if (a.kind === 'knobs') return a.knobs.cpuIdle === false || a.knobs.cpuWeight === 100 || a.knobs.cpus === '0-7' || a.knobs.cpuMax === null;
   return false;
@@ -167,4 +169,32 @@ test('spare room is grown into one step per cool-down, up to what the host can l
   t.is(sbs[0]!.vcpus, 3);
   t.true(grewAt.every((at, k) => k === 0 || at - grewAt[k - 1]! >= pool.growth.cooldownMs / TICK), `grew at ticks ${grewAt}`);
   t.true(sbs[0]!.memoryMiB > 256, 'a guest short of memory gets more');
+});
+
+test('memory pressure: virtio-mem steps down to the minimum, then suspend to disk; restore only when the whole sandbox fits', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 1, memoryMiB: 768, paused: false, guestMemAvailableMiB: 500 }];
+  let state = INITIAL_STATE;
+  const seen: string[] = [];
+  const run = (ticks: number, memAvailMiB: number): void => {
+    for (let i = 0; i < ticks; i++) {
+      const plan = decide(policy, obsAt(tick++ * TICK, 0.5, sbs, memAvailMiB), state);
+      for (const a of plan.actions) {
+        if (a.kind === 'resize' && a.memoryMiB !== undefined) seen.push(`resize ${a.memoryMiB}`);
+        else if (a.kind === 'suspend' || a.kind === 'restore') seen.push(a.kind);
+      }
+      apply(sbs, plan.actions);
+      state = plan.state;
+    }
+  };
+  let tick = 0;
+  run(400, 900); // MemAvailable 900 MiB < the 1024 MiB reserve
+  t.deepEqual(seen, ['resize 512', 'resize 256', 'suspend'], 'steps down, then suspends, once each cool-down');
+  t.true(sbs[0]!.suspended);
+  t.is(sbs[0]!.vcpus, 1, 'no vCPU growth under host memory pressure');
+  seen.length = 0;
+  run(200, 1200); // above the reserve, but not by the sandbox's 256 MiB plus a step
+  t.deepEqual(seen, [], 'no room for the whole sandbox: it stays on disk');
+  run(200, 4000);
+  t.deepEqual(seen, ['restore']);
+  t.false(sbs[0]!.suspended);
 });

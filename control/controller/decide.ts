@@ -23,6 +23,8 @@ export interface SandboxObservation {
   vcpus: number;
   memoryMiB: number;
   paused: boolean;
+  /** Saved to disk, no VMM running (the memory path's last step). */
+  suspended?: boolean;
   /** Guest MemAvailable, when the guest reports it. */
   guestMemAvailableMiB: number | null;
 }
@@ -45,6 +47,8 @@ export interface KnobSettings {
 export type Action =
   | { kind: 'knobs'; sandbox: string; knobs: KnobSettings; reason: string }
   | { kind: 'pause' | 'resume'; sandbox: string; reason: string }
+  /** Save to disk and end the VMM / bring back from disk: slow, structural. */
+  | { kind: 'suspend' | 'restore'; sandbox: string; reason: string }
   | { kind: 'resize'; sandbox: string; vcpus?: number; memoryMiB?: number; reason: string };
 
 export interface ControllerState {
@@ -112,7 +116,7 @@ function knobSettings(k: Knob, on: boolean, split: { all: string; batch: string 
 
 function knobActions(knob: Knob, on: boolean, obs: Observations, policy: ControllerPolicy, reason: string): Action[] {
   const split = cpuSplit(obs.host.cpus, policy.services, policy.pool.reserve.cpus);
-  return obs.sandboxes.map((sb): Action => {
+  return obs.sandboxes.filter((sb) => !sb.suspended).map((sb): Action => {
     const s = knobSettings(knob, on, split, sb.vcpus);
     if (s === 'pause' || s === 'resume') return { kind: s, sandbox: sb.id, reason };
     return { kind: 'knobs', sandbox: sb.id, knobs: s, reason };
@@ -186,39 +190,56 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
   const resizing = actions.length === 0;
 
   if (resizing && state.lowSince !== null && obs.now - state.lowSince >= g.cooldownMs && cooled('shrink')) {
-    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus).sort((a, b) => b.vcpus - a.vcpus)[0];
+    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus && !s.suspended).sort((a, b) => b.vcpus - a.vcpus)[0];
     if (victim) {
       actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
         reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${obs.now - state.lowSince} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
     }
   } else if (resizing && state.level === 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs && cooled('grow') &&
-             obs.host.cpuPressure < 20) {
-    const used = obs.sandboxes.reduce((n, s) => n + s.vcpus, 0);
+             obs.host.cpuPressure < 20 && !memPressure) {
+    const used = obs.sandboxes.filter((s) => !s.suspended).reduce((n, s) => n + s.vcpus, 0);
     const spare = obs.host.cpus - pool.reserve.cpus - used;
-    const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused).sort((a, b) => a.vcpus - b.vcpus)[0];
+    const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused && !s.suspended).sort((a, b) => a.vcpus - b.vcpus)[0];
     if (smallest && spare >= 1) {
       actions.push({ kind: 'resize', sandbox: smallest.id, vcpus: smallest.vcpus + 1,
         reason: `slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'} >= ${g.minSlack} for ${obs.now - state.highSince} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
     }
   }
-  // Memory: give back under host memory pressure, take more when the guest runs short
-  // and the host has room beyond its reserve.
-  if (!actions.some((a) => a.kind === 'resize')) {
+  // Memory: give back under host memory pressure (virtio-mem steps, then, with every
+  // sandbox at its minimum, suspend one to disk); take more when a guest runs short and
+  // the host has room beyond its reserve; bring suspended sandboxes back when it has room
+  // for the whole sandbox.
+  const structural = (a: Action): boolean => a.kind === 'resize' || a.kind === 'suspend' || a.kind === 'restore';
+  if (!actions.some(structural)) {
     const step = g.memoryStepMiB;
+    const availMiB = obs.host.memAvailableBytes / 1048576;
+    const reserveMiB = pool.reserve.memoryBytes / 1048576;
+    const running = obs.sandboxes.filter((s) => !s.suspended);
     if (memPressure && cooled('shrink')) {
-      const big = [...obs.sandboxes].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
-      if (big) actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step,
-        reason: `host MemAvailable ${(obs.host.memAvailableBytes / 1048576).toFixed(0)} MiB below the ${(pool.reserve.memoryBytes / 1048576).toFixed(0)} MiB reserve: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
-    } else if (!memPressure && canGrow && cooled('grow') && obs.host.memAvailableBytes - step * 1048576 > pool.reserve.memoryBytes) {
-      const short = obs.sandboxes.find((s) => s.guestMemAvailableMiB !== null && s.guestMemAvailableMiB < s.memoryMiB / 4 && s.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
-      if (short) actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
-        reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
+      const big = [...running].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+      const why = `host MemAvailable ${availMiB.toFixed(0)} MiB below the ${reserveMiB.toFixed(0)} MiB reserve`;
+      if (big) {
+        actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step, reason: `${why}: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
+      } else {
+        const victim = [...running].sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+        if (victim) actions.push({ kind: 'suspend', sandbox: victim.id, reason: `${why} and every sandbox at its minimum: suspend ${victim.id} to disk` });
+      }
+    } else if (!memPressure && canGrow && cooled('grow')) {
+      const back = obs.sandboxes.find((s) => s.suspended && availMiB - s.memoryMiB - step > reserveMiB);
+      const short = running.find((s) => s.guestMemAvailableMiB !== null && s.guestMemAvailableMiB < s.memoryMiB / 4 && s.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
+      if (back) {
+        actions.push({ kind: 'restore', sandbox: back.id, reason: `host MemAvailable ${availMiB.toFixed(0)} MiB has room for ${back.id} (${back.memoryMiB} MiB) beyond the reserve: restore it from disk` });
+      } else if (short && availMiB - step > reserveMiB) {
+        actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
+          reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
+      }
     }
   }
-  const resize = actions.find((a) => a.kind === 'resize');
-  if (resize) {
-    const grow = (resize.vcpus ?? 0) > (obs.sandboxes.find((s) => s.id === resize.sandbox)?.vcpus ?? Infinity) ||
-      (resize.memoryMiB ?? 0) > (obs.sandboxes.find((s) => s.id === resize.sandbox)?.memoryMiB ?? Infinity);
+  const change = actions.find(structural);
+  if (change) {
+    const before = obs.sandboxes.find((s) => s.id === change.sandbox);
+    const grow = change.kind === 'restore' || (change.kind === 'resize' &&
+      ((change.vcpus ?? 0) > (before?.vcpus ?? Infinity) || (change.memoryMiB ?? 0) > (before?.memoryMiB ?? Infinity)));
     state.lastResizeAt = obs.now;
     state.lastDirection = grow ? 'grow' : 'shrink';
   }
