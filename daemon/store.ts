@@ -1,0 +1,178 @@
+// The job store: SQLite in WAL mode in the state directory. Every state transition is
+// stored with its time and reason; job output is stored as it arrives, so a daemon
+// restart loses neither.
+import Database from 'better-sqlite3';
+import { createHash } from 'node:crypto';
+
+export type JobState = 'queued' | 'starting' | 'running' | 'paused' | 'suspended' | 'succeeded' | 'failed' | 'cancelled';
+export const FINAL_STATES: ReadonlySet<JobState> = new Set(['succeeded', 'failed', 'cancelled']);
+export const JOB_STATES: readonly JobState[] = ['queued', 'starting', 'running', 'paused', 'suspended', 'succeeded', 'failed', 'cancelled'];
+
+export interface JobSpec {
+  name: string;
+  command: string[];
+  env: Record<string, string>;
+  rootfs: string;
+  outputDir: string;
+  vcpus: { min: number; max: number };
+  memoryMiB: { min: number; max: number };
+  priority: number;
+  timeoutSeconds: number;
+  retries: number;
+}
+
+export interface Transition {
+  state: JobState;
+  at: number;
+  reason: string;
+}
+
+export interface JobRecord {
+  id: string;
+  spec: JobSpec;
+  state: JobState;
+  exitCode: number | null;
+  error: string;
+  attempts: number;
+  sandboxId: string;
+  /** What is needed to find a running sandbox again after a daemon restart. */
+  attach: Record<string, unknown> | null;
+  createdAt: number;
+  transitions: Transition[];
+}
+
+export interface LogChunk {
+  seq: number;
+  stream: 'stdout' | 'stderr';
+  data: Buffer;
+  at: number;
+}
+
+export class StoreError extends Error {
+  constructor(readonly code: 'JOB_NOT_FOUND' | 'JOB_EXISTS' | 'BAD_TRANSITION', message: string) {
+    super(message);
+  }
+}
+
+export function specDigest(spec: JobSpec): string {
+  return createHash('sha256').update(JSON.stringify(spec)).digest('hex');
+}
+
+interface JobRow {
+  id: string;
+  spec: string;
+  state: JobState;
+  exit_code: number | null;
+  error: string;
+  attempts: number;
+  sandbox_id: string;
+  attach: string | null;
+  created_at: number;
+}
+
+export class JobStore {
+  private readonly db: Database.Database;
+
+  constructor(path: string, private readonly clock: () => number = Date.now) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY, spec TEXT NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL,
+        exit_code INTEGER, error TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+        sandbox_id TEXT NOT NULL DEFAULT '', attach TEXT, created_at INTEGER NOT NULL);
+      CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority DESC, created_at);
+      CREATE TABLE IF NOT EXISTS transitions (job_id TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL);
+      CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);
+      CREATE TABLE IF NOT EXISTS logs (job_id TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, stream TEXT NOT NULL, data BLOB NOT NULL);
+      CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
+    `);
+  }
+
+  /** Inserts a queued job; the same id with the same spec returns the existing one. */
+  submit(id: string, spec: JobSpec): { job: JobRecord; created: boolean } {
+    const digest = specDigest(spec);
+    return this.db.transaction(() => {
+      const existing = this.db.prepare('SELECT digest FROM jobs WHERE id = ?').get(id) as { digest: string } | undefined;
+      if (existing) {
+        if (existing.digest !== digest) throw new StoreError('JOB_EXISTS', `job ${id} exists with a different spec`);
+        return { job: this.get(id), created: false };
+      }
+      const now = this.clock();
+      this.db.prepare('INSERT INTO jobs (id, spec, digest, state, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(id, JSON.stringify(spec), digest, 'queued', spec.priority, now);
+      this.db.prepare('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, 'queued', 'submitted');
+      return { job: this.get(id), created: true };
+    })();
+  }
+
+  private row(id: string): JobRow {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+    if (!r) throw new StoreError('JOB_NOT_FOUND', `no job ${id}`);
+    return r;
+  }
+
+  private toRecord(r: JobRow): JobRecord {
+    const transitions = (this.db.prepare('SELECT at, state, reason FROM transitions WHERE job_id = ? ORDER BY seq').all(r.id) as Transition[]);
+    return {
+      id: r.id, spec: JSON.parse(r.spec) as JobSpec, state: r.state, exitCode: r.exit_code, error: r.error, attempts: r.attempts,
+      sandboxId: r.sandbox_id, attach: r.attach ? JSON.parse(r.attach) as Record<string, unknown> : null, createdAt: r.created_at, transitions,
+    };
+  }
+
+  get(id: string): JobRecord {
+    return this.toRecord(this.row(id));
+  }
+
+  list(states: JobState[] = [], limit = 100): JobRecord[] {
+    const rows = states.length
+      ? this.db.prepare(`SELECT * FROM jobs WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at DESC LIMIT ?`).all(...states, limit)
+      : this.db.prepare('SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?').all(limit);
+    return (rows as JobRow[]).map((r) => this.toRecord(r));
+  }
+
+  /** Queued jobs, highest priority first, then oldest. */
+  queued(): JobRecord[] {
+    return (this.db.prepare("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, rowid").all() as JobRow[]).map((r) => this.toRecord(r));
+  }
+
+  counts(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const s of JOB_STATES) out[s] = 0;
+    for (const r of this.db.prepare('SELECT state, COUNT(*) n FROM jobs GROUP BY state').all() as { state: string; n: number }[]) out[r.state] = r.n;
+    return out;
+  }
+
+  /**
+   * Moves a job to `to` with a reason, optionally updating fields. A final state is
+   * final: moving out of it is refused, so nothing runs twice.
+   */
+  transition(id: string, to: JobState, reason: string, fields: Partial<Pick<JobRecord, 'exitCode' | 'error' | 'attempts' | 'sandboxId' | 'attach'>> = {}): JobRecord {
+    return this.db.transaction(() => {
+      const r = this.row(id);
+      if (FINAL_STATES.has(r.state)) throw new StoreError('BAD_TRANSITION', `job ${id} is ${r.state}; it cannot become ${to}`);
+      const now = this.clock();
+      this.db.prepare(`UPDATE jobs SET state = ?, exit_code = COALESCE(?, exit_code), error = COALESCE(?, error), attempts = COALESCE(?, attempts),
+                       sandbox_id = COALESCE(?, sandbox_id), attach = CASE WHEN ? THEN ? ELSE attach END WHERE id = ?`)
+        .run(to, fields.exitCode ?? null, fields.error ?? null, fields.attempts ?? null, fields.sandboxId ?? null,
+          'attach' in fields ? 1 : 0, fields.attach ? JSON.stringify(fields.attach) : null, id);
+      this.db.prepare('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, to, reason);
+      return this.get(id);
+    })();
+  }
+
+  appendLog(id: string, stream: 'stdout' | 'stderr', data: Buffer): number {
+    const r = this.db.prepare('INSERT INTO logs (job_id, at, stream, data) VALUES (?, ?, ?, ?)').run(id, this.clock(), stream, data);
+    return Number(r.lastInsertRowid);
+  }
+
+  logs(id: string, afterSeq = 0): LogChunk[] {
+    return (this.db.prepare('SELECT seq, stream, data, at FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq').all(id, afterSeq) as LogChunk[]);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
