@@ -4,8 +4,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
-import { isMap, isPair, isScalar, LineCounter, parseAllDocuments, type Document } from 'yaml';
+import { Ajv } from 'ajv';
+import { parseValidated, YamlSchemaError } from './yaml.ts';
 
 const SCHEMA_PATH = new URL('../../policies/schema.json', import.meta.url);
 export const POLICY_SCHEMA = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
@@ -40,10 +40,10 @@ export interface PolicySet {
   pools: BatchPoolPolicy[];
 }
 
-export class PolicyError extends Error {
-  readonly code = 'POLICY_INVALID';
-  constructor(readonly file: string, readonly line: number, readonly column: number, readonly reason: string) {
-    super(`${file}:${line}:${column}: ${reason}`);
+export class PolicyError extends YamlSchemaError {
+  override readonly code = 'POLICY_INVALID';
+  constructor(file: string, line: number, column: number, reason: string) {
+    super(file, line, column, reason);
     this.name = 'PolicyError';
   }
 }
@@ -70,77 +70,10 @@ function splitAddress(a: string): { host: string; port: number } {
   return { host: a.slice(0, i), port: Number(a.slice(i + 1)) };
 }
 
-/** Position of the node at a JSON pointer path, or of the offending key. */
-function locate(doc: Document, lc: LineCounter, path: string[], key?: string): { line: number; col: number } {
-  let node: unknown = doc.contents;
-  let offset = (doc.contents as { range?: [number] } | null)?.range?.[0] ?? 0;
-  for (const seg of path) {
-    if (!isMap(node) && !(node && typeof node === 'object' && 'items' in node)) break;
-    const items = (node as { items: unknown[] }).items;
-    const item = isMap(node)
-      ? items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === seg)
-      : items[Number(seg)];
-    if (!item) break;
-    if (isPair(item)) {
-      offset = (item.key as { range?: [number] }).range?.[0] ?? offset;
-      node = item.value;
-      if ((node as { range?: [number] } | null)?.range) offset = (node as { range: [number] }).range[0];
-    } else {
-      node = item;
-      offset = (item as { range?: [number] }).range?.[0] ?? offset;
-    }
-  }
-  if (key && isMap(node)) {
-    const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === key);
-    if (pair) offset = (pair.key as { range?: [number] }).range?.[0] ?? offset;
-  }
-  return lc.linePos(offset);
-}
-
-function describe(e: ErrorObject): string {
-  const at = e.instancePath || '/';
-  switch (e.keyword) {
-    case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}" at ${at}`;
-    case 'required': return `missing key "${(e.params as { missingProperty: string }).missingProperty}" at ${at}`;
-    case 'pattern': return `${at}: ${JSON.stringify(e.data)} is not in the expected form (${(e.parentSchema as { description?: string })?.description ?? e.params.pattern})`;
-    case 'enum': return `${at}: must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
-    case 'const': return `${at}: must be ${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)}`;
-    case 'oneOf': return `${at}: ${e.message?.startsWith('needs') ? e.message : 'must have exactly one of its alternatives'}`;
-    default: return `${at}: ${e.message ?? e.keyword}`;
-  }
-}
-
 /** Parses one file (several documents allowed). Throws PolicyError on the first problem. */
 export function parsePolicyText(text: string, file: string): PolicySet {
-  const lc = new LineCounter();
-  const docs = parseAllDocuments(text, { lineCounter: lc, prettyErrors: false });
   const set: PolicySet = { services: [], pools: [] };
-  if (!Array.isArray(docs)) {
-    throw new PolicyError(file, 1, 1, 'not a YAML stream');
-  }
-  for (const doc of docs) {
-    const err = doc.errors[0];
-    if (err) {
-      const pos = lc.linePos(err.pos[0]);
-      throw new PolicyError(file, pos.line, pos.col, `YAML: ${err.message.split('\n')[0]}`);
-    }
-    if (doc.contents === null) continue; // an empty document between separators
-    const value = doc.toJS() as Record<string, unknown>;
-    if (!validate(value)) {
-      // Report the deepest error: it names the key the author got wrong.
-      const errors = [...(validate.errors ?? [])].sort((a, b) => b.instancePath.length - a.instancePath.length);
-      let e = errors.find((x) => x.keyword !== 'if') ?? errors[0]!;
-      // A missing alternative (probe vs prometheus, http vs tcp...) is one error, not the first branch's.
-      const alternatives = errors.filter((x) => x.keyword === 'required' && x.instancePath === e.instancePath && x.schemaPath.includes('/oneOf/'));
-      if (e.keyword === 'required' && alternatives.length > 1) {
-        e = { ...e, keyword: 'oneOf', message: `needs exactly one of: ${alternatives.map((x) => (x.params as { missingProperty: string }).missingProperty).join(', ')}` };
-      }
-      const path = e.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
-      const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty : undefined;
-      const pos = locate(doc, lc, path, key);
-      throw new PolicyError(file, pos.line, pos.col, describe(e));
-    }
-    const at = (path: string[]): { line: number; col: number } => locate(doc, lc, path);
+  for (const { value, at } of parseValidated(text, file, validate, (f, l, c, r) => new PolicyError(f, l, c, r))) {
     const meta = value.metadata as { name: string };
     const spec = value.spec as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- shape checked by the schema above
     if (value.kind === 'OnlineService') {

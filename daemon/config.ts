@@ -1,0 +1,75 @@
+// lodgerd's configuration: a YAML file where every key has a default and a one-line
+// description (CONFIG_KEYS), unknown keys are errors at file:line:column, relative paths
+// are taken from the file's folder, and the keys operators change most have flags.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv } from 'ajv';
+import { parseValidated, YamlSchemaError } from '../control/policy/yaml.ts';
+
+export interface LodgerdConfig {
+  stateDir: string;
+  socket: string;
+  socketMode: string;
+  metricsAddress: string;
+  policyDir: string;
+  warmPoolSize: number;
+  accelerator: 'auto' | 'kvm' | 'tcg';
+  guestKernel: string;
+  pvmGuestKernel: boolean;
+  cgroupParent: string;
+  onSigterm: 'keep-sandboxes' | 'stop-sandboxes';
+  maxRunningJobs: number;
+}
+
+export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; description: string; schema: Record<string, unknown> }> = {
+  stateDir: { default: '/var/lib/lodger', description: 'job store, sandbox run files and saved VM states', schema: { type: 'string', minLength: 1 } },
+  socket: { default: '/run/lodger/lodgerd.sock', description: 'unix socket of the gRPC API', schema: { type: 'string', minLength: 1 } },
+  socketMode: { default: '0660', description: 'permissions of the API socket', schema: { type: 'string', pattern: '^0?[0-7]{3}$' } },
+  metricsAddress: { default: '127.0.0.1:9464', description: 'host:port of the Prometheus metrics endpoint; empty to disable', schema: { type: 'string', pattern: '^$|^[^:\\s]+:[0-9]{1,5}$' } },
+  policyDir: { default: '/etc/lodger/policies', description: 'folder of policy YAML files, reloaded on change and SIGHUP', schema: { type: 'string', minLength: 1 } },
+  warmPoolSize: { default: 1, description: 'pre-booted minimum-size sandboxes kept ready for the next job', schema: { type: 'integer', minimum: 0, maximum: 64 } },
+  accelerator: { default: 'auto', description: 'auto, kvm or tcg (auto: KVM where a guest really boots on it)', schema: { enum: ['auto', 'kvm', 'tcg'] } },
+  guestKernel: { default: 'minimal', description: 'guest kernel: minimal (built by setup), debian, or a path', schema: { type: 'string', minLength: 1 } },
+  pvmGuestKernel: { default: false, description: 'the guest kernel is PVM-enlightened (lets auto use a kvm_pvm /dev/kvm)', schema: { type: 'boolean' } },
+  cgroupParent: { default: 'lodger', description: 'cgroup below lodgerd\'s own that holds the sandboxes', schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' } },
+  onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep sandboxes running for the next start, or stop them', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
+  maxRunningJobs: { default: 0, description: 'jobs running at once; 0: as many as the batch budget allows', schema: { type: 'integer', minimum: 0 } },
+};
+
+const PATH_KEYS: (keyof LodgerdConfig)[] = ['stateDir', 'socket', 'policyDir'];
+
+const validate = new Ajv({ strict: false, verbose: true }).compile({
+  type: 'object',
+  additionalProperties: false,
+  properties: Object.fromEntries(Object.entries(CONFIG_KEYS).map(([k, v]) => [k, v.schema])),
+});
+
+export class ConfigError extends YamlSchemaError {
+  override readonly code = 'CONFIG_INVALID';
+}
+
+/** The config file lodgerd reads when none is given: the checkout's, else the installed one. */
+export function defaultConfigPath(): string {
+  const repo = join(dirname(fileURLToPath(import.meta.url)), '..', 'config', 'lodgerd.yaml');
+  return existsSync(repo) ? repo : '/etc/lodger/lodgerd.yaml';
+}
+
+export function loadConfig(file: string, overrides: Partial<LodgerdConfig> = {}): LodgerdConfig {
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, 1, 1, `cannot read: ${(e as Error).message}`);
+  }
+  const docs = parseValidated(text, file, validate, (f, l, c, r) => new ConfigError(f, l, c, r));
+  if (docs.length > 1) throw new ConfigError(file, 1, 1, 'one YAML document expected');
+  const given = (docs[0]?.value ?? {}) as Partial<LodgerdConfig>;
+  const cfg = Object.fromEntries(Object.entries(CONFIG_KEYS).map(([k, v]) => [k, v.default])) as unknown as LodgerdConfig;
+  Object.assign(cfg, given);
+  for (const k of PATH_KEYS) {
+    if (k in given) (cfg as unknown as Record<string, string>)[k] = resolve(dirname(file), given[k] as string);
+  }
+  for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (cfg as unknown as Record<string, unknown>)[k] = v;
+  return cfg;
+}
