@@ -1,0 +1,63 @@
+// The scheduler with the in-memory sandbox (same contract as QEMU's) and the real store.
+import test from 'ava';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FakeRuntime } from '../sandbox-runtime/index.ts';
+import { Scheduler } from './scheduler.ts';
+import { JobStore, type JobSpec } from './store.ts';
+
+const spec = (command: string[], extra: Partial<JobSpec> = {}): JobSpec => ({
+  name: command[0]!, command, env: {}, rootfs: '', outputDir: '', vcpus: { min: 1, max: 2 }, memoryMiB: { min: 256, max: 512 },
+  priority: 0, timeoutSeconds: 0, retries: 0, ...extra,
+});
+
+function setup(maxRunning = 1) {
+  const store = new JobStore(join(mkdtempSync(join(tmpdir(), 'lodger-sched-')), 'jobs.db'));
+  let attemptsOfFlaky = 0;
+  const started: string[] = [];
+  const runtime = new FakeRuntime({
+    command: async (req, io) => {
+      started.push(req.argv[0]!);
+      if (req.argv[0] === 'flaky') return ++attemptsOfFlaky < 2 ? 1 : 0;
+      if (req.argv[0] === 'sleep') { await new Promise((r) => setTimeout(r, Number(req.argv[1]))); return 0; }
+      io.stdout(`out of ${req.argv.join(' ')}\n`);
+      io.stderr('err\n');
+      return Number(req.argv[1] ?? 0);
+    },
+  });
+  const s = new Scheduler({ store, runtime, maxRunning: () => maxRunning });
+  return { store, runtime, s, started };
+}
+
+test('priority order, exit codes, output stored, retries until success', async (t) => {
+  const { store, s, started } = setup();
+  store.submit('low', spec(['echo', '0']));
+  store.submit('high', spec(['echo', '3'], { priority: 9 }));
+  store.submit('flaky', spec(['flaky'], { retries: 2 }));
+  s.start();
+  const [low, high, flaky] = await Promise.all(['low', 'high', 'flaky'].map((id) => s.waitFinal(id)));
+  await s.stop(false);
+  t.is(started[0], 'echo');
+  t.is(high!.state, 'failed');
+  t.is(high!.exitCode, 3);
+  t.is(low!.state, 'succeeded');
+  t.deepEqual(store.logs('low').map((l) => [l.stream, l.data.toString()]), [['stdout', 'out of echo 0\n'], ['stderr', 'err\n']]);
+  t.is(flaky!.state, 'succeeded');
+  t.is(flaky!.attempts, 2);
+  t.true(flaky!.transitions.some((x) => x.state === 'queued' && /attempt 1 failed \(exit 1\); retrying/.test(x.reason)));
+});
+
+test('a timeout fails the job; cancel stops a queued or running one', async (t) => {
+  const { store, s } = setup(1);
+  store.submit('slow', spec(['sleep', '60000'], { timeoutSeconds: 1 }));
+  store.submit('waiting', spec(['echo']));
+  s.start();
+  const slow = await s.waitFinal('slow');
+  t.is(slow.state, 'failed');
+  t.regex(slow.transitions.at(-1)!.reason, /timed out after 1 s/);
+  store.submit('queued-then-cancelled', spec(['sleep', '60000']));
+  await s.cancel('queued-then-cancelled', 'no longer needed');
+  t.is(store.get('queued-then-cancelled').state, 'cancelled');
+  await s.stop(true);
+});

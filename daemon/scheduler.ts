@@ -1,0 +1,165 @@
+// Runs queued jobs in sandboxes: highest priority first, as many at once as the budget
+// allows. Each job gets a sandbox sized to its minimum, which the controller may grow
+// to its maximum; its output is stored as it arrives; /output is copied back when it
+// ends, also when it fails. Every state change goes through the store with a reason.
+import { EventEmitter } from 'node:events';
+import type { ExecHandle, Sandbox, SandboxRuntime } from '../sandbox-runtime/index.ts';
+import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from './store.ts';
+
+export interface SchedulerOptions {
+  store: JobStore;
+  runtime: SandboxRuntime;
+  /** How many jobs may run at once (from the batch budget). */
+  maxRunning: () => number;
+  log?: (m: string) => void;
+}
+
+interface Running {
+  job: JobRecord;
+  sandbox: Sandbox | null;
+  exec: ExecHandle | null;
+  cancel: { state: JobState; reason: string } | null;
+  timer: NodeJS.Timeout | null;
+}
+
+export interface JobEvent {
+  at: number;
+  jobId: string;
+  state: JobState;
+  reason: string;
+}
+
+export class Scheduler extends EventEmitter {
+  private readonly running = new Map<string, Running>();
+  private timer: NodeJS.Timeout | null = null;
+  private pumping = false;
+  private stopped = false;
+
+  constructor(private readonly o: SchedulerOptions) {
+    super();
+    this.setMaxListeners(0);
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.pump(), 250);
+    void this.pump();
+  }
+
+  /** Sandboxes of running jobs, for the controller and GetStatus. */
+  sandboxes(): { jobId: string; sandbox: Sandbox }[] {
+    return [...this.running.values()].filter((r) => r.sandbox).map((r) => ({ jobId: r.job.id, sandbox: r.sandbox! }));
+  }
+
+  private move(id: string, state: JobState, reason: string, fields: Parameters<JobStore['transition']>[3] = {}): JobRecord {
+    const job = this.o.store.transition(id, state, reason, fields);
+    const ev: JobEvent = { at: Date.now(), jobId: id, state, reason };
+    this.emit('job', ev);
+    this.o.log?.(`job ${id}: ${state} (${reason})`);
+    return job;
+  }
+
+  /** Starts what the budget allows. */
+  async pump(): Promise<void> {
+    if (this.pumping || this.stopped) return;
+    this.pumping = true;
+    try {
+      for (const job of this.o.store.queued()) {
+        if (this.running.size >= Math.max(1, this.o.maxRunning())) break;
+        if (this.running.has(job.id)) continue;
+        const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
+        this.running.set(job.id, r);
+        void this.run(r).finally(() => {
+          if (r.timer) clearTimeout(r.timer);
+          this.running.delete(job.id);
+          void this.pump();
+        });
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async run(r: Running): Promise<void> {
+    const { store } = this.o;
+    const spec = r.job.spec;
+    const attempt = r.job.attempts + 1;
+    const sandboxId = `job-${r.job.id}-${attempt}`.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+    this.move(r.job.id, 'starting', `attempt ${attempt}: admitted`, { attempts: attempt, sandboxId });
+    if (spec.timeoutSeconds > 0) {
+      r.timer = setTimeout(() => void this.cancel(r.job.id, `timed out after ${spec.timeoutSeconds} s`, 'failed'), spec.timeoutSeconds * 1000);
+    }
+    let outcome: { state: JobState; reason: string; exitCode?: number; error?: string };
+    try {
+      r.sandbox = await this.o.runtime.create({
+        id: sandboxId, vcpus: spec.vcpus.min, maxVcpus: spec.vcpus.max, memoryMiB: spec.memoryMiB.min, maxMemoryMiB: spec.memoryMiB.max,
+        rootfsDir: spec.rootfs || undefined, outputDir: spec.outputDir || undefined,
+      });
+      if (r.cancel) throw new Error('cancelled before start');
+      await r.sandbox.start();
+      const st = r.sandbox.status();
+      this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: { sandboxId, pid: st.pid } });
+      if (r.cancel) throw new Error('cancelled while starting');
+      r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });
+      r.exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
+      r.exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
+      const exit = await r.exec.wait();
+      const code = exit.code ?? 128 + (exit.signal ?? 0);
+      // Re-read: cancel() may have set it while we waited (TypeScript narrowed it above).
+      const cancelled = r.cancel as Running['cancel'];
+      outcome = cancelled ? { ...cancelled, exitCode: code }
+        : code === 0 ? { state: 'succeeded', reason: 'exit 0', exitCode: 0 }
+          : { state: 'failed', reason: exit.signal ? `killed by signal ${exit.signal}` : `exit ${code}`, exitCode: code };
+    } catch (e) {
+      const msg = `${(e as { code?: string }).code ? `${(e as { code: string }).code}: ` : ''}${(e as Error).message}`;
+      outcome = r.cancel ? { ...r.cancel, error: msg } : { state: 'failed', reason: msg.split('\n')[0]!, error: msg };
+    }
+    // Always stop the sandbox: it copies /output back, also after a failure.
+    await r.sandbox?.stop({ graceMs: r.cancel ? 0 : 2000 }).catch((e: unknown) => this.o.log?.(`job ${r.job.id}: stopping its sandbox: ${(e as Error).message}`));
+    if (outcome.state === 'failed' && !r.cancel && attempt <= spec.retries && !this.stopped) {
+      this.move(r.job.id, 'queued', `attempt ${attempt} failed (${outcome.reason}); retrying`, { attach: null, error: outcome.error ?? '' });
+      return;
+    }
+    if (FINAL_STATES.has(store.get(r.job.id).state)) return;
+    this.move(r.job.id, outcome.state, outcome.reason, { exitCode: outcome.exitCode, error: outcome.error ?? '', attach: null });
+  }
+
+  private output(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
+    const seq = this.o.store.appendLog(id, stream, data);
+    this.emit(`log:${id}`, { seq, stream, data, at: Date.now() });
+  }
+
+  /** Cancels a queued job at once, or stops a running one (SIGTERM, then its sandbox). */
+  async cancel(id: string, reason: string, as: JobState = 'cancelled'): Promise<JobRecord> {
+    const job = this.o.store.get(id);
+    if (FINAL_STATES.has(job.state)) return job;
+    const r = this.running.get(id);
+    if (!r) return this.move(id, as, reason);
+    r.cancel = { state: as, reason };
+    await r.exec?.signal(15).catch(() => {});
+    // Give the job a moment to exit on SIGTERM, then take its sandbox down.
+    setTimeout(() => { void r.sandbox?.stop({ graceMs: 0 }).catch(() => {}); }, 3000).unref();
+    return this.o.store.get(id);
+  }
+
+  /** Resolves with the job once it is in a final state. */
+  waitFinal(id: string): Promise<JobRecord> {
+    const job = this.o.store.get(id);
+    if (FINAL_STATES.has(job.state)) return Promise.resolve(job);
+    return new Promise((resolve) => {
+      const on = (ev: JobEvent): void => {
+        if (ev.jobId === id && FINAL_STATES.has(ev.state)) {
+          this.off('job', on);
+          resolve(this.o.store.get(id));
+        }
+      };
+      this.on('job', on);
+    });
+  }
+
+  /** Stops taking jobs. With `stopSandboxes`, also stops the running ones' sandboxes. */
+  async stop(stopSandboxes: boolean): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (stopSandboxes) await Promise.all([...this.running.values()].map((r) => r.sandbox?.stop({ graceMs: 0 }).catch(() => {})));
+  }
+}
