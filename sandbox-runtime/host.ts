@@ -32,6 +32,7 @@ export function defaultHostPaths(overrides: Partial<HostPaths> = {}): HostPaths 
     qemuBinary: process.env.LODGER_QEMU ?? 'qemu-system-x86_64',
     runDir: process.env.LODGER_RUN_DIR ?? join(process.getuid?.() === 0 ? '/run/lodger' : join(cache, 'run')),
     cacheDir: cache,
-    ...overrides,
+    // An override left undefined keeps the default.
+    ...Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)),
   };
 }

@@ -1,7 +1,9 @@
 // `lodger`: the command-line door. Commands that talk to lodgerd come with the daemon;
 // `run` and `doctor` work on their own.
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { defaultSocket } from './client.ts';
 import { doctorCommand } from './doctor.ts';
+import { cancelCommand, logsCommand, psCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
 import { policyValidateCommand } from './policy.ts';
 import { runCommand } from './run.ts';
 import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
@@ -16,7 +18,67 @@ const arg = <T>(fn: (s: string) => T) => (s: string): T => {
 
 const program = new Command('lodger')
   .description('Run batch jobs in microVM sandboxes next to latency-critical services')
+  .option('--socket <path>', 'lodgerd API socket (env LODGER_SOCKET)', defaultSocket())
   .showHelpAfterError();
+
+/** Runs a command's action, turning its error into a message and exit status 1. */
+const act = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A): Promise<void> => {
+  try {
+    process.exitCode = await fn(...a);
+  } catch (e) {
+    console.error(`lodger: ${(e as Error).message}`);
+    process.exitCode = 1;
+  }
+};
+const socket = (): string => program.opts<{ socket: string }>().socket;
+
+program.command('submit')
+  .description('queue a job with lodgerd; prints its id')
+  .option('--id <id>', 'job id (makes the submission idempotent)')
+  .option('--name <name>', 'a name for people')
+  .option('--vcpus <min[:max]>', 'vCPUs: what the job starts with and what it may grow to', '1')
+  .option('--memory <min[:max]>', 'memory, e.g. 256M:1G', '256M')
+  .option('--rootfs <dir>', 'host directory used read-only as the job\'s root')
+  .option('--output <dir>', 'host directory that receives the job\'s /output')
+  .option('--priority <n>', 'higher runs first', '0')
+  .option('--timeout <seconds>', 'fail the job after this long; 0: never', '0')
+  .option('--retries <n>', 'extra attempts after a failure', '0')
+  .option('-e, --env <KEY=VALUE...>', 'environment for the command', [])
+  .argument('<cmd...>', 'command and arguments (after --)')
+  .action(act((cmd: string[], o) => submitCommand(cmd, { ...o, socket: socket() })));
+
+program.command('ps')
+  .description('list jobs (running and queued; --all for every job)')
+  .option('--all', 'include finished jobs', false)
+  .option('--json', 'machine-readable output', false)
+  .action(act((o) => psCommand({ ...o, socket: socket() })));
+
+program.command('logs')
+  .description('print a job\'s output')
+  .option('-f, --follow', 'keep printing until the job ends', false)
+  .argument('<id>')
+  .action(act((id: string, o) => logsCommand(id, { ...o, socket: socket() })));
+
+program.command('wait')
+  .description('wait for a job to end; exits with its exit code')
+  .option('--json', 'print the job as JSON', false)
+  .argument('<id>')
+  .action(act((id: string, o) => waitCommand(id, { ...o, socket: socket() })));
+
+program.command('cancel')
+  .description('cancel a job')
+  .argument('<id>')
+  .action(act((id: string) => cancelCommand(id, { socket: socket() })));
+
+program.command('status')
+  .description('services (p99 against target), sandboxes, recent decisions')
+  .option('--json', 'machine-readable output', false)
+  .action(act((o) => statusCommand({ ...o, socket: socket() })));
+
+program.command('top')
+  .description('a live view of status')
+  .option('--interval <ms>', 'refresh period', '1000')
+  .action(act((o) => topCommand({ ...o, socket: socket() })));
 
 program.command('run')
   .description('boot a sandbox, run CMD in it, stream its output and exit with its exit code')

@@ -1,0 +1,68 @@
+// Loads the API definitions, and turns API requests into validated job specs. Shared by
+// lodgerd's server and the CLI's client.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { JobSpec } from './store.ts';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+export function loadApi(): { lodger: grpc.GrpcObject; health: grpc.GrpcObject } {
+  const opts: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true };
+  const lodger = grpc.loadPackageDefinition(protoLoader.loadSync(join(here, 'lodger.proto'), opts));
+  const health = grpc.loadPackageDefinition(protoLoader.loadSync(join(here, 'health.proto'), opts));
+  return { lodger: (lodger.lodger as grpc.GrpcObject).v1 as grpc.GrpcObject, health: ((health.grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject };
+}
+
+export class InvalidRequest extends Error {
+  readonly code = 'INVALID_ARGUMENT';
+}
+
+export interface ApiJobSpec {
+  name?: string;
+  command?: string[];
+  env?: Record<string, string>;
+  rootfs?: string;
+  outputDir?: string;
+  vcpus?: { min?: number; max?: number } | null;
+  memoryMib?: { min?: number; max?: number } | null;
+  priority?: number;
+  timeoutSeconds?: number;
+  retries?: number;
+}
+
+export const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+/** Checks an API job spec and fills its defaults; throws InvalidRequest with the reason. */
+export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
+  if (!s) throw new InvalidRequest('spec is required');
+  const command = s.command ?? [];
+  if (command.length === 0 || command[0] === '') throw new InvalidRequest('spec.command must name a program');
+  if (command.some((c) => c.includes('\0'))) throw new InvalidRequest('spec.command must not contain NUL bytes');
+  const vmin = s.vcpus?.min || 1;
+  const vmax = s.vcpus?.max || vmin;
+  if (vmax < vmin || vmax > 64) throw new InvalidRequest(`spec.vcpus ${vmin}:${vmax}: max must be >= min and <= 64`);
+  const mmin = s.memoryMib?.min || 256;
+  const mmax = s.memoryMib?.max || mmin;
+  if (mmin < 128 || mmax < mmin) throw new InvalidRequest(`spec.memory ${mmin}:${mmax} MiB: min must be >= 128 and max >= min`);
+  if ((mmax - mmin) % 2 !== 0) throw new InvalidRequest('spec.memory: max - min must be a multiple of 2 MiB');
+  for (const [k, p] of [['rootfs', s.rootfs], ['output_dir', s.outputDir]] as const) {
+    if (p && !p.startsWith('/')) throw new InvalidRequest(`spec.${k} must be an absolute path (got ${JSON.stringify(p)})`);
+  }
+  for (const k of Object.keys(s.env ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`spec.env: ${JSON.stringify(k)} is not a variable name`);
+  }
+  return {
+    name: s.name || command[0]!.split('/').pop()!,
+    command,
+    env: s.env ?? {},
+    rootfs: s.rootfs ?? '',
+    outputDir: s.outputDir ?? '',
+    vcpus: { min: vmin, max: vmax },
+    memoryMiB: { min: mmin, max: mmax },
+    priority: s.priority ?? 0,
+    timeoutSeconds: s.timeoutSeconds ?? 0,
+    retries: s.retries ?? 0,
+  };
+}

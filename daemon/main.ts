@@ -1,0 +1,132 @@
+// lodgerd: the job API, the scheduler, and the control loop that keeps every online
+// service inside its SLO while batch sandboxes use the rest.
+import { Command } from 'commander';
+import { existsSync, mkdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import {
+  ControlLoop, loadPolicyDir, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type LoopSandbox, type PolicySet,
+} from '../control/index.ts';
+import { openRuntime } from '../sandbox-runtime/index.ts';
+import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
+import { Scheduler } from './scheduler.ts';
+import { listen, makeServer } from './server.ts';
+import { JobStore } from './store.ts';
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const log = (m: string): void => console.error(`lodgerd: ${m}`);
+
+/** Used when no BatchPool policy is loaded: batch work may use all but one CPU. */
+const DEFAULT_POOL: BatchPoolPolicy = {
+  name: 'default', source: '(built in)', reserve: { cpus: 1, memoryBytes: 1 << 30 },
+  sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 },
+  knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
+  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+};
+
+const program = new Command('lodgerd')
+  .description('Lodger daemon: batch jobs in microVM sandboxes next to latency-critical services')
+  .option('-c, --config <file>', 'config file', defaultConfigPath())
+  .option('--state-dir <dir>', 'overrides stateDir')
+  .option('--socket <path>', 'overrides socket')
+  .option('--policy-dir <dir>', 'overrides policyDir')
+  .option('--metrics-address <host:port>', 'overrides metricsAddress')
+  .parse(process.argv);
+const flags = program.opts<{ config: string; stateDir?: string; socket?: string; policyDir?: string; metricsAddress?: string }>();
+
+let cfg: LodgerdConfig;
+try {
+  cfg = loadConfig(flags.config, { stateDir: flags.stateDir, socket: flags.socket, policyDir: flags.policyDir, metricsAddress: flags.metricsAddress });
+} catch (e) {
+  console.error(`lodgerd: ${(e as Error).message}`);
+  process.exit(2);
+}
+
+mkdirSync(cfg.stateDir, { recursive: true });
+const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
+const { runtime, accel, cgroups } = await openRuntime({
+  host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
+  accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
+  image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, log,
+});
+log(`accelerator ${accel.accel}: ${accel.reason}`);
+
+// Jobs a previous lodgerd left running: reattaching to their sandboxes is not built yet,
+// so their VMMs are stopped (identified by QEMU's -name, never by pid alone) and the jobs
+// marked failed with the reason. Nothing runs twice.
+for (const job of store.list(['starting', 'running', 'paused', 'suspended'])) {
+  const pid = Number(job.attach?.pid ?? 0);
+  if (pid > 0) {
+    const cmdline = existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
+    if (cmdline.includes(`lodger-${job.sandboxId}`)) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  }
+  await cgroups?.open(`sb-${job.sandboxId}`)?.destroy().catch((e: unknown) => log(`cgroup of ${job.sandboxId} not removed: ${(e as Error).message}`));
+  store.transition(job.id, 'failed', 'lodgerd restarted while the job ran (reattach is not supported yet)', { attach: null });
+}
+
+let policies: PolicySet = { services: [], pools: [] };
+let loop: ControlLoop | null = null;
+const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - (policies.pools[0]?.reserve.cpus ?? 1));
+const scheduler = new Scheduler({ store, runtime, maxRunning, log });
+
+function startLoop(): void {
+  const pool = policies.pools[0] ?? DEFAULT_POOL;
+  loop = new ControlLoop({
+    policy: { services: policies.services, pool },
+    monitors: policies.services.map((s) => new ServiceMonitor(s)),
+    host: new ProcHostReader(),
+    sandboxes: () => scheduler.sandboxes().map((x) => x.sandbox as unknown as LoopSandbox),
+  });
+  loop.start();
+}
+
+async function reloadPolicies(why: string): Promise<void> {
+  if (!existsSync(cfg.policyDir)) {
+    log(`policy directory ${cfg.policyDir} does not exist: no online services are protected`);
+  } else {
+    try {
+      policies = await loadPolicyDir(cfg.policyDir);
+      log(`policies loaded (${why}): ${policies.services.map((s) => s.name).join(', ') || 'no services'}; pool ${policies.pools[0]?.name ?? 'built-in default'}`);
+    } catch (e) {
+      // An invalid file keeps the previous policy in force.
+      log(`policy not reloaded (${why}): ${(e as Error).message}`);
+      if (loop) return;
+    }
+  }
+  await loop?.stop();
+  startLoop();
+}
+
+await reloadPolicies('start');
+let watcher: FSWatcher | null = null;
+if (existsSync(cfg.policyDir)) {
+  let pending: NodeJS.Timeout | null = null;
+  watcher = watch(cfg.policyDir, () => {
+    if (pending) clearTimeout(pending);
+    pending = setTimeout(() => void reloadPolicies('changed on disk'), 200);
+  });
+}
+process.on('SIGHUP', () => void reloadPolicies('SIGHUP'));
+
+scheduler.start();
+const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop });
+await listen(server, cfg.socket, cfg.socketMode);
+log(`listening on ${cfg.socket}; state in ${cfg.stateDir}`);
+
+let stopping = false;
+async function shutdown(sig: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log(`${sig}: stopping (${cfg.onSigterm})`);
+  watcher?.close();
+  server.forceShutdown();
+  await loop?.stop();
+  await scheduler.stop(cfg.onSigterm === 'stop-sandboxes');
+  if (cfg.onSigterm === 'stop-sandboxes') await cgroups?.removeParents();
+  store.close();
+  process.exit(0);
+}
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
+process.on('SIGINT', () => void shutdown('SIGINT'));

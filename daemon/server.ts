@@ -1,0 +1,165 @@
+// The gRPC API over a unix socket. Requests are validated at this boundary: a bad one
+// gets INVALID_ARGUMENT with the reason, an unknown job NOT_FOUND.
+import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parsePolicyText, PolicyError, type ControlLoop, type PolicySet } from '../control/index.ts';
+import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
+import type { JobEvent, Scheduler } from './scheduler.ts';
+import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
+
+export interface ApiContext {
+  store: JobStore;
+  scheduler: Scheduler;
+  version: string;
+  accel: { accel: string; reason: string };
+  policies: () => PolicySet;
+  loop: () => ControlLoop | null;
+}
+
+type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
+type Done = grpc.sendUnaryData<unknown>;
+
+function toApiJob(j: JobRecord): Record<string, unknown> {
+  return {
+    id: j.id, state: j.state, exitCode: j.exitCode ?? 0, hasExitCode: j.exitCode !== null, error: j.error, attempts: j.attempts,
+    sandboxId: j.sandboxId, createdMs: j.createdAt,
+    spec: { ...j.spec, outputDir: j.spec.outputDir, memoryMib: j.spec.memoryMiB },
+    transitions: j.transitions.map((t) => ({ state: t.state, atMs: t.at, reason: t.reason })),
+  };
+}
+
+function fail(done: Done, e: unknown): void {
+  if (e instanceof InvalidRequest) return done({ code: grpc.status.INVALID_ARGUMENT, details: e.message });
+  if (e instanceof StoreError) {
+    const code = e.code === 'JOB_NOT_FOUND' ? grpc.status.NOT_FOUND : e.code === 'JOB_EXISTS' ? grpc.status.ALREADY_EXISTS : grpc.status.FAILED_PRECONDITION;
+    return done({ code, details: e.message });
+  }
+  done({ code: grpc.status.INTERNAL, details: (e as Error).message });
+}
+
+/** Wraps a handler so any thrown error becomes the right gRPC status. */
+const unary = <Req>(fn: (req: Req) => Promise<unknown> | unknown) => async (call: Call<Req>, done: Done): Promise<void> => {
+  try {
+    done(null, await fn(call.request));
+  } catch (e) {
+    fail(done, e);
+  }
+};
+
+const needId = (id: string | undefined): string => {
+  if (!id) throw new InvalidRequest('id is required');
+  return id;
+};
+
+export function makeServer(ctx: ApiContext): grpc.Server {
+  const { lodger, health } = loadApi();
+  const server = new grpc.Server();
+  const { store, scheduler } = ctx;
+
+  server.addService((lodger.Lodger as grpc.ServiceClientConstructor).service, {
+    SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>((req) => {
+      const spec = toJobSpec(req.spec);
+      const id = req.id || `${spec.name.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
+      if (!JOB_ID.test(id)) throw new InvalidRequest(`id ${JSON.stringify(id)} must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
+      const { job } = store.submit(id, spec);
+      void scheduler.pump();
+      return toApiJob(job);
+    }),
+    GetJob: unary<{ id?: string }>((req) => toApiJob(store.get(needId(req.id)))),
+    ListJobs: unary<{ states?: string[]; limit?: number }>((req) => {
+      const states = (req.states ?? []).filter(Boolean);
+      const bad = states.find((s) => !JOB_STATES.includes(s as JobState));
+      if (bad) throw new InvalidRequest(`unknown state ${JSON.stringify(bad)} (one of ${JOB_STATES.join(', ')})`);
+      return { jobs: store.list(states as JobState[], req.limit || 100).map(toApiJob) };
+    }),
+    CancelJob: unary<{ id?: string; reason?: string }>(async (req) => toApiJob(await scheduler.cancel(needId(req.id), req.reason || 'cancelled by request'))),
+    WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)))),
+    StreamLogs: (call: grpc.ServerWritableStream<{ id?: string; follow?: boolean }, unknown>) => {
+      let job: JobRecord;
+      try {
+        job = store.get(needId(call.request.id));
+      } catch (e) {
+        call.destroy(Object.assign(new Error((e as Error).message), { code: e instanceof StoreError ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT }));
+        return;
+      }
+      const id = job.id;
+      let last = 0;
+      const send = (c: { seq: number; stream: string; data: Buffer; at: number }): void => {
+        if (c.seq <= last) return;
+        last = c.seq;
+        call.write({ stream: c.stream, data: c.data, atMs: c.at });
+      };
+      // Subscribe first, then replay what is stored: nothing falls between the two.
+      const onLog = (c: { seq: number; stream: string; data: Buffer; at: number }): void => send(c);
+      const onJob = (ev: JobEvent): void => {
+        if (ev.jobId === id && FINAL_STATES.has(ev.state)) finish();
+      };
+      const finish = (): void => {
+        scheduler.off(`log:${id}`, onLog);
+        scheduler.off('job', onJob);
+        for (const c of store.logs(id, last)) send(c);
+        call.end();
+      };
+      if (call.request.follow && !FINAL_STATES.has(job.state)) {
+        scheduler.on(`log:${id}`, onLog);
+        scheduler.on('job', onJob);
+        call.on('cancelled', () => { scheduler.off(`log:${id}`, onLog); scheduler.off('job', onJob); });
+        for (const c of store.logs(id)) send(c);
+        if (FINAL_STATES.has(store.get(id).state)) finish();
+      } else {
+        for (const c of store.logs(id)) send(c);
+        call.end();
+      }
+    },
+    WatchEvents: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+      const onJob = (ev: JobEvent): void => { call.write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
+      const onDecision = (d: { at: number; reason: string }): void => { call.write({ atMs: Date.now(), kind: 'decision', reason: d.reason }); };
+      scheduler.on('job', onJob);
+      const loop = ctx.loop();
+      loop?.on('decision', onDecision);
+      call.on('cancelled', () => { scheduler.off('job', onJob); loop?.off('decision', onDecision); });
+    },
+    GetStatus: unary<unknown>(() => {
+      const loop = ctx.loop();
+      const pol = ctx.policies();
+      const readings = loop?.lastReadings ?? [];
+      return {
+        version: ctx.version, accelerator: ctx.accel.accel, acceleratorReason: ctx.accel.reason,
+        services: pol.services.map((s) => {
+          const r = readings.find((x) => x.name === s.name);
+          const p99 = r?.latencyMs ?? null;
+          return { name: s.name, p99Ms: p99 ?? 0, hasP99: p99 !== null, targetMs: s.slo.targetMs, percentile: s.slo.percentile,
+            slack: p99 !== null ? (s.slo.targetMs - p99) / s.slo.targetMs : 0, error: r?.error ?? '' };
+        }),
+        sandboxes: scheduler.sandboxes().map(({ jobId, sandbox }) => {
+          const st = sandbox.status();
+          return { id: st.id, jobId, state: st.state, vcpus: st.vcpus, memoryMib: st.memoryMiB, maxVcpus: st.maxVcpus, maxMemoryMib: st.maxMemoryMiB };
+        }),
+        decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(performance.timeOrigin + d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
+        jobsByState: store.counts(),
+      };
+    }),
+    ValidatePolicy: unary<{ fileName?: string; content?: string }>((req) => {
+      try {
+        parsePolicyText(req.content ?? '', req.fileName || 'policy.yaml');
+        return { ok: true };
+      } catch (e) {
+        if (e instanceof PolicyError) return { ok: false, error: e.message, line: e.line, column: e.column };
+        throw e;
+      }
+    }),
+  });
+  server.addService((health.Health as grpc.ServiceClientConstructor).service, {
+    Check: unary<{ service?: string }>(() => ({ status: 'SERVING' })),
+  });
+  return server;
+}
+
+export async function listen(server: grpc.Server, socket: string, mode: string): Promise<void> {
+  mkdirSync(dirname(socket), { recursive: true });
+  rmSync(socket, { force: true });
+  await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
+  chmodSync(socket, parseInt(mode, 8));
+}

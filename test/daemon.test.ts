@@ -1,0 +1,112 @@
+// lodgerd end to end: the real daemon on a temporary state directory and socket, real
+// QEMU sandboxes, driven with the real CLI. Every process started here is stopped by pid.
+import test from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const root = join(import.meta.dirname, '..');
+const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));
+const socket = join(dir, 'lodgerd.sock');
+const policyDir = join(dir, 'policies');
+mkdirSync(policyDir);
+let daemon: ChildProcess | null = null;
+let daemonLog = '';
+const vmmPids = new Set<number>();
+
+function startDaemon(): Promise<void> {
+  daemonLog = '';
+  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  daemon.stderr!.on('data', (b) => {
+    daemonLog += b;
+    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
+  });
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + 30_000;
+    const check = (): void => {
+      if (daemonLog.includes(`listening on ${socket}`)) return resolve();
+      if (daemon?.exitCode !== null || Date.now() > deadline) return reject(new Error(`lodgerd did not start:\n${daemonLog}`));
+      setTimeout(check, 50);
+    };
+    check();
+  });
+}
+
+function lodger(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b) => { stdout += b; });
+    child.stderr.on('data', (b) => { stderr += b; });
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+test.after.always(() => {
+  if (daemon?.pid && daemon.exitCode === null) daemon.kill('SIGKILL');
+  for (const pid of vmmPids) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+});
+
+test.serial('three jobs submitted with the CLI run to their exit codes, with logs and output files', async (t) => {
+  await startDaemon();
+  const out = join(dir, 'out-a');
+  const a = await lodger(['submit', '--id', 'job-a', '--output', out, '-e', 'GREETING=hi', '--', 'sh', '-c', 'echo "alpha $GREETING"; echo result > $LODGER_OUTPUT/a.txt']);
+  t.is(a.code, 0, a.stderr);
+  t.is(a.stdout.trim(), 'job-a');
+  const b = await lodger(['submit', '--id', 'job-b', '--priority', '5', '--', 'sh', '-c', 'echo beta >&2; exit 3']);
+  const c = await lodger(['submit', '--', 'sh', '-c', 'seq 1 5']);
+  const cid = c.stdout.trim();
+  t.regex(cid, /^sh-[0-9a-f]{8}$/);
+  // Submitting the same id again with the same spec is a no-op.
+  t.is((await lodger(['submit', '--id', 'job-b', '--priority', '5', '--', 'sh', '-c', 'echo beta >&2; exit 3'])).stdout.trim(), 'job-b');
+  t.is(b.code, 0);
+
+  t.is((await lodger(['wait', 'job-a'])).code, 0);
+  t.is((await lodger(['wait', 'job-b'])).code, 3);
+  t.is((await lodger(['wait', cid])).code, 0);
+  t.is((await lodger(['logs', 'job-a'])).stdout, 'alpha hi\n');
+  t.is((await lodger(['logs', 'job-b'])).stderr, 'beta\n');
+  t.is((await lodger(['logs', cid])).stdout, '1\n2\n3\n4\n5\n');
+  t.is(readFileSync(join(out, 'a.txt'), 'utf8'), 'result\n');
+
+  const ps = JSON.parse((await lodger(['ps', '--all', '--json'])).stdout) as { id: string; state: string; transitions: { state: string }[] }[];
+  t.deepEqual(ps.map((j) => j.id).sort(), [cid, 'job-a', 'job-b'].sort());
+  t.deepEqual(ps.find((j) => j.id === 'job-b')!.transitions.map((x) => x.state), ['queued', 'starting', 'running', 'failed']);
+});
+
+test.serial('invalid requests get INVALID_ARGUMENT with the reason; unknown jobs NOT_FOUND', async (t) => {
+  const bad = await lodger(['submit', '--memory', '100M', '--', 'true']);
+  t.is(bad.code, 1);
+  t.regex(bad.stderr, /spec\.memory 100:100 MiB: min must be >= 128/);
+  const clash = await lodger(['submit', '--id', 'job-a', '--', 'false']);
+  t.regex(clash.stderr, /job job-a exists with a different spec/);
+  const missing = await lodger(['wait', 'no-such-job']);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr, /no job no-such-job/);
+  const status = JSON.parse((await lodger(['status', '--json'])).stdout) as { accelerator: string; jobsByState: Record<string, number> };
+  t.regex(status.accelerator, /^(tcg|kvm)$/);
+  t.is(status.jobsByState.succeeded, 2);
+});
+
+test.serial('kill -9 of lodgerd while a job runs: after a restart nothing runs twice and the orphaned VMM is stopped', async (t) => {
+  await lodger(['submit', '--id', 'long', '--', 'sh', '-c', 'echo started; sleep 300']);
+  for (let i = 0; i < 300 && !(await lodger(['logs', 'long'])).stdout.includes('started'); i++) await new Promise((r) => setTimeout(r, 100));
+  const vmm = Number(/job-long-1\] ready in \d+ ms \([^)]*pid (\d+)\)/.exec(daemonLog)?.[1]);
+  t.true(vmm > 0 && existsSync(`/proc/${vmm}`), 'the job\'s VMM runs');
+  daemon!.kill('SIGKILL');
+  await new Promise((r) => daemon!.once('exit', r));
+  t.true(existsSync(`/proc/${vmm}`), 'the sandbox outlives the daemon');
+  await startDaemon();
+  const job = JSON.parse((await lodger(['wait', 'long', '--json'])).stdout) as { state: string; attempts: number; transitions: { reason: string }[] };
+  t.is(job.state, 'failed');
+  t.is(job.attempts, 1, 'not run a second time');
+  t.regex(job.transitions.at(-1)!.reason, /lodgerd restarted/);
+  for (let i = 0; i < 50 && existsSync(`/proc/${vmm}`); i++) await new Promise((r) => setTimeout(r, 100));
+  t.false(existsSync(`/proc/${vmm}`), 'the orphaned VMM was stopped');
+  t.false(readFileSync('/proc/self/cgroup', 'utf8').split('\n').some((l) => existsSync(join('/sys/fs/cgroup', l.split(':')[1]?.split(',')[0] ?? 'x', l.split(':')[2] ?? '', 'lodger', 'sb-job-long-1'))),
+    'and its cgroup removed');
+});
