@@ -20,6 +20,8 @@ export interface ActionResult {
   /** From the start of apply() to this action's completion. */
   ms: number;
   detail: string;
+  /** The sandbox's own report of each step (resizes, knob writes), for metrics. */
+  steps?: { kind: string; ms: number }[];
 }
 
 export class Actuator {
@@ -32,10 +34,12 @@ export class Actuator {
     if (!sb) return { action: a, ok: false, ms: this.clock() - t0, detail: `no sandbox ${a.sandbox}` };
     try {
       let detail = '';
+      let steps: { kind: string; ms: number }[] | undefined;
       switch (a.kind) {
         case 'knobs': {
           const r = await sb.update({ cgroup: { ...a.knobs } });
           detail = r.steps.map((s) => s.detail).join(', ');
+          steps = r.steps;
           break;
         }
         case 'pause':
@@ -55,10 +59,11 @@ export class Actuator {
         case 'resize': {
           const r = await sb.update({ ...(a.vcpus !== undefined ? { vcpus: a.vcpus } : {}), ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}) });
           detail = r.steps.map((s) => `${s.kind} ${s.detail} ${s.ms.toFixed(0)} ms`).join(', ');
+          steps = r.steps;
           break;
         }
       }
-      return { action: a, ok: true, ms: this.clock() - t0, detail };
+      return { action: a, ok: true, ms: this.clock() - t0, detail, ...(steps ? { steps } : {}) };
     } catch (e) {
       return { action: a, ok: false, ms: this.clock() - t0, detail: `${(e as { code?: string }).code ?? 'ERROR'}: ${(e as Error).message}` };
     }

@@ -10,6 +10,7 @@ import {
 import { openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
+import { Metrics } from './metrics.ts';
 import { listen, makeServer } from './server.ts';
 import { JobStore } from './store.ts';
 
@@ -70,6 +71,7 @@ let policies: PolicySet = { services: [], pools: [] };
 let loop: ControlLoop | null = null;
 const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - (policies.pools[0]?.reserve.cpus ?? 1));
 const scheduler = new Scheduler({ store, runtime, maxRunning, log });
+const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => policies, loop: () => loop }) : null;
 
 function startLoop(): void {
   const pool = policies.pools[0] ?? DEFAULT_POOL;
@@ -80,6 +82,7 @@ function startLoop(): void {
     sandboxes: () => scheduler.sandboxes().map((x) => x.sandbox as unknown as LoopSandbox),
   });
   loop.start();
+  metrics?.watch(loop);
 }
 
 async function reloadPolicies(why: string): Promise<void> {
@@ -113,7 +116,11 @@ process.on('SIGHUP', () => void reloadPolicies('SIGHUP'));
 scheduler.start();
 const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop });
 await listen(server, cfg.socket, cfg.socketMode);
-log(`listening on ${cfg.socket}; state in ${cfg.stateDir}`);
+const metricsServer = metrics ? await metrics.listen(cfg.metricsAddress).catch((e: unknown) => {
+  log(`metrics not served on ${cfg.metricsAddress}: ${(e as Error).message}`);
+  return null;
+}) : null;
+log(`listening on ${cfg.socket}${metricsServer ? `; metrics on http://${cfg.metricsAddress}/metrics` : ''}; state in ${cfg.stateDir}`);
 
 let stopping = false;
 async function shutdown(sig: string): Promise<void> {
@@ -122,6 +129,7 @@ async function shutdown(sig: string): Promise<void> {
   log(`${sig}: stopping (${cfg.onSigterm})`);
   watcher?.close();
   server.forceShutdown();
+  metricsServer?.close();
   await loop?.stop();
   await scheduler.stop(cfg.onSigterm === 'stop-sandboxes');
   if (cfg.onSigterm === 'stop-sandboxes') await cgroups?.removeParents();

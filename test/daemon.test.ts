@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './services.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));
@@ -13,11 +14,13 @@ const policyDir = join(dir, 'policies');
 mkdirSync(policyDir);
 let daemon: ChildProcess | null = null;
 let daemonLog = '';
+let metricsPort = 0;
 const vmmPids = new Set<number>();
 
 function startDaemon(): Promise<void> {
   daemonLog = '';
-  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir,
+    '--metrics-address', `127.0.0.1:${metricsPort}`], { stdio: ['ignore', 'ignore', 'pipe'] });
   daemon.stderr!.on('data', (b) => {
     daemonLog += b;
     for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
@@ -52,6 +55,7 @@ test.after.always(() => {
 });
 
 test.serial('three jobs submitted with the CLI run to their exit codes, with logs and output files', async (t) => {
+  metricsPort = await freePort();
   await startDaemon();
   const out = join(dir, 'out-a');
   const a = await lodger(['submit', '--id', 'job-a', '--output', out, '-e', 'GREETING=hi', '--', 'sh', '-c', 'echo "alpha $GREETING"; echo result > $LODGER_OUTPUT/a.txt']);
@@ -90,6 +94,16 @@ test.serial('invalid requests get INVALID_ARGUMENT with the reason; unknown jobs
   const status = JSON.parse((await lodger(['status', '--json'])).stdout) as { accelerator: string; jobsByState: Record<string, number> };
   t.regex(status.accelerator, /^(tcg|kvm)$/);
   t.is(status.jobsByState.succeeded, 2);
+});
+
+test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the daemon\'s own process', async (t) => {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  t.regex(text, /^lodger_jobs\{state="succeeded"\} 2$/m);
+  t.regex(text, /^lodger_jobs\{state="failed"\} 1$/m);
+  t.regex(text, /^lodger_sandbox_boot_duration_seconds_count 3$/m);
+  t.regex(text, /^lodger_job_transitions_total\{state="running"\} 3$/m);
+  t.regex(text, /^process_resident_memory_bytes \d+/m);
+  t.regex(text, /^# HELP lodger_service_latency_seconds /m);
 });
 
 test.serial('kill -9 of lodgerd while a job runs: after a restart nothing runs twice and the orphaned VMM is stopped', async (t) => {
