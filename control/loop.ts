@@ -122,7 +122,7 @@ export class ControlLoop extends EventEmitter {
     if (fast.length && plan.state.level > prev.level) {
       this.reactions.push({ observedAt: now, ms: this.clock() - now, actions: fast.map((r) => `${r.action.kind} ${r.action.sandbox}${r.ok ? '' : ' FAILED'}`) });
     }
-    this.record(decision);
+    if (fast.length) this.record(decision);
     void structural.then((results) => {
       if (results.length) this.record({ at: this.clock(), reason: plan.reason, slack: plan.slack, actions: results.map((r) => r.action), results });
     });

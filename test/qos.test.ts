@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type OnlineServicePolicy } from '../control/index.ts';
 import { testRuntime, type TestRuntime } from './helpers.ts';
-import { runHey, startNginx, type Nginx } from './services.ts';
+import { runHey, startNginx, type Nginx } from '../bench/services.ts';
 
 const RATE = 800; // requests per second, as in the brief's measurement
 const SECONDS = 6;

@@ -193,7 +193,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
     const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus && !s.suspended).sort((a, b) => b.vcpus - a.vcpus)[0];
     if (victim) {
       actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
-        reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${obs.now - state.lowSince} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
+        reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${Math.round(obs.now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
     }
   } else if (resizing && state.level === 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs && cooled('grow') &&
              obs.host.cpuPressure < 20 && !memPressure) {
@@ -202,7 +202,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
     const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused && !s.suspended).sort((a, b) => a.vcpus - b.vcpus)[0];
     if (smallest && spare >= 1) {
       actions.push({ kind: 'resize', sandbox: smallest.id, vcpus: smallest.vcpus + 1,
-        reason: `slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'} >= ${g.minSlack} for ${obs.now - state.highSince} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
+        reason: `slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'} >= ${g.minSlack} for ${Math.round(obs.now - state.highSince)} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
     }
   }
   // Memory: give back under host memory pressure (virtio-mem steps, then, with every
