@@ -1,6 +1,7 @@
 // lodgerd: the job API, the scheduler, and the control loop that keeps every online
 // service inside its SLO while batch sandboxes use the rest.
 import { Command } from 'commander';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -121,6 +122,10 @@ const metricsServer = metrics ? await metrics.listen(cfg.metricsAddress).catch((
   return null;
 }) : null;
 log(`listening on ${cfg.socket}${metricsServer ? `; metrics on http://${cfg.metricsAddress}/metrics` : ''}; state in ${cfg.stateDir}`);
+// Under systemd (Type=notify): ready now that the API listens.
+if (process.env.NOTIFY_SOCKET) {
+  spawn('systemd-notify', ['--ready', `--pid=${process.pid}`], { stdio: 'ignore' }).on('error', (e) => log(`systemd-notify: ${e.message}`));
+}
 
 let stopping = false;
 async function shutdown(sig: string): Promise<void> {
