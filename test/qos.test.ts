@@ -35,12 +35,13 @@ test.serial('a breach of nginx\'s SLO next to a spinning batch sandbox is clampe
   spin.wait().catch(() => {});
 
   const probeSpec = { kind: 'http' as const, url: nginx.url, method: 'GET' as const, intervalMs: 50, timeoutMs: 500 };
-  const measure = async (): Promise<{ hey: Awaited<ReturnType<typeof runHey>>; probeP99: number }> => {
+  const measure = async (): Promise<{ hey: Awaited<ReturnType<typeof runHey>>; probeP99: number; probeP50: number }> => {
     const m = new ServiceMonitor({ name: 'web', source: 't', slo: { percentile: 99, targetMs: 1, windowMs: SECONDS * 1000 }, probe: probeSpec, prometheus: null, cpus: null });
     m.start();
     try {
       const hey = await runHey(nginx!.url, SECONDS, RATE);
-      return { hey, probeP99: m.observe().latencyMs ?? NaN };
+      const r = m.observe();
+      return { hey, probeP99: r.latencyMs ?? NaN, probeP50: r.p50Ms ?? NaN };
     } finally {
       m.stop();
     }
@@ -53,8 +54,10 @@ test.serial('a breach of nginx\'s SLO next to a spinning batch sandbox is clampe
   await sb.resume();
   const unmanaged = await measure();
 
-  // Managed: an SLO just below what the probe saw unmanaged, so the controller must act.
-  const targetMs = 0.8 * unmanaged.probeP99;
+  // Managed: the SLO is the probe's unmanaged median. A 1 s window holds ~10 probes, so
+  // its p99 is about their maximum, which exceeds the median in all but ~0.1% of
+  // windows: the controller must act.
+  const targetMs = unmanaged.probeP50;
   const service: OnlineServicePolicy = { name: 'web', source: 't', slo: { percentile: 99, targetMs, windowMs: 1000 }, probe: probeSpec, prometheus: null, cpus: null };
   const pool: BatchPoolPolicy = {
     name: 'default', source: 't', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 2, minMemoryMiB: 256, maxMemoryMiB: 256 },
@@ -81,5 +84,6 @@ test.serial('a breach of nginx\'s SLO next to a spinning batch sandbox is clampe
   t.is(loop.decisions[0]!.actions[0]!.kind, 'knobs');
   t.regex(loop.decisions[0]!.reason, /^breach: web p99 .*: apply cpu\.idle/);
   if (process.getuid?.() === 0) t.true(kernelSawIdle, 'cpu.idle=1 reached the sandbox cgroup in the kernel');
-  t.true(loop.decisions.every((d) => d.results.every((r) => r.ok)), 'every action applied without error');
+  const failed = loop.decisions.flatMap((d) => d.results.filter((r) => !r.ok).map((r) => `${r.action.kind}: ${r.detail}`));
+  t.deepEqual(failed, [], 'every action applied without error');
 });

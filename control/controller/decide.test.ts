@@ -51,7 +51,7 @@ function grows(a: Action, before: Sb[]): boolean {
 
 const latencies = fc.array(fc.oneof(fc.double({ min: 0.1, max: 6, noNaN: true }), fc.constant(null)), { minLength: 1, maxLength: 400 });
 
-test('never grows batch resources while a service is in violation; reacts on the first tick; stays in bounds', (t) => {
+test('never grows batch resources while a service is in violation; reacts on the first tick; stays in bounds; never resizes a paused guest', (t) => {
   fc.assert(fc.property(latencies, fc.integer({ min: 1, max: 4 }), fc.integer({ min: 4000, max: 20000 }), (lat, startVcpus, memAvail) => {
     const sbs: Sb[] = [{ id: 'a', vcpus: startVcpus, memoryMiB: 512, paused: false, guestMemAvailableMiB: 64 }, { id: 'b', vcpus: 1, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
     let state: ControllerState = INITIAL_STATE;
@@ -72,6 +72,8 @@ test('never grows batch resources while a service is in violation; reacts on the
         if (s.memoryMiB < pool.sandbox.minMemoryMiB || s.memoryMiB > pool.sandbox.maxMemoryMiB) return false;
       }
       if (plan.state.level < 0 || plan.state.level > pool.knobs.length) return false;
+      // Resizes need the guest: never one for a paused sandbox.
+      for (const a of plan.actions) if (a.kind === 'resize' && before.find((s) => s.id === a.sandbox)!.paused) return false;
       prevViolating = violating;
       state = plan.state;
     }

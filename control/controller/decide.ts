@@ -190,7 +190,8 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
   const resizing = actions.length === 0;
 
   if (resizing && state.lowSince !== null && obs.now - state.lowSince >= g.cooldownMs && cooled('shrink')) {
-    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus && !s.suspended).sort((a, b) => b.vcpus - a.vcpus)[0];
+    // A paused guest cannot take part in a resize (and costs no CPU while paused).
+    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus && !s.suspended && !s.paused).sort((a, b) => b.vcpus - a.vcpus)[0];
     if (victim) {
       actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
         reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${Math.round(obs.now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
@@ -216,7 +217,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
     const reserveMiB = pool.reserve.memoryBytes / 1048576;
     const running = obs.sandboxes.filter((s) => !s.suspended);
     if (memPressure && cooled('shrink')) {
-      const big = [...running].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+      const big = [...running].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB && !s.paused).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
       const why = `host MemAvailable ${availMiB.toFixed(0)} MiB below the ${reserveMiB.toFixed(0)} MiB reserve`;
       if (big) {
         actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step, reason: `${why}: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
