@@ -57,19 +57,20 @@ test('the monitor reports the window percentile over HTTP probes, and a typed er
   const port = await listen(server);
   const policy: OnlineServicePolicy = {
     name: 'web', source: 't', slo: { percentile: 99, targetMs: 5, windowMs: 1000 }, prometheus: null, cpus: null,
-    probe: { kind: 'http', url: `http://127.0.0.1:${port}/`, method: 'GET', intervalMs: 20, timeoutMs: 300 },
+    probe: { kind: 'http', url: `http://127.0.0.1:${port}/`, method: 'GET', intervalMs: 20, timeoutMs: 1000 },
   };
   const m = new ServiceMonitor(policy);
   try {
     t.like(m.observe(), { latencyMs: null, error: 'no samples yet' });
     m.start();
     await new Promise((r) => setTimeout(r, 400));
+    // Wide margins: the host stalls for tens of ms now and then.
     const fast = m.observe();
-    t.true(fast.samples >= 5 && fast.latencyMs! < 50, JSON.stringify(fast));
-    delay = 40;
-    await new Promise((r) => setTimeout(r, 1300));
+    t.true(fast.samples >= 5 && fast.latencyMs! < 150, JSON.stringify(fast));
+    delay = 200;
+    await new Promise((r) => setTimeout(r, 1500));
     const slow = m.observe();
-    t.true(slow.latencyMs! >= 40, `p99 ${slow.latencyMs} after the server slowed down`);
+    t.true(slow.latencyMs! >= 200, `p99 ${slow.latencyMs} after the server slowed down`);
     server.closeAllConnections();
     server.close();
     await new Promise((r) => setTimeout(r, 1300));
