@@ -37,7 +37,7 @@ const service: OnlineServicePolicy = {
 };
 const pool: BatchPoolPolicy = {
   name: 'p', source: 'bench', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 1, minMemoryMiB: 256, maxMemoryMiB: 256 },
-  knobs: ['cpu.idle'], growth: { cooldownMs: 300, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+  knobs: ['cpu.idle'], growth: { cooldownMs: 300, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
 };
 const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb], tickMs: 100 });
 const fromObservation: number[] = [];

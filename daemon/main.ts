@@ -23,7 +23,7 @@ const DEFAULT_POOL: BatchPoolPolicy = {
   name: 'default', source: '(built in)', reserve: { cpus: 1, memoryBytes: 1 << 30 },
   sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 },
   knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
-  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
 };
 
 const program = new Command('lodgerd')

@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES = [
   'linux-source-6.1', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', // the minimal guest kernel
   'gcc', 'libc6-dev', 'g++', 'make', // guest agent (static C) and the native addon
   'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
+  'prometheus', // the dashboards' queries are checked against a real Prometheus
 ];
 
 function missingDebianPackages() {

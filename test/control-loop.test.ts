@@ -18,7 +18,7 @@ test.serial('a breach is clamped within the sampling interval, and released afte
   };
   const pool: BatchPoolPolicy = {
     name: 'p', source: 't', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 2, minMemoryMiB: 256, maxMemoryMiB: 512 },
-    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'], growth: { cooldownMs: 600, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'], growth: { cooldownMs: 600, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
   };
   const rt = new FakeRuntime();
   const sb = await rt.create({ id: 'batch', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 512 });

@@ -61,7 +61,7 @@ test.serial('a breach of nginx\'s SLO next to a spinning batch sandbox is clampe
   const service: OnlineServicePolicy = { name: 'web', source: 't', slo: { percentile: 99, targetMs, windowMs: 1000 }, probe: probeSpec, prometheus: null, cpus: null };
   const pool: BatchPoolPolicy = {
     name: 'default', source: 't', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 2, minMemoryMiB: 256, maxMemoryMiB: 256 },
-    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'], growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'], growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
   };
   const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb] });
   const idleFile = join(sb.cgroupDirs?.get('cpu') ?? sb.cgroupDirs?.get('') ?? '/nonexistent', 'cpu.idle');

@@ -13,7 +13,7 @@ const pool: BatchPoolPolicy = {
   name: 'default', source: 't', reserve: { cpus: 1, memoryBytes: 1 << 30 },
   sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 2048 },
   knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
-  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256 },
+  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
 };
 const policy = { services: [service], pool };
 const TICK = 100;

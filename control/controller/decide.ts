@@ -197,7 +197,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prev: Contro
         reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${Math.round(obs.now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
     }
   } else if (resizing && state.level === 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs && cooled('grow') &&
-             obs.host.cpuPressure < 20 && !memPressure) {
+             obs.host.cpuPressure < g.maxCpuPressure && !memPressure) {
     const used = obs.sandboxes.filter((s) => !s.suspended).reduce((n, s) => n + s.vcpus, 0);
     const spare = obs.host.cpus - pool.reserve.cpus - used;
     const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused && !s.suspended).sort((a, b) => a.vcpus - b.vcpus)[0];

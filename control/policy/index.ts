@@ -32,7 +32,7 @@ export interface BatchPoolPolicy {
   reserve: { cpus: number; memoryBytes: number };
   sandbox: { minVcpus: number; maxVcpus: number; minMemoryMiB: number; maxMemoryMiB: number };
   knobs: Knob[];
-  growth: { cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number };
+  growth: { cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number; maxCpuPressure: number };
 }
 
 export interface PolicySet {
@@ -59,7 +59,8 @@ export function parseDurationMs(s: string): number {
 }
 
 const SIZE: Record<string, number> = { '': 1, K: 1024, Ki: 1024, M: 1024 ** 2, Mi: 1024 ** 2, G: 1024 ** 3, Gi: 1024 ** 3, T: 1024 ** 4, Ti: 1024 ** 4 };
-export function parseSizeBytes(s: string): number {
+export function parseSizeBytes(s: string | number): number {
+  if (typeof s === 'number') return s;
   const m = /^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$/.exec(s);
   if (!m) throw new RangeError(`not a size: ${s}`);
   return Math.round(Number(m[1]) * SIZE[m[2] ?? '']!);
@@ -120,6 +121,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         growth: {
           cooldownMs: parseDurationMs(g.cooldown ?? '5s'), minSlack: g.minSlack ?? 0.3, shrinkSlack: g.shrinkSlack ?? 0.1,
           memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep ?? '256Mi') / 1048576),
+          maxCpuPressure: g.maxCpuPressure ?? 50,
         },
       });
     }

@@ -47,6 +47,12 @@ test('bad values, missing keys and YAML syntax errors are located', (t) => {
   t.regex(errorOf('apiVersion: lodger.dev/v2\nkind: BatchPool\nmetadata: { name: x }\nspec: { sandbox: { maxVcpus: 1, maxMemory: 1Gi } }\n').message, /^p\.yaml:1:13: \/apiVersion: must be "lodger.dev\/v1"/);
 });
 
+test('sizes may be plain byte counts', (t) => {
+  const set = parsePolicyText('apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  reserve: { cpus: 0, memory: 0 }\n  sandbox: { maxVcpus: 2, maxMemory: 536870912 }\n', 'p.yaml');
+  t.is(set.pools[0]!.reserve.memoryBytes, 0);
+  t.is(set.pools[0]!.sandbox.maxMemoryMiB, 512);
+});
+
 test('semantic checks: min above max, and a name defined twice across files', async (t) => {
   const pool = 'apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  sandbox: { minVcpus: 8, maxVcpus: 2, maxMemory: 1Gi }\n';
   t.regex(errorOf(pool).message, /^p\.yaml:5:\d+: minVcpus 8 is above maxVcpus 2/);
