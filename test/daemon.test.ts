@@ -106,6 +106,25 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.regex(text, /^# HELP lodger_service_latency_seconds /m);
 });
 
+test.serial('policies reload on change and on SIGHUP; an invalid file is rejected with file:line and the previous policy stays', async (t) => {
+  const { writeFileSync, unlinkSync } = await import('node:fs');
+  const services = async (): Promise<string[]> => (JSON.parse((await lodger(['status', '--json'])).stdout) as { services: { name: string }[] }).services.map((x) => x.name);
+  const web = 'apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: web }\nspec:\n  slo: { target: 50ms }\n  probe: { tcp: { address: "127.0.0.1:9" } }\n';
+  writeFileSync(join(policyDir, 'web.yaml'), web);
+  for (let i = 0; i < 50 && !(await services()).includes('web'); i++) await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(await services(), ['web'], 'picked up on change');
+  writeFileSync(join(policyDir, 'broken.yaml'), 'apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: x }\nspec:\n  slo: { target: soon }\n  probe: { tcp: { address: "127.0.0.1:9" } }\n');
+  for (let i = 0; i < 50 && !daemonLog.includes('broken.yaml:5:'); i++) await new Promise((r) => setTimeout(r, 100));
+  t.regex(daemonLog, /policy not reloaded \(changed on disk\): .*broken\.yaml:5:18: \/spec\/slo\/target: "soon" is not in the expected form/);
+  t.deepEqual(await services(), ['web'], 'the previous policy stays in force');
+  unlinkSync(join(policyDir, 'broken.yaml'));
+  unlinkSync(join(policyDir, 'web.yaml'));
+  daemon!.kill('SIGHUP');
+  for (let i = 0; i < 50 && (await services()).length; i++) await new Promise((r) => setTimeout(r, 100));
+  t.regex(daemonLog, /policies loaded \((SIGHUP|changed on disk)\)/);
+  t.deepEqual(await services(), []);
+});
+
 test.serial('kill -9 of lodgerd while a job runs: after a restart nothing runs twice and the orphaned VMM is stopped', async (t) => {
   await lodger(['submit', '--id', 'long', '--', 'sh', '-c', 'echo started; sleep 300']);
   for (let i = 0; i < 300 && !(await lodger(['logs', 'long'])).stdout.includes('started'); i++) await new Promise((r) => setTimeout(r, 100));
