@@ -106,6 +106,22 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.regex(text, /^# HELP lodger_service_latency_seconds /m);
 });
 
+test.serial('lodger events streams job state changes as they happen', async (t) => {
+  const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), '--socket', socket, 'events', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let stdout = '';
+  child.stdout.on('data', (b) => { stdout += b; });
+  try {
+    await new Promise((r) => setTimeout(r, 1500)); // let the stream open
+    await lodger(['submit', '--id', 'watched', '--', 'true']);
+    t.is((await lodger(['wait', 'watched'])).code, 0);
+    for (let i = 0; i < 50 && !stdout.includes('"succeeded"'); i++) await new Promise((r) => setTimeout(r, 100));
+  } finally {
+    child.kill('SIGTERM');
+  }
+  const seen = stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { kind: string; jobId: string; state: string });
+  t.deepEqual(seen.filter((e) => e.kind === 'job' && e.jobId === 'watched').map((e) => e.state), ['starting', 'running', 'succeeded']);
+});
+
 test.serial('policies reload on change and on SIGHUP; an invalid file is rejected with file:line and the previous policy stays', async (t) => {
   const { writeFileSync, unlinkSync } = await import('node:fs');
   const services = async (): Promise<string[]> => (JSON.parse((await lodger(['status', '--json'])).stdout) as { services: { name: string }[] }).services.map((x) => x.name);

@@ -100,7 +100,16 @@ export async function logsCommand(id: string, o: { socket: string; follow: boole
 }
 
 export async function waitCommand(id: string, o: { socket: string; json: boolean }): Promise<number> {
-  const job = await withClient(o.socket, (c) => c.call<ApiJob>('WaitJob', { id }, 7 * 24 * 3600 * 1000));
+  // Progress on a terminal: the job's state while it is not done.
+  const progress = process.stderr.isTTY ? setInterval(() => {
+    void withClient(o.socket, (c) => c.call<ApiJob>('GetJob', { id })).then((j) => process.stderr.write(`\r${id}: ${j.state}…   `), () => {});
+  }, 1000) : null;
+  const job = await withClient(o.socket, (c) => c.call<ApiJob>('WaitJob', { id }, 7 * 24 * 3600 * 1000)).finally(() => {
+    if (progress) {
+      clearInterval(progress);
+      process.stderr.write('\r');
+    }
+  });
   if (o.json) console.log(JSON.stringify(job, null, 2));
   else console.error(`${job.id}: ${job.state}${job.hasExitCode ? ` (exit ${job.exitCode})` : ''}${job.error ? `: ${job.error.split('\n')[0]}` : ''}`);
   if (job.hasExitCode) return job.exitCode;
@@ -159,6 +168,32 @@ export async function topCommand(o: { socket: string; interval: string }): Promi
       process.stdout.write(`\x1b[H\x1b[2J${renderStatus(s)}\n`);
       await new Promise((r) => setTimeout(r, every));
     }
+  } finally {
+    c.close();
+  }
+  return 0;
+}
+
+/** Job state changes and controller decisions as they happen, until interrupted. */
+export async function eventsCommand(o: { socket: string; json: boolean; count?: string }): Promise<number> {
+  const c = connect(o.socket);
+  const limit = o.count ? Number(o.count) : Infinity;
+  let seen = 0;
+  try {
+    await new Promise<void>((resolveDone, reject) => {
+      const s = c.stream('WatchEvents', {});
+      s.on('data', (e: { atMs: number; kind: string; jobId: string; state: string; reason: string }) => {
+        if (o.json) console.log(JSON.stringify(e));
+        else console.log(`${new Date(e.atMs).toISOString().slice(11, 23)} ${e.kind.padEnd(8)} ${e.kind === 'job' ? `${e.jobId} ${e.state}: ` : ''}${e.reason}`);
+        if (++seen >= limit) {
+          s.cancel();
+          resolveDone();
+        }
+      });
+      s.on('error', (e: Error & { code?: number; details?: string }) => (e.code === 1 ? resolveDone() : reject(new Error(e.details ?? e.message))));
+      s.on('end', () => resolveDone());
+      process.once('SIGINT', () => { s.cancel(); resolveDone(); });
+    });
   } finally {
     c.close();
   }

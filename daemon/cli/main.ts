@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultSocket } from './client.ts';
 import { doctorCommand } from './doctor.ts';
-import { cancelCommand, logsCommand, psCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
+import { cancelCommand, eventsCommand, logsCommand, psCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
 import { policyValidateCommand } from './policy.ts';
 import { runCommand } from './run.ts';
 import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
@@ -74,6 +74,12 @@ program.command('status')
   .description('services (p99 against target), sandboxes, recent decisions')
   .option('--json', 'machine-readable output', false)
   .action(act((o) => statusCommand({ ...o, socket: socket() })));
+
+program.command('events')
+  .description('job state changes and controller decisions as they happen')
+  .option('--json', 'one JSON object a line', false)
+  .option('--count <n>', 'stop after this many events')
+  .action(act((o) => eventsCommand({ ...o, socket: socket() })));
 
 program.command('top')
   .description('a live view of status')
