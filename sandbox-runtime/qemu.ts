@@ -60,7 +60,7 @@ export function sandboxPaths(runDir: string, id: string): QemuPaths {
 export interface QemuArgsOptions {
   accel: Accelerator;
   seccomp: boolean;
-  /** TCG translation cache; it dominates the VMM's own memory under TCG. */
+  /** TCG translation cache; it dominates the VMM's own memory under TCG (16 MiB measured best here: docs/BENCHMARKS.md). */
   tbSizeMiB: number;
   /** TCG: one host thread per vCPU ("multi") or one for all ("single"). */
   tcgThread?: 'multi' | 'single';
@@ -263,7 +263,10 @@ export class QemuSandbox implements Sandbox {
       vmemRequestedMiB: extra.length ? this.memoryMiB - this.spec.memoryMiB : 0,
       accel: this.accel,
       seccomp: this.opts.seccomp ?? true,
-      tbSizeMiB: this.opts.tbSizeMiB ?? 32,
+      // 16 MiB: faster boots and ~16 MiB less RSS than 32 here. A vCPU thread created
+      // after boot needs free cache regions, which 16 MiB runs out of at once: the ACPI
+      // path under TCG keeps 32 (docs/BENCHMARKS.md).
+      tbSizeMiB: this.opts.tbSizeMiB ?? (this.vcpuUnplugMode === 'acpi' ? 32 : 16),
       tcgThread: this.opts.tcgThread,
       extraCmdline: this.opts.extraCmdline,
       coldPlugAll: this.vcpuUnplugMode === 'offline',
