@@ -80,7 +80,9 @@ function startLoop(): void {
     policy: { services: policies.services, pool },
     monitors: policies.services.map((s) => new ServiceMonitor(s)),
     host: new ProcHostReader(),
-    sandboxes: () => scheduler.sandboxes().map((x) => x.sandbox as unknown as LoopSandbox),
+    // Only sandboxes whose guest is up (or saved): one still booting cannot take knobs yet.
+    sandboxes: () => scheduler.sandboxes().map((x) => x.sandbox)
+      .filter((sb) => ['running', 'paused', 'suspended'].includes(sb.status().state)) as unknown as LoopSandbox[],
   });
   loop.start();
   metrics?.watch(loop);

@@ -4,6 +4,7 @@
 import * as http from 'node:http';
 import client from 'prom-client';
 import type { ControlLoop, Decision, PolicySet } from '../control/index.ts';
+import type { SandboxStatus } from '../sandbox-runtime/index.ts';
 import type { JobEvent, Scheduler } from './scheduler.ts';
 import type { JobStore } from './store.ts';
 
@@ -56,7 +57,7 @@ export class Metrics {
         }
       },
     });
-    const sandboxGauge = (name: string, help: string, value: (st: ReturnType<ReturnType<Scheduler['sandboxes']>[number]['sandbox']['status']>) => number): void => {
+    const sandboxGauge = (name: string, help: string, value: (st: SandboxStatus) => number): void => {
       new client.Gauge({
         name, help, labelNames: ['sandbox', 'job'], registers: [r],
         collect() {

@@ -704,8 +704,10 @@ export class QemuSandbox implements Sandbox {
       this.state = 'stopping';
       const grace = opts.graceMs ?? 3000;
       // Ask the guest to power off (it syncs /output first); then QMP quit; then SIGKILL.
-      if (this.agent && !wasPaused && grace > 0) await this.agent.shutdown().catch(() => {});
-      if (!(await this.exitedWithin(grace))) {
+      const asked = !!this.agent && !wasPaused && grace > 0;
+      if (asked) await this.agent!.shutdown().catch(() => {});
+      // A paused guest cannot power itself off: go straight to quit.
+      if (!(await this.exitedWithin(asked ? grace : 0))) {
         await this.qmp?.execute('quit', undefined, 1000).catch(() => {});
         if (!(await this.exitedWithin(1000))) await this.kill();
       }

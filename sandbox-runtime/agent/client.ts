@@ -138,8 +138,7 @@ export class AgentClient extends EventEmitter {
   /** Connects again (a new VMM serving the same guest) and waits for the agent to answer. */
   async reconnect(timeoutMs: number): Promise<void> {
     this.detach();
-    this.decoder.push(Buffer.alloc(0));
-    while (this.decoder.pending > 0) this.decoder.expireStale();
+    this.decoder.reset();
     await this.connect(timeoutMs);
     await this.waitReady(timeoutMs);
   }

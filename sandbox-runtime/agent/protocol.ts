@@ -73,6 +73,11 @@ export class FrameDecoder {
     return out;
   }
 
+  /** Drops whatever is held (a new connection starts at a frame boundary). */
+  reset(): void {
+    this.buf = Buffer.alloc(0);
+  }
+
   /** Bytes held waiting for the rest of a frame. */
   get pending(): number {
     return this.buf.length;
