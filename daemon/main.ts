@@ -13,7 +13,7 @@ import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
 import { Metrics } from './metrics.ts';
 import { listen, makeServer } from './server.ts';
-import { JobStore } from './store.ts';
+import { JobStore, type JobRecord } from './store.ts';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 const log = (m: string): void => console.error(`lodgerd: ${m}`);
@@ -49,29 +49,36 @@ const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
 const { runtime, accel, cgroups } = await openRuntime({
   host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
   accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
-  image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, log,
+  image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
 });
 log(`accelerator ${accel.accel}: ${accel.reason}`);
 
-// Jobs a previous lodgerd left running: reattaching to their sandboxes is not built yet,
-// so their VMMs are stopped (identified by QEMU's -name, never by pid alone) and the jobs
-// marked failed with the reason. Nothing runs twice.
-for (const job of store.list(['starting', 'running', 'paused', 'suspended'])) {
+// Jobs a previous lodgerd left running are taken up again once the scheduler exists
+// (below). One whose command was not sent yet, or whose sandbox cannot be found, has its
+// VMM stopped (identified by QEMU's -name, never by pid alone): a job that was only
+// starting is queued again; one whose command may have run is failed. Nothing runs twice.
+const orphans = store.list(['starting', 'running', 'paused', 'suspended'], 100_000);
+async function dropOrphan(job: JobRecord, why: string): Promise<void> {
   const pid = Number(job.attach?.pid ?? 0);
   if (pid > 0) {
     const cmdline = existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
-    if (cmdline.includes(`lodger-${job.sandboxId}`)) {
+    if (cmdline.split('\0').includes(`lodger-${job.sandboxId},debug-threads=on`)) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
   }
   await cgroups?.open(`sb-${job.sandboxId}`)?.destroy().catch((e: unknown) => log(`cgroup of ${job.sandboxId} not removed: ${(e as Error).message}`));
-  store.transition(job.id, 'failed', 'lodgerd restarted while the job ran (reattach is not supported yet)', { attach: null });
+  if (job.state === 'starting') store.transition(job.id, 'queued', `lodgerd restarted while its sandbox started (${why}); queued again`, { attach: null });
+  else store.transition(job.id, 'failed', `lodgerd restarted and could not take the job up again: ${why}`, { attach: null });
 }
 
 let policies: PolicySet = { services: [], pools: [] };
 let loop: ControlLoop | null = null;
 const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - (policies.pools[0]?.reserve.cpus ?? 1));
 const scheduler = new Scheduler({ store, runtime, maxRunning, log });
+for (const job of orphans) {
+  if (typeof job.attach?.execId === 'number') scheduler.adopt(job);
+  else await dropOrphan(job, job.state === 'starting' ? 'the command was not sent yet' : 'the command\'s id was not stored');
+}
 const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => policies, loop: () => loop }) : null;
 
 function startLoop(): void {

@@ -3,7 +3,7 @@
 // to its maximum; its output is stored as it arrives; /output is copied back when it
 // ends, also when it fails. Every state change goes through the store with a reason.
 import { EventEmitter } from 'node:events';
-import type { ExecHandle, Sandbox, SandboxRuntime } from '../sandbox-runtime/index.ts';
+import type { ExecHandle, Sandbox, SandboxRuntime, SandboxSpec } from '../sandbox-runtime/index.ts';
 import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from './store.ts';
 
 export interface SchedulerOptions {
@@ -20,6 +20,24 @@ interface Running {
   exec: ExecHandle | null;
   cancel: { state: JobState; reason: string } | null;
   timer: NodeJS.Timeout | null;
+}
+
+/** Stored in the job record while it runs: what a restarted daemon needs to take the job up again. */
+export interface AttachInfo {
+  sandboxId: string;
+  pid: number | null;
+  /** The agent's exec id of the job's command; absent until the command was sent. */
+  execId?: number;
+  /** Log sequence number before this attempt's output. */
+  logSeq: number;
+}
+
+export function sandboxSpecFor(job: JobRecord, sandboxId: string): SandboxSpec {
+  const spec = job.spec;
+  return {
+    id: sandboxId, vcpus: spec.vcpus.min, maxVcpus: spec.vcpus.max, memoryMiB: spec.memoryMiB.min, maxMemoryMiB: spec.memoryMiB.max,
+    rootfsDir: spec.rootfs || undefined, outputDir: spec.outputDir || undefined,
+  };
 }
 
 export interface JobEvent {
@@ -66,44 +84,69 @@ export class Scheduler extends EventEmitter {
       for (const job of this.o.store.queued()) {
         if (this.running.size >= Math.max(1, this.o.maxRunning())) break;
         if (this.running.has(job.id)) continue;
-        const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
-        this.running.set(job.id, r);
-        void this.run(r).finally(() => {
-          if (r.timer) clearTimeout(r.timer);
-          this.running.delete(job.id);
-          void this.pump();
-        });
+        this.launch(job, null);
       }
     } finally {
       this.pumping = false;
     }
   }
 
-  private async run(r: Running): Promise<void> {
+  private launch(job: JobRecord, adopt: AttachInfo | null): void {
+    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
+    this.running.set(job.id, r);
+    void this.run(r, adopt).finally(() => {
+      if (r.timer) clearTimeout(r.timer);
+      this.running.delete(job.id);
+      void this.pump();
+    });
+  }
+
+  /**
+   * Takes up a job an earlier daemon left running: its sandbox is attached, its command's
+   * output after what is stored is replayed, and it goes on to its end. Nothing runs again.
+   */
+  adopt(job: JobRecord): void {
+    const a = job.attach as unknown as AttachInfo;
+    this.o.log?.(`job ${job.id}: taking up sandbox ${a.sandboxId} (exec ${a.execId})`);
+    this.launch(job, a);
+  }
+
+  private async run(r: Running, adopt: AttachInfo | null): Promise<void> {
     const { store } = this.o;
     const spec = r.job.spec;
-    const attempt = r.job.attempts + 1;
-    const sandboxId = `job-${r.job.id}-${attempt}`.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
-    this.move(r.job.id, 'starting', `attempt ${attempt}: admitted`, { attempts: attempt, sandboxId });
+    const attempt = adopt ? r.job.attempts : r.job.attempts + 1;
+    const sandboxId = adopt?.sandboxId ?? `job-${r.job.id}-${attempt}`.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+    if (!adopt) this.move(r.job.id, 'starting', `attempt ${attempt}: admitted`, { attempts: attempt, sandboxId });
     if (spec.timeoutSeconds > 0) {
-      r.timer = setTimeout(() => void this.cancel(r.job.id, `timed out after ${spec.timeoutSeconds} s`, 'failed'), spec.timeoutSeconds * 1000);
+      // A job taken up after a restart keeps the deadline of its attempt's start.
+      const startedAt = [...r.job.transitions].reverse().find((x) => x.state === 'starting')?.at ?? Date.now();
+      const left = adopt ? Math.max(0, startedAt + spec.timeoutSeconds * 1000 - Date.now()) : spec.timeoutSeconds * 1000;
+      r.timer = setTimeout(() => void this.cancel(r.job.id, `timed out after ${spec.timeoutSeconds} s`, 'failed'), left);
     }
     let outcome: { state: JobState; reason: string; exitCode?: number; error?: string };
     try {
-      r.sandbox = await this.o.runtime.create({
-        id: sandboxId, vcpus: spec.vcpus.min, maxVcpus: spec.vcpus.max, memoryMiB: spec.memoryMiB.min, maxMemoryMiB: spec.memoryMiB.max,
-        rootfsDir: spec.rootfs || undefined, outputDir: spec.outputDir || undefined,
-      });
-      if (r.cancel) throw new Error('cancelled before start');
-      await r.sandbox.start();
-      const st = r.sandbox.status();
-      this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: { sandboxId, pid: st.pid } });
-      if (r.cancel) throw new Error('cancelled while starting');
-      r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });
+      if (adopt) {
+        r.sandbox = await this.o.runtime.attach(sandboxSpecFor(r.job, sandboxId));
+        r.exec = await r.sandbox.resumeExec(adopt.execId!, store.logBytes(r.job.id, adopt.logSeq));
+        store.note(r.job.id, { attach: { ...adopt, pid: r.sandbox.status().pid } });
+        this.emit('job', { at: Date.now(), jobId: r.job.id, state: store.get(r.job.id).state, reason: `taken up again after a lodgerd restart (sandbox ${sandboxId})` } satisfies JobEvent);
+      } else {
+        r.sandbox = await this.o.runtime.create(sandboxSpecFor(r.job, sandboxId));
+        if (r.cancel) throw new Error('cancelled before start');
+        await r.sandbox.start();
+        const logSeq = store.lastLogSeq();
+        const attach: AttachInfo = { sandboxId, pid: r.sandbox.status().pid, logSeq };
+        this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: attach as unknown as Record<string, unknown> });
+        if (r.cancel) throw new Error('cancelled while starting');
+        r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });
+        store.note(r.job.id, { attach: { ...attach, execId: r.exec.id } });
+      }
       r.exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
       r.exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
       const exit = await r.exec.wait();
       const code = exit.code ?? 128 + (exit.signal ?? 0);
+      // Stored before the guest is told it may forget the exit status (on a later tick).
+      store.note(r.job.id, { exitCode: code });
       // Re-read: cancel() may have set it while we waited (TypeScript narrowed it above).
       const cancelled = r.cancel as Running['cancel'];
       outcome = cancelled ? { ...cancelled, exitCode: code }
@@ -111,7 +154,11 @@ export class Scheduler extends EventEmitter {
           : { state: 'failed', reason: exit.signal ? `killed by signal ${exit.signal}` : `exit ${code}`, exitCode: code };
     } catch (e) {
       const msg = `${(e as { code?: string }).code ? `${(e as { code: string }).code}: ` : ''}${(e as Error).message}`;
-      outcome = r.cancel ? { ...r.cancel, error: msg } : { state: 'failed', reason: msg.split('\n')[0]!, error: msg };
+      const known = adopt ? store.get(r.job.id).exitCode : null;
+      // The exit status was stored just before the daemon died: the guest let it go.
+      outcome = r.cancel ? { ...r.cancel, error: msg }
+        : known !== null ? { state: known === 0 ? 'succeeded' : 'failed', reason: `exit ${known}`, exitCode: known }
+          : { state: 'failed', reason: msg.split('\n')[0]!, error: msg };
     }
     // Always stop the sandbox: it copies /output back, also after a failure.
     await r.sandbox?.stop({ graceMs: r.cancel ? 0 : 2000 }).catch((e: unknown) => this.o.log?.(`job ${r.job.id}: stopping its sandbox: ${(e as Error).message}`));

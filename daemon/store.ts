@@ -163,6 +163,24 @@ export class JobStore {
     })();
   }
 
+  /** Updates fields of a job without a state change (what a restarted daemon needs to find its sandbox). */
+  note(id: string, fields: Partial<Pick<JobRecord, 'exitCode' | 'attach'>>): void {
+    this.row(id);
+    if ('attach' in fields) this.db.prepare('UPDATE jobs SET attach = ? WHERE id = ?').run(fields.attach ? JSON.stringify(fields.attach) : null, id);
+    if (fields.exitCode !== undefined) this.db.prepare('UPDATE jobs SET exit_code = ? WHERE id = ?').run(fields.exitCode, id);
+  }
+
+  /** The newest log sequence number (0 when none): later output belongs to a later attempt. */
+  lastLogSeq(): number {
+    return (this.db.prepare('SELECT COALESCE(MAX(seq), 0) n FROM logs').get() as { n: number }).n;
+  }
+
+  /** Bytes of stdout and stderr stored for a job after a log sequence number. */
+  logBytes(id: string, afterSeq = 0): [number, number] {
+    const rows = this.db.prepare('SELECT stream, SUM(LENGTH(data)) n FROM logs WHERE job_id = ? AND seq > ? GROUP BY stream').all(id, afterSeq) as { stream: string; n: number }[];
+    return [rows.find((r) => r.stream === 'stdout')?.n ?? 0, rows.find((r) => r.stream === 'stderr')?.n ?? 0];
+  }
+
   appendLog(id: string, stream: 'stdout' | 'stderr', data: Buffer): number {
     const r = this.db.prepare('INSERT INTO logs (job_id, at, stream, data) VALUES (?, ?, ?, ?)').run(id, this.clock(), stream, data);
     return Number(r.lastInsertRowid);

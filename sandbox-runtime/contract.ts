@@ -100,6 +100,12 @@ export interface VmmExit {
 
 export interface Sandbox {
   readonly id: string;
+  /**
+   * Takes up a command an earlier process started in this sandbox (see
+   * SandboxRuntime.attach): output after `offsets` (bytes of stdout and stderr already
+   * stored) and the exit status arrive on the handle; nothing is run again.
+   */
+  resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle>;
   /** Boots the VM and waits for the guest agent. */
   start(): Promise<void>;
   exec(req: ExecRequest): Promise<ExecHandle>;
@@ -125,6 +131,12 @@ export interface Sandbox {
 export interface SandboxRuntime {
   readonly accel: Accelerator;
   create(spec: SandboxSpec): Promise<Sandbox>;
+  /**
+   * Finds a sandbox that an earlier process (a daemon that died or restarted) created
+   * with this spec, still running, paused or suspended to disk, and takes control of it.
+   * Throws SANDBOX_GONE when it is not there any more.
+   */
+  attach(spec: SandboxSpec): Promise<Sandbox>;
 }
 
 export function validateSpec(spec: SandboxSpec): string | null {

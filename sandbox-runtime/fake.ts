@@ -57,36 +57,52 @@ export class FakeSandbox implements Sandbox {
     this.state = 'running';
   }
 
+  /** Every exec's output so far, so that resumeExec() can hand on what follows an offset. */
+  private readonly execs = new Map<number, { out: Buffer[]; err: Buffer[]; outCbs: ((b: Buffer) => void)[]; errCbs: ((b: Buffer) => void)[]; done: Promise<ExitStatus> }>();
+
   async exec(req: ExecRequest): Promise<ExecHandle> {
     this.live('exec');
     const id = nextExecId++;
-    const outCbs: ((b: Buffer) => void)[] = [];
-    const errCbs: ((b: Buffer) => void)[] = [];
-    const held: { out: Buffer[]; err: Buffer[] } = { out: [], err: [] };
-    const emit = (cbs: typeof outCbs, hold: Buffer[], s: string): void => {
+    const x = { out: [] as Buffer[], err: [] as Buffer[], outCbs: [] as ((b: Buffer) => void)[], errCbs: [] as ((b: Buffer) => void)[], done: null as unknown as Promise<ExitStatus> };
+    const emit = (all: Buffer[], cbs: ((b: Buffer) => void)[], s: string): void => {
       const b = Buffer.from(s);
-      if (cbs.length) cbs.forEach((cb) => cb(b)); else hold.push(b);
+      all.push(b);
+      cbs.forEach((cb) => cb(b));
     };
     let entry!: { reject: (e: Error) => void };
-    const done = new Promise<ExitStatus>((resolve, reject) => {
+    x.done = new Promise<ExitStatus>((resolve, reject) => {
       entry = { reject };
       this.running.add(entry);
       const cmd = this.opts.command ?? ((r, io) => { io.stdout(`${r.argv.join(' ')}\n`); return 0; });
       // Run on a later tick so callers can attach listeners first, as with a real guest.
       setImmediate(() => {
-        Promise.resolve(cmd(req, { stdout: (s) => emit(outCbs, held.out, s), stderr: (s) => emit(errCbs, held.err, s) }))
+        Promise.resolve(cmd(req, { stdout: (s) => emit(x.out, x.outCbs, s), stderr: (s) => emit(x.err, x.errCbs, s) }))
           .then((code) => resolve({ code, signal: null }), reject)
           .finally(() => this.running.delete(entry));
       });
     });
-    done.catch(() => {});
+    x.done.catch(() => {});
+    this.execs.set(id, x);
+    return this.handle(id, [0, 0]);
+  }
+
+  private handle(id: number, offsets: [number, number]): ExecHandle {
+    const x = this.execs.get(id)!;
+    // What was written before the listener came, after `offset`, is handed on first.
+    const after = (all: Buffer[], offset: number): Buffer => Buffer.concat(all).subarray(offset);
     return {
       id,
-      onStdout: (cb) => { outCbs.push(cb); held.out.splice(0).forEach(cb); },
-      onStderr: (cb) => { errCbs.push(cb); held.err.splice(0).forEach(cb); },
+      onStdout: (cb) => { const b = after(x.out, offsets[0]); if (b.length) cb(b); x.outCbs.push(cb); },
+      onStderr: (cb) => { const b = after(x.err, offsets[1]); if (b.length) cb(b); x.errCbs.push(cb); },
       signal: async () => {},
-      wait: () => done,
+      wait: () => x.done,
     };
+  }
+
+  async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
+    this.live('resume an exec');
+    if (!this.execs.has(execId)) throw new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: replay: no such exec ${execId}`);
+    return this.handle(execId, offsets);
   }
 
   async update(req: ResourceUpdate): Promise<UpdateReport> {
@@ -178,6 +194,13 @@ export class FakeRuntime implements SandboxRuntime {
     if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
     const sb = new FakeSandbox(spec, this.opts);
     this.sandboxes.push(sb);
+    return sb;
+  }
+
+  /** A FakeRuntime shared by two schedulers stands for a daemon restart. */
+  async attach(spec: SandboxSpec): Promise<FakeSandbox> {
+    const sb = this.sandboxes.find((x) => x.id === spec.id && !['stopped', 'failed'].includes(x.state));
+    if (!sb) throw new SandboxError('SANDBOX_GONE', `sandbox ${spec.id} is not running any more`);
     return sb;
   }
 }

@@ -15,6 +15,8 @@ export interface OpenRuntimeOptions {
   /** Parent cgroup below this process's own; default "lodger". */
   cgroupParent?: string;
   bootTimeoutMs?: number;
+  /** VMMs outlive this process (the daemon takes them up again after a restart). */
+  detachVmm?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -31,6 +33,6 @@ export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime
     (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
     cgroups = null;
   }
-  const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, log: o.log });
+  const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, detachVmm: o.detachVmm, log: o.log });
   return { runtime, accel, host, cgroups };
 }

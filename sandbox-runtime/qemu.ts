@@ -2,7 +2,7 @@
 // virtio-mem region up to the sandbox's maximum memory, the agent on virtio-serial, QMP
 // for control, and the VMM (all its threads) inside its own cgroup from its first instruction.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, existsSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -43,6 +43,10 @@ export interface QemuPaths {
   console: string;
   outputImage: string;
   rootfsImage: string;
+  /** QEMU's stderr: a file, so a later process that attaches can read it too. */
+  vmmLog: string;
+  /** What attach() needs to take the sandbox up again: pid, size, state. */
+  record: string;
 }
 
 export function sandboxPaths(runDir: string, id: string): QemuPaths {
@@ -54,6 +58,8 @@ export function sandboxPaths(runDir: string, id: string): QemuPaths {
     console: join(dir, 'console.log'),
     outputImage: join(dir, 'output.img'),
     rootfsImage: join(dir, 'rootfs.img'),
+    vmmLog: join(dir, 'vmm.log'),
+    record: join(dir, 'sandbox.json'),
   };
 }
 
@@ -139,7 +145,22 @@ export interface QemuRuntimeOptions {
   vcpuUnplug?: VcpuUnplugMode;
   /** Appended to the guest kernel command line. */
   extraCmdline?: string;
+  /**
+   * Start VMMs in a session of their own, so they outlive this process (the daemon
+   * keeps sandboxes across its restarts) and a terminal's Ctrl-C does not reach them.
+   */
+  detachVmm?: boolean;
   log?: (msg: string) => void;
+}
+
+/** Written to the sandbox's record file; read back by attach(). */
+interface SandboxRecord {
+  pid: number | null;
+  state: 'running' | 'paused' | 'suspended';
+  vcpus: number;
+  memoryMiB: number;
+  baseMemTotalKiB: number;
+  wasPausedWhenSuspended: boolean;
 }
 
 export class QemuRuntime implements SandboxRuntime {
@@ -154,6 +175,14 @@ export class QemuRuntime implements SandboxRuntime {
     if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
     return new QemuSandbox(spec, this.opts);
   }
+
+  async attach(spec: SandboxSpec): Promise<QemuSandbox> {
+    const bad = validateSpec(spec);
+    if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
+    const sb = new QemuSandbox(spec, this.opts);
+    await sb.attachExisting();
+    return sb;
+  }
 }
 
 function tail(text: string, lines: number): string {
@@ -165,6 +194,8 @@ export class QemuSandbox implements Sandbox {
   readonly paths: QemuPaths;
   private state: SandboxState = 'created';
   private child: ChildProcess | null = null;
+  /** The VMM's pid when it is not our child (taken up by attach()). */
+  private attachedPid: number | null = null;
   private qmp: QmpClient | null = null;
   private agent: AgentClient | null = null;
   private cgroup: Cgroup | null = null;
@@ -204,7 +235,7 @@ export class QemuSandbox implements Sandbox {
   }
 
   get pid(): number | null {
-    return this.child?.pid ?? null;
+    return this.child?.pid ?? this.attachedPid;
   }
 
   get cgroupDirs(): ReadonlyMap<string, string> | null {
@@ -232,17 +263,14 @@ export class QemuSandbox implements Sandbox {
       const bootTimeout = this.opts.bootTimeoutMs ?? (this.accel === 'kvm' ? 15_000 : 60_000);
       this.qmp = new QmpClient(this.paths.qmpSocket);
       await this.raceExit(this.qmp.connect(10_000));
-      this.agent = new AgentClient(this.paths.agentSocket);
-      this.agent.onChannelClose = async () => {
-        if (await this.exitedWithin(2000)) return this.exitError();
-        return new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: agent channel closed while QEMU runs`);
-      };
+      this.agent = this.newAgent();
       await this.raceExit(this.agent.connect(10_000));
       await this.raceExit(this.agent.waitReady(bootTimeout));
       this.bootMs = performance.now() - t0;
       const stats = this.agent.stats ?? (await this.agent.requestStats());
       this.baseMemTotalKiB = stats.memTotalKiB;
       this.state = 'running';
+      this.writeRecord();
       this.log(`ready in ${this.bootMs.toFixed(0)} ms (${this.accel}, vCPU unplug by ${this.vcpuUnplugMode}, pid ${this.pid})`);
     } catch (e) {
       this.state = 'failed';
@@ -275,13 +303,15 @@ export class QemuSandbox implements Sandbox {
     // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
     // born inside the cgroup, so none is left behind in the daemon's.
     const join = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
+    const errFd = openSync(this.paths.vmmLog, 'a');
     const child = spawn('/bin/sh', ['-c', join, 'lodger-vmm', this.opts.host.qemuBinary, ...args, ...extra], {
       env: { ...process.env, LODGER_CGROUP_PROCS: this.cgroup?.procsFiles.join(' ') ?? '' },
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', 'ignore', errFd],
+      detached: this.opts.detachVmm ?? false,
     });
+    closeSync(errFd);
     this.child = child;
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (d: string) => { this.stderrTail = (this.stderrTail + d).slice(-8192); });
+    this.attachedPid = null;
     this.childExit = new Promise((resolve) => child.once('exit', () => resolve()));
     child.on('exit', (code, signal) => {
       // The VMM we ended to suspend to disk is not the sandbox's end.
@@ -313,7 +343,116 @@ export class QemuSandbox implements Sandbox {
 
   private exitError(): VmmExitedError {
     const x = this.exitInfo!;
-    return new VmmExitedError(this.id, x.code, x.signal, x.code === 125 ? 'could not join its cgroup' : tail(this.stderrTail, 5));
+    let log = '';
+    try { log = readFileSync(this.paths.vmmLog, 'utf8').slice(-8192); } catch { /* removed with the run directory */ }
+    return new VmmExitedError(this.id, x.code, x.signal, x.code === 125 ? 'could not join its cgroup' : tail(log + this.stderrTail, 5));
+  }
+
+  /** What attach() needs, kept next to the sandbox's sockets; replaced atomically. */
+  private writeRecord(): void {
+    if (this.state !== 'running' && this.state !== 'paused' && this.state !== 'suspended') return;
+    const rec: SandboxRecord = {
+      pid: this.state === 'suspended' ? null : this.pid, state: this.state, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
+      baseMemTotalKiB: this.baseMemTotalKiB, wasPausedWhenSuspended: this.wasPausedWhenSuspended,
+    };
+    try {
+      writeFileSync(`${this.paths.record}.tmp`, JSON.stringify(rec));
+      renameSync(`${this.paths.record}.tmp`, this.paths.record);
+    } catch (e) {
+      this.log(`sandbox record not written: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Takes up a sandbox an earlier process left: reconnects QMP and the agent of a VMM
+   * that still runs (checked by its pid and its -name, never the pid alone), or takes a
+   * sandbox suspended to disk as it is, to be resumed later.
+   */
+  async attachExisting(): Promise<void> {
+    let rec: SandboxRecord;
+    try {
+      rec = JSON.parse(readFileSync(this.paths.record, 'utf8')) as SandboxRecord;
+    } catch (e) {
+      throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} has no record in ${this.paths.runDir}: ${(e as Error).message}`);
+    }
+    this.vcpus = rec.vcpus;
+    this.memoryMiB = rec.memoryMiB;
+    this.baseMemTotalKiB = rec.baseMemTotalKiB;
+    this.wasPausedWhenSuspended = rec.wasPausedWhenSuspended;
+    this.cgroup = this.opts.cgroups?.open(`sb-${this.id}`) ?? null;
+    this.agent = this.newAgent();
+    if (rec.state === 'suspended' || rec.pid === null) {
+      if (!existsSync(this.statePath)) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its saved state is gone`);
+      this.state = 'suspended';
+      this.log('attached: suspended to disk');
+      return;
+    }
+    if (!this.isOurVmm(rec.pid)) throw new SandboxError('SANDBOX_GONE', `the VMM of sandbox ${this.id} (pid ${rec.pid}) is not running any more`);
+    this.attachedPid = rec.pid;
+    this.state = 'starting';
+    this.childExit = this.watchPid(rec.pid);
+    try {
+      this.qmp = new QmpClient(this.paths.qmpSocket);
+      await this.raceExit(this.qmp.connect(10_000));
+      const status = await this.qmp.execute<StatusInfo>('query-status');
+      await this.raceExit(this.agent.connect(10_000));
+      // A paused guest cannot answer: let it run for the handshake, then pause it again.
+      if (status.status === 'paused') await this.qmp.execute('cont');
+      await this.raceExit(this.agent.waitReady(30_000));
+      const actual = await this.reread();
+      if (status.status === 'paused') await this.qmp.execute('stop');
+      this.vcpus = actual.vcpus;
+      this.memoryMiB = actual.memoryMiB;
+      this.state = status.status === 'paused' ? 'paused' : 'running';
+      this.writeRecord();
+      this.log(`attached to running VMM (pid ${rec.pid}, ${this.state}, ${this.vcpus} vCPUs, ${this.memoryMiB} MiB)`);
+    } catch (e) {
+      this.state = 'failed';
+      this.qmp?.close();
+      this.agent.close();
+      throw new SandboxError(e instanceof SandboxError && e.code === 'SANDBOX_VMM_EXITED' ? 'SANDBOX_GONE' : 'SANDBOX_AGENT_ERROR',
+        `sandbox ${this.id}: attaching to pid ${rec.pid} failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** The process is alive and is this sandbox's QEMU (its -name says so). */
+  private isOurVmm(pid: number): boolean {
+    try {
+      const stat = readFileSync(join(this.opts.host.proc, String(pid), 'stat'), 'utf8');
+      if (/^\d+ \(.*\) Z/.test(stat)) return false;
+      return readFileSync(join(this.opts.host.proc, String(pid), 'cmdline'), 'utf8').split('\0').includes(`lodger-${this.id},debug-threads=on`);
+    } catch {
+      return false;
+    }
+  }
+
+  /** A VMM that is not our child: its exit is seen by polling /proc. */
+  private watchPid(pid: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setInterval(() => {
+        if (this.attachedPid !== pid) return void clearInterval(timer);
+        if (this.isOurVmm(pid)) return;
+        clearInterval(timer);
+        resolve();
+        if (!this.suspending) this.onVmmExit(null, null);
+      }, 100);
+    });
+  }
+
+  private newAgent(): AgentClient {
+    const agent = new AgentClient(this.paths.agentSocket);
+    agent.onChannelClose = async () => {
+      if (await this.exitedWithin(2000)) return this.exitError();
+      return new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: agent channel closed while QEMU runs`);
+    };
+    return agent;
+  }
+
+  async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
+    if (this.exitInfo) throw new VmmExitedError(this.id, this.exitInfo.code, this.exitInfo.signal, 'cannot resume an exec');
+    if (!this.agent) throw new SandboxError('SANDBOX_BAD_STATE', `cannot resume an exec: sandbox ${this.id} is ${this.state}`);
+    // A suspended sandbox replays once resume() has reconnected the agent.
+    return this.agent.resumeExec(execId, offsets);
   }
 
   private async raceExit<T>(p: Promise<T>): Promise<T> {
@@ -383,6 +522,7 @@ export class QemuSandbox implements Sandbox {
       if (e instanceof VmmExitedError) throw e;
       throw new ResizeError(`sandbox ${this.id}: resize failed: ${(e as Error).message}`, actual, { cause: e });
     }
+    if (req.vcpus !== undefined || req.memoryMiB !== undefined) this.writeRecord();
     return { steps, totalMs: performance.now() - t0, vcpus: this.vcpus, memoryMiB: this.memoryMiB };
   }
 
@@ -548,6 +688,7 @@ export class QemuSandbox implements Sandbox {
     if (this.state === 'paused') return;
     await qmp.execute('stop');
     this.state = 'paused';
+    this.writeRecord();
   }
 
   async resume(): Promise<void> {
@@ -556,6 +697,7 @@ export class QemuSandbox implements Sandbox {
     if (this.state !== 'paused') return;
     await qmp.execute('cont');
     this.state = 'running';
+    this.writeRecord();
   }
 
   private get statePath(): string {
@@ -612,10 +754,11 @@ export class QemuSandbox implements Sandbox {
     agent.detach();
     await qmp.execute('quit', undefined, 2000).catch(() => {});
     qmp.close();
-    if (!(await this.within(this.childExit, 5000)) && this.child?.pid) process.kill(this.child.pid, 'SIGKILL');
+    if (!(await this.within(this.childExit, 5000)) && this.pid) process.kill(this.pid, 'SIGKILL');
     await this.childExit;
     this.suspending = false;
     this.state = 'suspended';
+    this.writeRecord();
     const ms = performance.now() - t0;
     this.log(`suspended to disk: ${(bytes / 1048576).toFixed(0)} MiB in ${ms.toFixed(0)} ms`);
     return { bytes, ms };
@@ -647,13 +790,14 @@ export class QemuSandbox implements Sandbox {
       await this.raceExit(this.agent!.reconnect(30_000));
       if (this.wasPausedWhenSuspended) await qmp.execute('stop');
       this.state = this.wasPausedWhenSuspended ? 'paused' : 'running';
+      this.writeRecord();
       await rm(this.statePath, { force: true });
       this.log(`resumed from disk in ${(performance.now() - t0).toFixed(0)} ms (pid ${this.pid})`);
     } catch (e) {
       // The saved state stays on disk: the job is not lost, a later resume() can retry.
-      if (this.child?.pid && !this.exitInfo) {
+      if (this.pid && !this.exitInfo) {
         this.suspending = true;
-        try { process.kill(this.child.pid, 'SIGKILL'); } catch { /* gone */ }
+        try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
         await this.childExit;
         this.suspending = false;
       }
@@ -699,7 +843,7 @@ export class QemuSandbox implements Sandbox {
       await rm(this.statePath, { force: true });
     }
     this.stopping = !this.exitInfo;
-    if (!this.exitInfo && this.child) {
+    if (!this.exitInfo && this.pid) {
       const wasPaused = this.state === 'paused';
       this.state = 'stopping';
       const grace = opts.graceMs ?? 3000;
@@ -726,9 +870,12 @@ export class QemuSandbox implements Sandbox {
 
   private async kill(): Promise<void> {
     // Only a process we know is still ours: a pid that has exited may belong to another.
-    if (this.child?.pid && !this.exitInfo && this.child.exitCode === null && this.child.signalCode === null) {
+    const ours = this.child
+      ? this.child.exitCode === null && this.child.signalCode === null
+      : this.attachedPid !== null && this.isOurVmm(this.attachedPid);
+    if (this.pid && !this.exitInfo && ours) {
       this.stopping = true;
-      try { process.kill(this.child.pid, 'SIGKILL'); } catch { /* gone */ }
+      try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
       await this.exited;
     }
   }

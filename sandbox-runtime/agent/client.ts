@@ -4,35 +4,65 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { SandboxError } from '../errors.ts';
 import {
-  decodeError, decodeExit, decodeStats, encodeExec, encodeFrame, encodeU32, FrameDecoder, FrameType,
+  decodeError, decodeExit, decodeOutput, decodeStats, encodeAck, encodeExec, encodeFrame, encodeU32, FrameDecoder, FrameType,
   type ExecRequest, type ExitStatus, type Frame, type GuestStats,
 } from './protocol.ts';
 
 const STALE_MS = 500;
 
+type OutputCb = (b: Buffer) => void;
+
 export class AgentExec {
-  private readonly out: Buffer[] = [];
-  private readonly err: Buffer[] = [];
-  private outCb: ((b: Buffer) => void) | null = null;
-  private errCb: ((b: Buffer) => void) | null = null;
+  private readonly held: [Buffer[], Buffer[]] = [[], []];
+  private readonly cbs: [OutputCb | null, OutputCb | null] = [null, null];
+  /** Bytes of stdout and stderr received so far, and of those handed to a listener. */
+  readonly received: [number, number];
+  private readonly delivered: [number, number];
+  private exitSeen = false;
+  private ackQueued = false;
   private settle!: { resolve: (s: ExitStatus) => void; reject: (e: Error) => void };
   readonly done: Promise<ExitStatus>;
   guestPid: number | null = null;
 
-  constructor(readonly id: number, private readonly client: AgentClient) {
+  /** `offsets`: output already stored by an earlier host, when one resumes a running exec. */
+  constructor(readonly id: number, private readonly client: AgentClient, offsets: [number, number] = [0, 0]) {
+    this.received = [...offsets];
+    this.delivered = [...offsets];
     this.done = new Promise((resolve, reject) => { this.settle = { resolve, reject }; });
     this.done.catch(() => {}); // observed through wait(); don't crash on unobserved rejection
   }
 
   /** Output that arrives before a listener is attached is held, not lost. */
-  onStdout(cb: (b: Buffer) => void): void {
-    this.outCb = cb;
-    for (const b of this.out.splice(0)) cb(b);
+  onStdout(cb: OutputCb): void {
+    this.listen(0, cb);
   }
 
-  onStderr(cb: (b: Buffer) => void): void {
-    this.errCb = cb;
-    for (const b of this.err.splice(0)) cb(b);
+  onStderr(cb: OutputCb): void {
+    this.listen(1, cb);
+  }
+
+  private listen(k: 0 | 1, cb: OutputCb): void {
+    this.cbs[k] = cb;
+    for (const b of this.held[k].splice(0)) this.deliver(k, b);
+    this.queueAck();
+  }
+
+  private deliver(k: 0 | 1, b: Buffer): void {
+    const cb = this.cbs[k];
+    if (!cb) return void this.held[k].push(b);
+    cb(b);
+    this.delivered[k] += b.length;
+  }
+
+  // The guest holds output until it is acknowledged, so that a host that dies and comes
+  // back can ask for it again. Acknowledge after the listeners (which store it) ran.
+  private queueAck(): void {
+    if (this.ackQueued) return;
+    this.ackQueued = true;
+    setImmediate(() => {
+      this.ackQueued = false;
+      this.client.send(FrameType.Ack, this.id, encodeAck(this.delivered[0], this.delivered[1], this.exitSeen)).catch(() => {});
+    });
   }
 
   signal(signo: number): Promise<void> {
@@ -43,16 +73,30 @@ export class AgentExec {
     return this.done;
   }
 
+  /** @internal Asks the guest for everything after what was received (after a reconnect). */
+  replay(): Promise<void> {
+    return this.client.send(FrameType.Replay, this.id, encodeAck(this.received[0], this.received[1], false));
+  }
+
   /** @internal */
   feed(f: Frame): void {
-    if (f.type === FrameType.Stdout) {
-      if (this.outCb) this.outCb(f.payload); else this.out.push(f.payload);
-    } else if (f.type === FrameType.Stderr) {
-      if (this.errCb) this.errCb(f.payload); else this.err.push(f.payload);
+    if (f.type === FrameType.Stdout || f.type === FrameType.Stderr) {
+      const k = f.type === FrameType.Stdout ? 0 : 1;
+      let out: { offset: number; data: Buffer };
+      try { out = decodeOutput(f.payload); } catch { return; }
+      const end = out.offset + out.data.length;
+      // A repeat (sent again on a replay) or a gap (a replay will fill it): drop.
+      if (out.offset > this.received[k] || end <= this.received[k]) return;
+      const skip = this.received[k] - out.offset;
+      this.received[k] = end;
+      this.deliver(k, out.data.subarray(skip));
+      this.queueAck();
     } else if (f.type === FrameType.Started) {
       this.guestPid = f.payload.length >= 4 ? f.payload.readUInt32LE(0) : null;
     } else if (f.type === FrameType.Exit) {
+      this.exitSeen = true;
       this.settle.resolve(decodeExit(f.payload));
+      this.queueAck();
     } else if (f.type === FrameType.Error) {
       const e = decodeError(f.payload);
       this.settle.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: ${e.message} (errno ${e.errno})`));
@@ -141,6 +185,21 @@ export class AgentClient extends EventEmitter {
     this.decoder.reset();
     await this.connect(timeoutMs);
     await this.waitReady(timeoutMs);
+    // Output sent while nobody listened is sent again; repeats are dropped by offset.
+    await Promise.all([...this.execs.values()].map((x) => x.replay()));
+  }
+
+  /**
+   * Takes up an exec that an earlier host started (the daemon restarted): output after
+   * `offsets` (bytes of stdout and stderr already stored) and the exit status come here.
+   */
+  async resumeExec(id: number, offsets: [number, number]): Promise<AgentExec> {
+    if (this.failure) throw this.failure;
+    const x = new AgentExec(id, this, offsets);
+    this.execs.set(id, x);
+    if (id >= this.nextId) this.nextId = id + 1;
+    if (this.sock && this.ready) await x.replay();
+    return x;
   }
 
   // A frame left half-sent (the guest crashed mid-write) must not block later frames.

@@ -27,6 +27,10 @@ export enum FrameType {
   Shutdown = 16,
   /** Host -> guest: keep exactly N CPUs online (u32 N); answered with Stats. */
   SetCpus = 17,
+  /** Host -> guest: output stored up to (u64 stdout, u64 stderr) bytes, u32 flags (bit 0: exit status stored). */
+  Ack = 18,
+  /** Host -> guest: as Ack, and send everything after those offsets again (a host that reconnected). */
+  Replay = 19,
 }
 
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType).filter((v): v is number => typeof v === 'number'));
@@ -197,6 +201,28 @@ export function encodeStats(s: GuestStats): Buffer {
   p.writeUInt32LE(Math.round(s.load15 * 100), 32);
   p.writeBigUInt64LE(BigInt(s.uptimeMs), 40);
   return p;
+}
+
+/** Stdout/Stderr payload: the u64 offset of these bytes in the job's stream, then the bytes. */
+export function decodeOutput(p: Buffer): { offset: number; data: Buffer } {
+  if (p.length < 8) throw new AgentPayloadError('output', p.length);
+  return { offset: Number(p.readBigUInt64LE(0)), data: p.subarray(8) };
+}
+
+export function encodeOutput(offset: number, data: Buffer): Buffer {
+  const b = Buffer.alloc(8 + data.length);
+  b.writeBigUInt64LE(BigInt(offset), 0);
+  data.copy(b, 8);
+  return b;
+}
+
+/** Ack and Replay payload. */
+export function encodeAck(stdout: number, stderr: number, exitStored: boolean): Buffer {
+  const b = Buffer.alloc(20);
+  b.writeBigUInt64LE(BigInt(stdout), 0);
+  b.writeBigUInt64LE(BigInt(stderr), 8);
+  b.writeUInt32LE(exitStored ? 1 : 0, 16);
+  return b;
 }
 
 export function encodeU32(v: number): Buffer {

@@ -42,10 +42,14 @@
 #define MAX_JOBS 64
 #define STALE_MS 500
 #define HEARTBEAT_MS 1000
+/* Output of a stream held until the host acknowledges it; the job blocks beyond this. */
+#define OUT_CAP (4u << 20)
+#define OUT_CHUNK 65536
 
 enum {
   T_HELLO = 1, T_PING, T_PONG, T_EXEC, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_SIGNAL,
-  T_STATS_REQ, T_STATS, T_SYNC, T_SYNC_DONE, T_ERROR, T_ONLINE, T_SHUTDOWN, T_SET_CPUS, T_LAST = T_SET_CPUS
+  T_STATS_REQ, T_STATS, T_SYNC, T_SYNC_DONE, T_ERROR, T_ONLINE, T_SHUTDOWN, T_SET_CPUS, T_ACK, T_REPLAY,
+  T_LAST = T_REPLAY
 };
 
 /* ---------- crc32 (IEEE, as zlib) ---------- */
@@ -63,6 +67,7 @@ static uint32_t crc32(const uint8_t *p, size_t n) {
   return c ^ 0xFFFFFFFFu;
 }
 static uint32_t rd32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 static void wr32(uint8_t *p, uint32_t v) { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
 static void wr64(uint8_t *p, uint64_t v) { wr32(p, (uint32_t)v); wr32(p + 4, (uint32_t)(v >> 32)); }
 
@@ -142,8 +147,12 @@ static void parser_expire(struct parser *ps, frame_fn on_frame) {
 
 /* ---------- host channel ---------- */
 static int port_fd = -1;
+/* Whether a host is there to read. A write to a port with no host connected would wait
+ * for one; the agent stops sending instead (output is held until a host asks for it
+ * again with Replay) and starts again when a frame arrives. */
+static int host_up = 1;
 
-static void write_all(int fd, const uint8_t *p, size_t n) {
+static int write_all(int fd, const uint8_t *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
     if (w < 0) {
@@ -151,25 +160,36 @@ static void write_all(int fd, const uint8_t *p, size_t n) {
       if (errno == EAGAIN) {
         struct pollfd pf = {.fd = fd, .events = POLLOUT};
         poll(&pf, 1, 100);
+        if ((pf.revents & POLLHUP) && !(pf.revents & POLLOUT)) return -1; /* no host connected */
         continue;
       }
-      return; /* host gone: nothing to do but carry on */
+      return -1;
     }
     p += w;
     n -= (size_t)w;
   }
+  return 0;
 }
 
-static void send_frame(int type, uint32_t id, const void *payload, uint32_t n) {
-  uint8_t h[HEADER_BYTES];
+/* Sends a frame whose payload is `pre` (may be empty) followed by `payload`. */
+static int send_frame2(int type, uint32_t id, const void *pre, uint32_t npre, const void *payload, uint32_t n) {
+  static uint8_t frame[HEADER_BYTES + 8 + OUT_CHUNK];
+  if (port_fd < 0 || !host_up || npre + n > sizeof frame - HEADER_BYTES) return -1;
+  uint8_t *h = frame;
+  if (npre) memcpy(h + HEADER_BYTES, pre, npre);
+  if (n) memcpy(h + HEADER_BYTES + npre, payload, n);
   h[0] = MAGIC0; h[1] = MAGIC1; h[2] = VERSION; h[3] = (uint8_t)type;
   wr32(h + 4, id);
-  wr32(h + 8, n);
-  wr32(h + 12, crc32(payload, n));
+  wr32(h + 8, npre + n);
+  wr32(h + 12, crc32(h + HEADER_BYTES, npre + n));
   wr32(h + 16, crc32(h, 16));
-  if (port_fd < 0) return;
-  write_all(port_fd, h, sizeof h);
-  if (n) write_all(port_fd, payload, n);
+  if (write_all(port_fd, h, HEADER_BYTES + npre + n) == 0) return 0;
+  host_up = 0;
+  return -1;
+}
+
+static int send_frame(int type, uint32_t id, const void *payload, uint32_t n) {
+  return send_frame2(type, id, NULL, 0, payload, n);
 }
 
 static void send_error(uint32_t id, int err, const char *msg) {
@@ -302,13 +322,20 @@ static int online_all(void) {
 }
 
 /* ---------- jobs ---------- */
+/* A job's stdout or stderr: bytes [base, base + len) are held until the host
+ * acknowledges them; those before `sent` have been sent once. */
+struct stream {
+  int fd;
+  uint8_t *buf;
+  size_t len, cap;
+  uint64_t base, sent;
+};
 struct job {
   int used;
   uint32_t id;
   pid_t pid;
-  int out_fd, err_fd;
-  int exited;
-  int status;
+  struct stream s[2]; /* stdout, stderr */
+  int exited, status, synced, exit_sent;
 };
 static struct job jobs[MAX_JOBS];
 
@@ -318,34 +345,104 @@ static struct job *job_by_pid(pid_t pid) {
   return NULL;
 }
 
-static void job_finish_if_done(struct job *j) {
-  if (!j->exited || j->out_fd >= 0 || j->err_fd >= 0) return;
-  uint8_t p[8];
-  int code = WIFEXITED(j->status) ? WEXITSTATUS(j->status) : -1;
-  int sig = WIFSIGNALED(j->status) ? WTERMSIG(j->status) : 0;
-  wr32(p, (uint32_t)code);
-  wr32(p + 4, (uint32_t)sig);
-  sync(); /* the host reads /output from the disk image once it sees EXIT */
-  send_frame(T_EXIT, j->id, p, sizeof p);
-  j->used = 0;
+static struct job *job_by_id(uint32_t id) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (jobs[i].used && jobs[i].id == id) return &jobs[i];
+  return NULL;
 }
 
-/* Forward what a job wrote; returns 0 at end of file. */
-static int pump(struct job *j, int *fd, int type) {
-  static uint8_t buf[65536];
+/* Read what the job wrote into its stream; closes the fd at end of file, or once the
+ * job has exited and nothing more is waiting (a background grandchild may hold the pipe). */
+static void pump(struct job *j, struct stream *s) {
   for (;;) {
-    ssize_t r = read(*fd, buf, sizeof buf);
+    if (s->fd < 0 || s->len >= OUT_CAP) return; /* a full stream waits for the host's ack */
+    if (s->cap - s->len < OUT_CHUNK && s->cap < OUT_CAP) {
+      size_t cap = s->cap ? s->cap * 2 : 2 * OUT_CHUNK;
+      uint8_t *b = realloc(s->buf, cap > OUT_CAP ? OUT_CAP : cap);
+      if (!b) return;
+      s->buf = b;
+      s->cap = cap > OUT_CAP ? OUT_CAP : cap;
+    }
+    size_t room = s->cap - s->len;
+    ssize_t r = read(s->fd, s->buf + s->len, room < OUT_CHUNK ? room : OUT_CHUNK);
     if (r > 0) {
-      send_frame(type, j->id, buf, (uint32_t)r);
-      if (!j->exited) return 1; /* give other fds a turn while it runs */
+      s->len += (size_t)r;
+      if (!j->exited) return; /* give other fds a turn while it runs */
       continue;
     }
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && errno == EAGAIN) return 1;
-    close(*fd);
-    *fd = -1;
-    return 0;
+    if (r < 0 && errno == EAGAIN && !j->exited) return;
+    close(s->fd);
+    s->fd = -1;
+    return;
   }
+}
+
+/* Send what the host has not been sent yet, then the exit status once all output is out. */
+static void flush_job(struct job *j) {
+  for (int k = 0; k < 2; k++) {
+    struct stream *s = &j->s[k];
+    while (s->sent < s->base + s->len) {
+      uint64_t n = s->base + s->len - s->sent;
+      if (n > OUT_CHUNK) n = OUT_CHUNK;
+      uint8_t off[8];
+      wr64(off, s->sent);
+      if (send_frame2(k ? T_STDERR : T_STDOUT, j->id, off, 8, s->buf + (s->sent - s->base), (uint32_t)n)) return;
+      s->sent += n;
+    }
+  }
+  if (!j->exited || j->s[0].fd >= 0 || j->s[1].fd >= 0 || j->exit_sent) return;
+  if (!j->synced) {
+    sync(); /* the host reads /output from the disk image once it sees EXIT */
+    j->synced = 1;
+  }
+  uint8_t p[8];
+  wr32(p, (uint32_t)(WIFEXITED(j->status) ? WEXITSTATUS(j->status) : -1));
+  wr32(p + 4, (uint32_t)(WIFSIGNALED(j->status) ? WTERMSIG(j->status) : 0));
+  if (send_frame(T_EXIT, j->id, p, sizeof p) == 0) j->exit_sent = 1;
+}
+
+static void flush_jobs(void) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (jobs[i].used) flush_job(&jobs[i]);
+}
+
+/* The host has stored the stream up to `upto`: forget it. */
+static void trim(struct stream *s, uint64_t upto) {
+  if (upto <= s->base) return;
+  if (upto > s->base + s->len) upto = s->base + s->len;
+  size_t n = (size_t)(upto - s->base);
+  memmove(s->buf, s->buf + n, s->len - n);
+  s->len -= n;
+  s->base = upto;
+  if (s->sent < s->base) s->sent = s->base;
+}
+
+static void job_free(struct job *j) {
+  for (int k = 0; k < 2; k++) {
+    if (j->s[k].fd >= 0) close(j->s[k].fd);
+    free(j->s[k].buf);
+  }
+  memset(j, 0, sizeof *j);
+}
+
+/* Ack: the host stored output up to these offsets (and, with flag 1, the exit status).
+ * Replay: the same, and the host wants everything after them again (it reconnected). */
+static void do_ack(int type, uint32_t id, const uint8_t *p, uint32_t n) {
+  if (n < 20) return send_error(id, EINVAL, "ack payload too short");
+  struct job *j = job_by_id(id);
+  if (!j) {
+    if (type == T_REPLAY) send_error(id, ESRCH, "replay: no such exec");
+    return;
+  }
+  uint64_t off[2] = {rd64(p), rd64(p + 8)};
+  for (int k = 0; k < 2; k++) {
+    trim(&j->s[k], off[k]);
+    if (type == T_REPLAY) j->s[k].sent = off[k] < j->s[k].base ? j->s[k].base : off[k] > j->s[k].base + j->s[k].len ? j->s[k].base + j->s[k].len : off[k];
+  }
+  if (type == T_REPLAY) j->exit_sent = 0;
+  if ((rd32(p + 16) & 1) && j->exit_sent && j->s[0].len == 0 && j->s[1].len == 0) job_free(j);
+  else flush_job(j);
 }
 
 static const char *default_env[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
@@ -420,7 +517,7 @@ static void do_exec(uint32_t id, const uint8_t *p, uint32_t n) {
   }
   fcntl(out[0], F_SETFL, O_NONBLOCK);
   fcntl(err[0], F_SETFL, O_NONBLOCK);
-  *j = (struct job){.used = 1, .id = id, .pid = pid, .out_fd = out[0], .err_fd = err[0]};
+  *j = (struct job){.used = 1, .id = id, .pid = pid, .s = {{.fd = out[0]}, {.fd = err[0]}}};
   uint8_t pp[4];
   wr32(pp, (uint32_t)pid);
   send_frame(T_STARTED, id, pp, 4);
@@ -428,11 +525,11 @@ static void do_exec(uint32_t id, const uint8_t *p, uint32_t n) {
 
 static void do_signal(uint32_t id, const uint8_t *p, uint32_t n) {
   if (n < 4) return send_error(id, EINVAL, "signal payload too short");
-  for (int i = 0; i < MAX_JOBS; i++)
-    if (jobs[i].used && jobs[i].id == id && !jobs[i].exited) {
-      kill(-jobs[i].pid, (int)rd32(p)); /* its whole process group */
-      return;
-    }
+  struct job *j = job_by_id(id);
+  if (j && !j->exited) {
+    kill(-j->pid, (int)rd32(p)); /* its whole process group */
+    return;
+  }
   send_error(id, ESRCH, "signal: no such job");
 }
 
@@ -464,6 +561,8 @@ static void on_frame(int type, uint32_t id, const uint8_t *p, uint32_t n) {
     break;
   }
   case T_SHUTDOWN: shutdown_guest(); break;
+  case T_ACK:
+  case T_REPLAY: do_ack(type, id, p, n); break;
   default: send_error(id, ENOTSUP, "unexpected frame type"); break;
   }
 }
@@ -612,6 +711,12 @@ int main(int argc, char **argv) {
   timerfd_settime(tfd, 0, &its, NULL);
 
   struct parser ps = {.buf = malloc(MAX_PAYLOAD + HEADER_BYTES), .cap = MAX_PAYLOAD + HEADER_BYTES};
+  /* The host connects a moment after boot: wait for it, so the hello is not lost. */
+  for (int i = 0; i < 3000; i++) {
+    struct pollfd pf = {.fd = port_fd, .events = POLLOUT};
+    if (poll(&pf, 1, 10) > 0 && !(pf.revents & POLLHUP)) break;
+  }
+  fcntl(port_fd, F_SETFL, O_NONBLOCK);
   send_stats(0);
   char hello[128];
   int hn = snprintf(hello, sizeof hello, "lodger-agent/1 start=%llu modules=%llu port=%llu", (unsigned long long)t_start,
@@ -626,19 +731,29 @@ int main(int argc, char **argv) {
     pf[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = tfd, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = ue, .events = POLLIN};
+    struct stream *src[4 + 2 * MAX_JOBS];
     for (int i = 0; i < MAX_JOBS; i++) {
       if (!jobs[i].used) continue;
-      if (jobs[i].out_fd >= 0) { owner[n] = &jobs[i]; pf[n++] = (struct pollfd){.fd = jobs[i].out_fd, .events = POLLIN}; }
-      if (jobs[i].err_fd >= 0) { owner[n] = &jobs[i]; pf[n++] = (struct pollfd){.fd = jobs[i].err_fd, .events = POLLIN}; }
+      for (int k = 0; k < 2; k++) {
+        struct stream *s = &jobs[i].s[k];
+        if (s->fd < 0 || s->len >= OUT_CAP) continue; /* full: wait for the host's ack */
+        owner[n] = &jobs[i];
+        src[n] = s;
+        pf[n++] = (struct pollfd){.fd = s->fd, .events = POLLIN};
+      }
     }
-    if (poll(pf, (nfds_t)n, ps.len ? STALE_MS : -1) < 0 && errno != EINTR) continue;
+    if (poll(pf, (nfds_t)n, ps.len ? STALE_MS : HEARTBEAT_MS) < 0 && errno != EINTR) continue;
 
     if (pf[0].revents & POLLIN) {
       static uint8_t rb[65536];
       ssize_t r = read(port_fd, rb, sizeof rb);
-      if (r > 0) parser_feed(&ps, rb, (size_t)r, on_frame);
+      if (r > 0) {
+        host_up = 1; /* a host is there: what it has not been sent goes out below */
+        parser_feed(&ps, rb, (size_t)r, on_frame);
+      }
     } else if (pf[0].revents & POLLHUP) {
-      usleep(10000); /* host not connected yet: don't spin */
+      host_up = 0;
+      usleep(10000); /* no host connected: don't spin */
     }
     parser_expire(&ps, on_frame);
 
@@ -652,12 +767,8 @@ int main(int argc, char **argv) {
         if (!j) continue; /* an orphan re-parented to us */
         j->exited = 1;
         j->status = st;
-        if (j->out_fd >= 0) pump(j, &j->out_fd, T_STDOUT);
-        if (j->err_fd >= 0) pump(j, &j->err_fd, T_STDERR);
-        /* A background grandchild may hold the pipes open: don't wait for it. */
-        if (j->out_fd >= 0) { close(j->out_fd); j->out_fd = -1; }
-        if (j->err_fd >= 0) { close(j->err_fd); j->err_fd = -1; }
-        job_finish_if_done(j);
+        pump(j, &j->s[0]);
+        pump(j, &j->s[1]);
       }
     }
     if (pf[2].revents & POLLIN) {
@@ -676,12 +787,9 @@ int main(int argc, char **argv) {
       if (relevant) { online_all(); send_stats(0); }
     }
     for (int i = 4; i < n; i++) {
-      if (!(pf[i].revents & (POLLIN | POLLHUP))) continue;
-      struct job *j = owner[i];
-      if (!j->used) continue;
-      if (pf[i].fd == j->out_fd) pump(j, &j->out_fd, T_STDOUT);
-      else if (pf[i].fd == j->err_fd) pump(j, &j->err_fd, T_STDERR);
-      job_finish_if_done(j);
+      if (!(pf[i].revents & (POLLIN | POLLHUP)) || !owner[i]->used) continue;
+      pump(owner[i], src[i]);
     }
+    flush_jobs();
   }
 }
