@@ -11,14 +11,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ControlLoop, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type OnlineServicePolicy } from '../control/index.ts';
 import { openRuntime } from '../sandbox-runtime/index.ts';
+import { percentile as pct } from './services.ts';
 
 const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, steps: { type: 'string', default: '20' } } });
 const steps = Number(values.steps);
 const say = (m: string): void => { if (!values.json) console.error(m); };
-const pct = (xs: number[], p: number): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
-};
 
 let delay = 0;
 const server = http.createServer((_q, res) => { if (delay) setTimeout(() => res.end('ok'), delay); else res.end('ok'); });

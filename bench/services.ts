@@ -86,6 +86,12 @@ export interface HeyResult {
 }
 
 /** `hey` at a fixed total rate (workers × per-worker rate) for `seconds`. */
+/** Nearest-rank percentile (p in 0..100) of a list of numbers. */
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
 export function runHey(url: string, seconds: number, rate: number, workers = 4): Promise<HeyResult> {
   return new Promise((resolve, reject) => {
     const child = spawn('hey', ['-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -2,7 +2,7 @@
 // service inside its SLO while batch sandboxes use the rest.
 import { Command } from 'commander';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -11,6 +11,7 @@ import {
 import { openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
+import { WarmPool } from './pool.ts';
 import { Metrics } from './metrics.ts';
 import { listen, makeServer } from './server.ts';
 import { JobStore, type JobRecord } from './store.ts';
@@ -74,7 +75,25 @@ async function dropOrphan(job: JobRecord, why: string): Promise<void> {
 let policies: PolicySet = { services: [], pools: [] };
 let loop: ControlLoop | null = null;
 const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - (policies.pools[0]?.reserve.cpus ?? 1));
-const scheduler = new Scheduler({ store, runtime, maxRunning, log });
+// Warm-pool sandboxes a previous lodgerd left hold no job: stop them.
+const runDir = join(cfg.stateDir, 'run');
+for (const id of existsSync(runDir) ? readdirSync(runDir).filter((d) => d.startsWith('pool-')) : []) {
+  const adopted = store.list(['starting', 'running', 'paused', 'suspended'], 100_000).some((j) => j.sandboxId === id);
+  if (adopted) continue;
+  await runtime.attach(id).then((sb) => sb.stop({ graceMs: 0 }), async (e: unknown) => {
+    log(`warm sandbox ${id} of an earlier run: ${(e as Error).message.split('\n')[0]}; removing its files`);
+    await cgroups?.open(`sb-${id}`)?.destroy().catch(() => {});
+    rmSync(join(runDir, id), { recursive: true, force: true });
+  });
+}
+const pool = cfg.warmPoolSize > 0 ? new WarmPool({
+  runtime, size: cfg.warmPoolSize, log,
+  shape: () => {
+    const p = policies.pools[0] ?? DEFAULT_POOL;
+    return { maxVcpus: p.sandbox.maxVcpus, maxMemoryMiB: p.sandbox.maxMemoryMiB };
+  },
+}) : null;
+const scheduler = new Scheduler({ store, runtime, maxRunning, pool, log });
 for (const job of orphans) {
   if (typeof job.attach?.execId === 'number') scheduler.adopt(job);
   else await dropOrphan(job, job.state === 'starting' ? 'the command was not sent yet' : 'the command\'s id was not stored');
@@ -124,6 +143,7 @@ if (existsSync(cfg.policyDir)) {
 process.on('SIGHUP', () => void reloadPolicies('SIGHUP'));
 
 scheduler.start();
+pool?.fill();
 const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop });
 await listen(server, cfg.socket, cfg.socketMode);
 const metricsServer = metrics ? await metrics.listen(cfg.metricsAddress).catch((e: unknown) => {
@@ -145,6 +165,7 @@ async function shutdown(sig: string): Promise<void> {
   server.forceShutdown();
   metricsServer?.close();
   await loop?.stop();
+  await pool?.stop();
   await scheduler.stop(cfg.onSigterm === 'stop-sandboxes');
   if (cfg.onSigterm === 'stop-sandboxes') await cgroups?.removeParents();
   store.close();

@@ -5,7 +5,7 @@ import * as http from 'node:http';
 import client from 'prom-client';
 import type { ControlLoop, Decision, PolicySet } from '../control/index.ts';
 import type { SandboxStatus } from '../sandbox-runtime/index.ts';
-import type { JobEvent, Scheduler } from './scheduler.ts';
+import type { JobEvent, JobStartEvent, Scheduler } from './scheduler.ts';
 import type { JobStore } from './store.ts';
 
 export interface MetricsSources {
@@ -102,6 +102,11 @@ export class Metrics {
     });
     this.decisions = new client.Counter({ name: 'lodger_decisions_total', help: 'Controller actions taken, by kind', labelNames: ['action'], registers: [r] });
     this.jobTransitions = new client.Counter({ name: 'lodger_job_transitions_total', help: 'Job state changes, by new state', labelNames: ['state'], registers: [r] });
+    const jobStart = new client.Histogram({
+      name: 'lodger_job_start_seconds', help: 'Job admitted to its command handed to the guest, by where its sandbox came from (pool or cold boot)',
+      labelNames: ['source'], registers: [r], buckets: [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+    });
+    src.scheduler.on('jobStart', (ev: JobStartEvent) => jobStart.observe({ source: ev.source }, ev.ms / 1000));
     src.scheduler.on('job', (ev: JobEvent) => {
       this.jobTransitions.inc({ state: ev.state });
       if (ev.state === 'running') {

@@ -4,7 +4,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FakeRuntime } from '../sandbox-runtime/index.ts';
-import { Scheduler } from './scheduler.ts';
+import { WarmPool } from './pool.ts';
+import { Scheduler, type JobStartEvent } from './scheduler.ts';
 import { JobStore, type JobSpec } from './store.ts';
 
 const spec = (command: string[], extra: Partial<JobSpec> = {}): JobSpec => ({
@@ -60,4 +61,29 @@ test('a timeout fails the job; cancel stops a queued or running one', async (t) 
   await s.cancel('queued-then-cancelled', 'no longer needed');
   t.is(store.get('queued-then-cancelled').state, 'cancelled');
   await s.stop(true);
+});
+
+test('a job that fits takes a warm sandbox from the pool, claimed with its limits; one with a rootfs boots its own', async (t) => {
+  const store = new JobStore(join(mkdtempSync(join(tmpdir(), 'lodger-sched-')), 'jobs.db'));
+  const runtime = new FakeRuntime();
+  const pool = new WarmPool({ runtime, size: 1, shape: () => ({ maxVcpus: 4, maxMemoryMiB: 1024 }) });
+  const s = new Scheduler({ store, runtime, maxRunning: () => 1, pool });
+  const starts: JobStartEvent[] = [];
+  s.on('jobStart', (e: JobStartEvent) => starts.push(e));
+  pool.fill();
+  while (pool.readyCount < 1) await new Promise((r) => setTimeout(r, 5));
+  store.submit('warm', spec(['echo'], { outputDir: '/tmp/x', vcpus: { min: 2, max: 3 } }));
+  s.start();
+  t.is((await s.waitFinal('warm')).state, 'succeeded');
+  const warm = runtime.sandboxes.find((x) => x.id === store.get('warm').sandboxId)!;
+  t.regex(warm.id, /^pool-/);
+  t.deepEqual(warm.claimed, { outputDir: '/tmp/x', maxVcpus: 3, maxMemoryMiB: 512 });
+  t.is(warm.updates.at(-1)?.vcpus, 2, 'resized to the job\'s minimum');
+  store.submit('own-root', spec(['echo'], { rootfs: '/tmp/root' }));
+  t.is((await s.waitFinal('own-root')).state, 'succeeded');
+  t.regex(store.get('own-root').sandboxId, /^job-own-root-1$/);
+  t.deepEqual(starts.map((e) => e.source), ['pool', 'cold']);
+  await s.stop(true);
+  await pool.stop();
+  t.true(runtime.sandboxes.every((x) => x.state === 'stopped'), 'pool sandboxes stopped with the pool');
 });

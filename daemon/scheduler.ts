@@ -4,6 +4,7 @@
 // ends, also when it fails. Every state change goes through the store with a reason.
 import { EventEmitter } from 'node:events';
 import type { ExecHandle, Sandbox, SandboxRuntime, SandboxSpec } from '../sandbox-runtime/index.ts';
+import { WarmPool, POOL_BASE_MEMORY_MIB } from './pool.ts';
 import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from './store.ts';
 
 export interface SchedulerOptions {
@@ -11,7 +12,16 @@ export interface SchedulerOptions {
   runtime: SandboxRuntime;
   /** How many jobs may run at once (from the batch budget). */
   maxRunning: () => number;
+  /** Pre-booted sandboxes; jobs that fit start in one of them. */
+  pool?: WarmPool | null;
   log?: (m: string) => void;
+}
+
+/** Emitted as 'jobStart': admission to the command handed to the guest. */
+export interface JobStartEvent {
+  jobId: string;
+  ms: number;
+  source: 'pool' | 'cold';
 }
 
 interface Running {
@@ -115,8 +125,10 @@ export class Scheduler extends EventEmitter {
     const { store } = this.o;
     const spec = r.job.spec;
     const attempt = adopt ? r.job.attempts : r.job.attempts + 1;
-    const sandboxId = adopt?.sandboxId ?? `job-${r.job.id}-${attempt}`.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
-    if (!adopt) this.move(r.job.id, 'starting', `attempt ${attempt}: admitted`, { attempts: attempt, sandboxId });
+    const t0 = performance.now();
+    const warm = adopt ? null : this.o.pool?.take(spec) ?? null;
+    const sandboxId = adopt?.sandboxId ?? warm?.id ?? `job-${r.job.id}-${attempt}`.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+    if (!adopt) this.move(r.job.id, 'starting', `attempt ${attempt}: admitted${warm ? ` to warm sandbox ${sandboxId}` : ''}`, { attempts: attempt, sandboxId });
     if (spec.timeoutSeconds > 0) {
       // A job taken up after a restart keeps the deadline of its attempt's start.
       const startedAt = [...r.job.transitions].reverse().find((x) => x.state === 'starting')?.at ?? Date.now();
@@ -126,24 +138,33 @@ export class Scheduler extends EventEmitter {
     let outcome: { state: JobState; reason: string; exitCode?: number; error?: string };
     try {
       if (adopt) {
-        r.sandbox = await this.o.runtime.attach(sandboxSpecFor(r.job, sandboxId));
+        r.sandbox = await this.o.runtime.attach(sandboxId);
         r.exec = await r.sandbox.resumeExec(adopt.execId!, store.logBytes(r.job.id, adopt.logSeq));
         store.note(r.job.id, { attach: { ...adopt, pid: r.sandbox.status().pid } });
         this.emit('job', { at: Date.now(), jobId: r.job.id, state: store.get(r.job.id).state, reason: `taken up again after a lodgerd restart (sandbox ${sandboxId})` } satisfies JobEvent);
+      } else if (warm) {
+        r.sandbox = warm;
+        await warm.claim({ outputDir: spec.outputDir || undefined, maxVcpus: spec.vcpus.max, maxMemoryMiB: spec.memoryMiB.max });
+        if (spec.vcpus.min > 1 || spec.memoryMiB.min > POOL_BASE_MEMORY_MIB) await warm.update({ vcpus: spec.vcpus.min, memoryMiB: spec.memoryMiB.min });
       } else {
         r.sandbox = await this.o.runtime.create(sandboxSpecFor(r.job, sandboxId));
         if (r.cancel) throw new Error('cancelled before start');
         await r.sandbox.start();
+      }
+      if (!adopt) {
         const logSeq = store.lastLogSeq();
         const attach: AttachInfo = { sandboxId, pid: r.sandbox.status().pid, logSeq };
         this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: attach as unknown as Record<string, unknown> });
         if (r.cancel) throw new Error('cancelled while starting');
         r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });
         store.note(r.job.id, { attach: { ...attach, execId: r.exec.id } });
+        this.emit('jobStart', { jobId: r.job.id, ms: performance.now() - t0, source: warm ? 'pool' : 'cold' } satisfies JobStartEvent);
       }
-      r.exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
-      r.exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
-      const exit = await r.exec.wait();
+      const exec = r.exec as ExecHandle | null;
+      if (!exec) throw new Error('no command was started');
+      exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
+      exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
+      const exit = await exec.wait();
       const code = exit.code ?? 128 + (exit.signal ?? 0);
       // Stored before the guest is told it may forget the exit status (on a later tick).
       store.note(r.job.id, { exitCode: code });

@@ -19,6 +19,8 @@ export interface SandboxSpec {
   outputDir?: string;
   /** Size of the writable /output disk. Default 256 MiB (sparse on the host). */
   outputDiskMiB?: number;
+  /** Attach an /output disk even without outputDir: a warm-pool sandbox learns it when claimed. */
+  outputDisk?: boolean;
   /** Host-side knobs applied before the VMM starts. */
   cgroup?: CgroupKnobs;
 }
@@ -98,8 +100,19 @@ export interface VmmExit {
   expected: boolean;
 }
 
+/** What a job sets when it takes a pre-booted sandbox from the warm pool. */
+export interface Claim {
+  /** Where /output goes when the job ends (the sandbox was booted with `outputDisk`). */
+  outputDir?: string;
+  /** Caps on growth for this job, at most what the sandbox was booted with. */
+  maxVcpus: number;
+  maxMemoryMiB: number;
+}
+
 export interface Sandbox {
   readonly id: string;
+  /** Gives a pre-booted sandbox to a job: its output directory and its size limits. */
+  claim(c: Claim): Promise<void>;
   /**
    * Takes up a command an earlier process started in this sandbox (see
    * SandboxRuntime.attach): output after `offsets` (bytes of stdout and stderr already
@@ -132,11 +145,11 @@ export interface SandboxRuntime {
   readonly accel: Accelerator;
   create(spec: SandboxSpec): Promise<Sandbox>;
   /**
-   * Finds a sandbox that an earlier process (a daemon that died or restarted) created
-   * with this spec, still running, paused or suspended to disk, and takes control of it.
+   * Finds the sandbox with this id that an earlier process (a daemon that died or
+   * restarted) created, still running, paused or suspended to disk, and takes control of it.
    * Throws SANDBOX_GONE when it is not there any more.
    */
-  attach(spec: SandboxSpec): Promise<Sandbox>;
+  attach(id: string): Promise<Sandbox>;
 }
 
 export function validateSpec(spec: SandboxSpec): string | null {

@@ -5,7 +5,7 @@ import type { ExitStatus, GuestStats } from './agent/protocol.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
   validateSpec, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxMetrics,
-  type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
+  type SandboxRuntime, type SandboxSpec, type Claim, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
 } from './contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
 
@@ -97,6 +97,13 @@ export class FakeSandbox implements Sandbox {
       signal: async () => {},
       wait: () => x.done,
     };
+  }
+
+  claimed: Claim | null = null;
+
+  async claim(c: Claim): Promise<void> {
+    this.live('claim');
+    this.claimed = c;
   }
 
   async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
@@ -198,9 +205,9 @@ export class FakeRuntime implements SandboxRuntime {
   }
 
   /** A FakeRuntime shared by two schedulers stands for a daemon restart. */
-  async attach(spec: SandboxSpec): Promise<FakeSandbox> {
-    const sb = this.sandboxes.find((x) => x.id === spec.id && !['stopped', 'failed'].includes(x.state));
-    if (!sb) throw new SandboxError('SANDBOX_GONE', `sandbox ${spec.id} is not running any more`);
+  async attach(id: string): Promise<FakeSandbox> {
+    const sb = this.sandboxes.find((x) => x.id === id && !['stopped', 'failed'].includes(x.state));
+    if (!sb) throw new SandboxError('SANDBOX_GONE', `sandbox ${id} is not running any more`);
     return sb;
   }
 }

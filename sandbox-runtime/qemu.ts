@@ -13,7 +13,7 @@ import type { Cgroup, CgroupManager } from './cgroup/index.ts';
 import {
   validateSpec, type Accelerator, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox,
   type SandboxMetrics, type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus,
-  type SuspendReport, type UpdateReport, type UpdateStep, type VmmExit,
+  type SuspendReport, type UpdateReport, type UpdateStep, type VmmExit, type Claim,
 } from './contract.ts';
 import { extractOutputImage, makeOutputImage, makeRootfsImage } from './disks.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
@@ -117,7 +117,7 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
     '-chardev', `socket,id=qmp,path=${paths.qmpSocket},server=on,wait=off`,
     '-mon', 'chardev=qmp,mode=control',
   );
-  if (spec.outputDir) {
+  if (spec.outputDir || spec.outputDisk) {
     args.push('-drive', `if=none,id=output,file=${paths.outputImage},format=raw`,
       '-device', 'virtio-blk-pci,drive=output,serial=lodger-output');
   }
@@ -155,6 +155,8 @@ export interface QemuRuntimeOptions {
 
 /** Written to the sandbox's record file; read back by attach(). */
 interface SandboxRecord {
+  spec: SandboxSpec;
+  limits: { maxVcpus: number; maxMemoryMiB: number };
   pid: number | null;
   state: 'running' | 'paused' | 'suspended';
   vcpus: number;
@@ -176,10 +178,9 @@ export class QemuRuntime implements SandboxRuntime {
     return new QemuSandbox(spec, this.opts);
   }
 
-  async attach(spec: SandboxSpec): Promise<QemuSandbox> {
-    const bad = validateSpec(spec);
-    if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
-    const sb = new QemuSandbox(spec, this.opts);
+  async attach(id: string): Promise<QemuSandbox> {
+    // The spec comes from the sandbox's record; this one only names it.
+    const sb = new QemuSandbox({ id, vcpus: 1, maxVcpus: 1, memoryMiB: 128, maxMemoryMiB: 128 }, this.opts);
     await sb.attachExisting();
     return sb;
   }
@@ -222,8 +223,12 @@ export class QemuSandbox implements Sandbox {
   /** update() calls run one at a time. */
   private updating: Promise<unknown> = Promise.resolve();
 
-  constructor(readonly spec: SandboxSpec, private readonly opts: QemuRuntimeOptions) {
+  /** Growth caps: the booted maximum, or less once a job claimed the sandbox. */
+  private limits: { maxVcpus: number; maxMemoryMiB: number };
+
+  constructor(public spec: SandboxSpec, private readonly opts: QemuRuntimeOptions) {
     this.id = spec.id;
+    this.limits = { maxVcpus: spec.maxVcpus, maxMemoryMiB: spec.maxMemoryMiB };
     this.paths = sandboxPaths(opts.host.runDir, spec.id);
     this.vcpus = spec.vcpus;
     this.memoryMiB = spec.memoryMiB;
@@ -257,7 +262,7 @@ export class QemuSandbox implements Sandbox {
         this.cgroup = await this.opts.cgroups.create(`sb-${this.id}`);
         if (this.spec.cgroup) await this.cgroup.apply(this.spec.cgroup);
       }
-      if (this.spec.outputDir) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
+      if (this.spec.outputDir || this.spec.outputDisk) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
       if (this.spec.rootfsDir) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
       this.spawnVmm();
       const bootTimeout = this.opts.bootTimeoutMs ?? (this.accel === 'kvm' ? 15_000 : 60_000);
@@ -352,6 +357,7 @@ export class QemuSandbox implements Sandbox {
   private writeRecord(): void {
     if (this.state !== 'running' && this.state !== 'paused' && this.state !== 'suspended') return;
     const rec: SandboxRecord = {
+      spec: this.spec, limits: this.limits,
       pid: this.state === 'suspended' ? null : this.pid, state: this.state, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
       baseMemTotalKiB: this.baseMemTotalKiB, wasPausedWhenSuspended: this.wasPausedWhenSuspended,
     };
@@ -375,6 +381,8 @@ export class QemuSandbox implements Sandbox {
     } catch (e) {
       throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} has no record in ${this.paths.runDir}: ${(e as Error).message}`);
     }
+    this.spec = rec.spec;
+    this.limits = rec.limits;
     this.vcpus = rec.vcpus;
     this.memoryMiB = rec.memoryMiB;
     this.baseMemTotalKiB = rec.baseMemTotalKiB;
@@ -448,6 +456,17 @@ export class QemuSandbox implements Sandbox {
     return agent;
   }
 
+  async claim(c: Claim): Promise<void> {
+    this.assertRunning('claim');
+    if (c.outputDir && !this.spec.outputDisk && !this.spec.outputDir) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${this.id} was booted without an /output disk`);
+    if (c.maxVcpus < this.vcpus || c.maxVcpus > this.spec.maxVcpus || c.maxMemoryMiB < this.memoryMiB || c.maxMemoryMiB > this.spec.maxMemoryMiB) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `claim of ${this.id}: limits ${c.maxVcpus} vCPUs / ${c.maxMemoryMiB} MiB outside [${this.vcpus}, ${this.spec.maxVcpus}] / [${this.memoryMiB}, ${this.spec.maxMemoryMiB}]`);
+    }
+    this.spec = { ...this.spec, outputDir: c.outputDir };
+    this.limits = { maxVcpus: c.maxVcpus, maxMemoryMiB: c.maxMemoryMiB };
+    this.writeRecord();
+  }
+
   async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
     if (this.exitInfo) throw new VmmExitedError(this.id, this.exitInfo.code, this.exitInfo.signal, 'cannot resume an exec');
     if (!this.agent) throw new SandboxError('SANDBOX_BAD_STATE', `cannot resume an exec: sandbox ${this.id} is ${this.state}`);
@@ -492,14 +511,14 @@ export class QemuSandbox implements Sandbox {
     const { qmp, agent } = this.assertRunning('update');
     const t0 = performance.now();
     const steps: UpdateStep[] = [];
-    if (req.vcpus !== undefined && (!Number.isInteger(req.vcpus) || req.vcpus < 1 || req.vcpus > this.spec.maxVcpus)) {
-      throw new SandboxError('SANDBOX_BAD_SPEC', `vcpus must be in [1, ${this.spec.maxVcpus}] (got ${req.vcpus})`);
+    if (req.vcpus !== undefined && (!Number.isInteger(req.vcpus) || req.vcpus < 1 || req.vcpus > this.limits.maxVcpus)) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `vcpus must be in [1, ${this.limits.maxVcpus}] (got ${req.vcpus})`);
     }
     if (req.memoryMiB !== undefined) {
       const m = req.memoryMiB;
-      if (!Number.isInteger(m) || m < this.spec.memoryMiB || m > this.spec.maxMemoryMiB || (m - this.spec.memoryMiB) % 2 !== 0) {
+      if (!Number.isInteger(m) || m < this.spec.memoryMiB || m > this.limits.maxMemoryMiB || (m - this.spec.memoryMiB) % 2 !== 0) {
         throw new SandboxError('SANDBOX_BAD_SPEC',
-          `memoryMiB must be in [${this.spec.memoryMiB}, ${this.spec.maxMemoryMiB}] in 2 MiB steps (got ${m})`);
+          `memoryMiB must be in [${this.spec.memoryMiB}, ${this.limits.maxMemoryMiB}] in 2 MiB steps (got ${m})`);
       }
     }
     if (this.state === 'paused' && (req.vcpus !== undefined || req.memoryMiB !== undefined)) {
@@ -909,8 +928,8 @@ export class QemuSandbox implements Sandbox {
       pid: this.pid,
       vcpus: this.vcpus,
       memoryMiB: this.memoryMiB,
-      maxVcpus: this.spec.maxVcpus,
-      maxMemoryMiB: this.spec.maxMemoryMiB,
+      maxVcpus: this.limits.maxVcpus,
+      maxMemoryMiB: this.limits.maxMemoryMiB,
       guest: this.agent?.stats ?? null,
       bootMs: this.bootMs,
       error: this.error,
