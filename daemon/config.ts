@@ -20,6 +20,10 @@ export interface LodgerdConfig {
   cgroupParent: string;
   onSigterm: 'keep-sandboxes' | 'stop-sandboxes';
   maxRunningJobs: number;
+  tcpAddress: string;
+  tlsCert: string;
+  tlsKey: string;
+  tlsClientCa: string;
 }
 
 export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; description: string; schema: Record<string, unknown> }> = {
@@ -35,9 +39,13 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   cgroupParent: { default: 'lodger', description: 'cgroup below lodgerd\'s own that holds the sandboxes', schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' } },
   onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep sandboxes running for the next start, or stop them', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
   maxRunningJobs: { default: 0, description: 'jobs running at once; 0: as many as the batch budget allows', schema: { type: 'integer', minimum: 0 } },
+  tcpAddress: { default: '', description: 'host:port where the API also listens over TCP, always with mutual TLS; empty: unix socket only', schema: { type: 'string', pattern: '^$|^[^\\s]+:[0-9]{1,5}$' } },
+  tlsCert: { default: '', description: 'PEM certificate chain of the TCP listener', schema: { type: 'string' } },
+  tlsKey: { default: '', description: 'PEM private key of the TCP listener', schema: { type: 'string' } },
+  tlsClientCa: { default: '', description: 'PEM CA bundle that client certificates must chain to', schema: { type: 'string' } },
 };
 
-const PATH_KEYS: (keyof LodgerdConfig)[] = ['stateDir', 'socket', 'policyDir'];
+const PATH_KEYS: (keyof LodgerdConfig)[] = ['stateDir', 'socket', 'policyDir', 'tlsCert', 'tlsKey', 'tlsClientCa'];
 
 const validate = new Ajv({ strict: false, verbose: true }).compile({
   type: 'object',
@@ -71,5 +79,8 @@ export function loadConfig(file: string, overrides: Partial<LodgerdConfig> = {})
     if (k in given) (cfg as unknown as Record<string, string>)[k] = resolve(dirname(file), given[k] as string);
   }
   for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (cfg as unknown as Record<string, unknown>)[k] = v;
+  if (cfg.tcpAddress && !(cfg.tlsCert && cfg.tlsKey && cfg.tlsClientCa)) {
+    throw new ConfigError(file, 1, 1, 'tcpAddress needs tlsCert, tlsKey and tlsClientCa: the API is served over TCP only with mutual TLS');
+  }
   return cfg;
 }

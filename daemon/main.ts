@@ -13,7 +13,7 @@ import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
 import { WarmPool } from './pool.ts';
 import { Metrics } from './metrics.ts';
-import { listen, makeServer } from './server.ts';
+import { listen, listenTls, makeServer } from './server.ts';
 import { JobStore, type JobRecord } from './store.ts';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -34,12 +34,13 @@ const program = new Command('lodgerd')
   .option('--socket <path>', 'overrides socket')
   .option('--policy-dir <dir>', 'overrides policyDir')
   .option('--metrics-address <host:port>', 'overrides metricsAddress')
+  .option('--tcp-address <host:port>', 'overrides tcpAddress (needs the tls* keys)')
   .parse(process.argv);
-const flags = program.opts<{ config: string; stateDir?: string; socket?: string; policyDir?: string; metricsAddress?: string }>();
+const flags = program.opts<{ config: string; stateDir?: string; socket?: string; policyDir?: string; metricsAddress?: string; tcpAddress?: string }>();
 
 let cfg: LodgerdConfig;
 try {
-  cfg = loadConfig(flags.config, { stateDir: flags.stateDir, socket: flags.socket, policyDir: flags.policyDir, metricsAddress: flags.metricsAddress });
+  cfg = loadConfig(flags.config, { stateDir: flags.stateDir, socket: flags.socket, policyDir: flags.policyDir, metricsAddress: flags.metricsAddress, tcpAddress: flags.tcpAddress });
 } catch (e) {
   console.error(`lodgerd: ${(e as Error).message}`);
   process.exit(2);
@@ -146,6 +147,15 @@ scheduler.start();
 pool?.fill();
 const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop });
 await listen(server, cfg.socket, cfg.socketMode);
+if (cfg.tcpAddress) {
+  try {
+    const port = await listenTls(server, cfg.tcpAddress, { cert: cfg.tlsCert, key: cfg.tlsKey, clientCa: cfg.tlsClientCa });
+    log(`API also on ${cfg.tcpAddress.replace(/:\d+$/, `:${port}`)} (TCP, mutual TLS)`);
+  } catch (e) {
+    log(`API not served on ${cfg.tcpAddress}: ${(e as Error).message}`);
+    process.exit(2);
+  }
+}
 const metricsServer = metrics ? await metrics.listen(cfg.metricsAddress).catch((e: unknown) => {
   log(`metrics not served on ${cfg.metricsAddress}: ${(e as Error).message}`);
   return null;

@@ -2,7 +2,7 @@
 // gets INVALID_ARGUMENT with the reason, an unknown job NOT_FOUND.
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parsePolicyText, PolicyError, type ControlLoop, type PolicySet } from '../control/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
@@ -155,6 +155,19 @@ export function makeServer(ctx: ApiContext): grpc.Server {
     Check: unary<{ service?: string }>(() => ({ status: 'SERVING' })),
   });
   return server;
+}
+
+/** The TCP listener: mutual TLS, a client must show a certificate signed by the client CA. */
+export async function listenTls(server: grpc.Server, address: string, tls: { cert: string; key: string; clientCa: string }): Promise<number> {
+  const read = (what: string, file: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (e) {
+      throw new Error(`TLS ${what} ${file}: ${(e as Error).message}`);
+    }
+  };
+  const creds = grpc.ServerCredentials.createSsl(read('client CA', tls.clientCa), [{ cert_chain: read('certificate', tls.cert), private_key: read('key', tls.key) }], true);
+  return new Promise((resolve, reject) => server.bindAsync(address, creds, (e, port) => (e ? reject(e) : resolve(port))));
 }
 
 export async function listen(server: grpc.Server, socket: string, mode: string): Promise<void> {

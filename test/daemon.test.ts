@@ -1,8 +1,8 @@
 // lodgerd end to end: the real daemon on a temporary state directory and socket, real
 // QEMU sandboxes, driven with the real CLI. Every process started here is stopped by pid.
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { execSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/services.ts';
@@ -17,10 +17,10 @@ let daemonLog = '';
 let metricsPort = 0;
 const vmmPids = new Set<number>();
 
-function startDaemon(): Promise<void> {
+function startDaemon(extra: string[] = []): Promise<void> {
   daemonLog = '';
   daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir,
-    '--metrics-address', `127.0.0.1:${metricsPort}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    '--metrics-address', `127.0.0.1:${metricsPort}`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   daemon.stderr!.on('data', (b) => {
     daemonLog += b;
     for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
@@ -36,9 +36,9 @@ function startDaemon(): Promise<void> {
   });
 }
 
-function lodger(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function lodger(args: string[], endpoint = ['--socket', socket]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), ...endpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b) => { stdout += b; });
@@ -175,4 +175,42 @@ test.serial('kill -9 of lodgerd while a job runs: a restarted lodgerd takes the 
   t.false(existsSync(`/proc/${vmm}`), 'the VMM was stopped at the job\'s end');
   t.false(readFileSync('/proc/self/cgroup', 'utf8').split('\n').some((l) => existsSync(join('/sys/fs/cgroup', l.split(':')[1]?.split(',')[0] ?? 'x', l.split(':')[2] ?? '', 'lodger', `sb-${sandboxId}`))),
     'and its cgroup removed');
+});
+
+test.serial('TCP listener: mutual TLS only; a client with a certificate from the CA gets in, others do not', async (t) => {
+  const pki = join(dir, 'pki');
+  mkdirSync(pki);
+  const ssl = (args: string): void => { execSync(`openssl ${args}`, { cwd: pki, stdio: 'pipe' }); };
+  for (const ca of ['ca', 'rogue-ca']) ssl(`req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=${ca} -keyout ${ca}.key -out ${ca}.pem`);
+  writeFileSync(join(pki, 'san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  for (const [name, ca] of [['server', 'ca'], ['client', 'ca'], ['rogue', 'rogue-ca']] as const) {
+    ssl(`req -newkey rsa:2048 -nodes -subj /CN=${name} -keyout ${name}.key -out ${name}.csr`);
+    ssl(`x509 -req -in ${name}.csr -CA ${ca}.pem -CAkey ${ca}.key -CAcreateserial -days 1 -out ${name}.pem${name === 'server' ? ' -extfile san.cnf' : ''}`);
+  }
+  const port = await freePort();
+  const cfg = join(dir, 'tls.yaml');
+  writeFileSync(cfg, `tlsCert: pki/server.pem\ntlsKey: pki/server.key\ntlsClientCa: pki/ca.pem\nwarmPoolSize: 0\n`);
+  // TCP without TLS is refused at start, with the reason.
+  writeFileSync(join(dir, 'plain.yaml'), `tcpAddress: 127.0.0.1:${port}\n`);
+  const plain = spawnSync(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--config', join(dir, 'plain.yaml'), '--state-dir', join(dir, 'state2'), '--socket', join(dir, 'plain.sock')], { encoding: 'utf8', timeout: 30_000 });
+  t.is(plain.status, 2);
+  t.regex(plain.stderr, /tcpAddress needs tlsCert, tlsKey and tlsClientCa/);
+
+  if (daemon && daemon.exitCode === null) {
+    daemon.kill('SIGTERM');
+    await new Promise((r) => daemon!.once('exit', r));
+  }
+  await startDaemon(['--config', cfg, '--tcp-address', `127.0.0.1:${port}`]);
+  t.regex(daemonLog, new RegExp(`API also on 127.0.0.1:${port} \\(TCP, mutual TLS\\)`));
+  const tcp = (who: string): string[] => ['--socket', `127.0.0.1:${port}`, '--tls-ca', join(pki, 'ca.pem'), '--tls-cert', join(pki, `${who}.pem`), '--tls-key', join(pki, `${who}.key`)];
+  const ok = await lodger(['status', '--json'], tcp('client'));
+  t.is(ok.code, 0, ok.stderr);
+  t.truthy(JSON.parse(ok.stdout).jobsByState, 'status came back over TLS');
+  const rogue = await lodger(['status', '--json'], tcp('rogue'));
+  t.not(rogue.code, 0, 'a certificate from another CA is refused');
+  const bare = await lodger(['status'], ['--socket', `127.0.0.1:${port}`]);
+  t.is(bare.code, 1);
+  t.regex(bare.stderr, /give --tls-ca, --tls-cert and --tls-key/);
+  // The unix socket still serves.
+  t.is((await lodger(['status', '--json'])).code, 0);
 });

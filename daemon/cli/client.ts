@@ -1,6 +1,6 @@
 // The CLI's side of lodgerd's gRPC API over its unix socket.
 import * as grpc from '@grpc/grpc-js';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { loadApi } from '../api.ts';
 import { defaultConfigPath, loadConfig } from '../config.ts';
 
@@ -21,10 +21,35 @@ export interface ApiClient {
   close(): void;
 }
 
+/** Client certificate and CA for a TCP endpoint (lodgerd serves TCP only with mutual TLS). */
+export interface TlsFiles {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
+let tlsFiles: TlsFiles = {};
+export function setTls(files: TlsFiles): void {
+  tlsFiles = files;
+}
+
+/** A unix socket path, or host:port for lodgerd's TCP listener. */
+export function isTcpEndpoint(endpoint: string): boolean {
+  return !endpoint.startsWith('/') && !endpoint.startsWith('.') && /:\d+$/.test(endpoint);
+}
+
+function credentials(endpoint: string): { target: string; creds: grpc.ChannelCredentials } {
+  if (!isTcpEndpoint(endpoint)) return { target: `unix://${endpoint}`, creds: grpc.credentials.createInsecure() };
+  const { ca, cert, key } = tlsFiles;
+  if (!ca || !cert || !key) throw new Error(`${endpoint} is a TCP endpoint: give --tls-ca, --tls-cert and --tls-key (lodgerd serves TCP only with mutual TLS)`);
+  return { target: endpoint, creds: grpc.credentials.createSsl(readFileSync(ca), readFileSync(key), readFileSync(cert)) };
+}
+
 export function connect(socket: string): ApiClient {
   const { lodger } = loadApi();
   const Ctor = lodger.Lodger as grpc.ServiceClientConstructor;
-  const client = new Ctor(`unix://${socket}`, grpc.credentials.createInsecure());
+  const { target, creds } = credentials(socket);
+  const client = new Ctor(target, creds);
   const c = client as unknown as Record<string, (...a: unknown[]) => unknown>;
   return {
     call: (method, req, deadlineMs = 30_000) => new Promise((resolve, reject) => {

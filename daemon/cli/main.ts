@@ -1,7 +1,7 @@
 // `lodger`: the command-line door. Commands that talk to lodgerd come with the daemon;
 // `run` and `doctor` work on their own.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { defaultSocket } from './client.ts';
+import { defaultSocket, setTls } from './client.ts';
 import { doctorCommand } from './doctor.ts';
 import { cancelCommand, eventsCommand, logsCommand, psCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
 import { policyValidateCommand } from './policy.ts';
@@ -18,8 +18,15 @@ const arg = <T>(fn: (s: string) => T) => (s: string): T => {
 
 const program = new Command('lodger')
   .description('Run batch jobs in microVM sandboxes next to latency-critical services')
-  .option('--socket <path>', 'lodgerd API socket (env LODGER_SOCKET)', defaultSocket())
-  .showHelpAfterError();
+  .option('--socket <path|host:port>', 'lodgerd API: its unix socket, or host:port of its TCP listener (env LODGER_SOCKET)', defaultSocket())
+  .option('--tls-ca <file>', 'CA that lodgerd\'s TCP certificate chains to (env LODGER_TLS_CA)', process.env.LODGER_TLS_CA)
+  .option('--tls-cert <file>', 'client certificate for the TCP listener (env LODGER_TLS_CERT)', process.env.LODGER_TLS_CERT)
+  .option('--tls-key <file>', 'key of the client certificate (env LODGER_TLS_KEY)', process.env.LODGER_TLS_KEY)
+  .showHelpAfterError()
+  .hook('preAction', () => {
+    const o = program.opts<{ tlsCa?: string; tlsCert?: string; tlsKey?: string }>();
+    setTls({ ca: o.tlsCa, cert: o.tlsCert, key: o.tlsKey });
+  });
 
 /** Runs a command's action, turning its error into a message and exit status 1. */
 const act = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A): Promise<void> => {
