@@ -120,7 +120,9 @@ export class ControlLoop extends EventEmitter {
     const { fast, structural } = await this.actuator.apply(plan);
     const decision: Decision = { at: now, reason: plan.reason, slack: plan.slack, actions: plan.actions, results: fast };
     if (fast.length && plan.state.level > prev.level) {
-      this.reactions.push({ observedAt: now, ms: this.clock() - now, actions: fast.map((r) => `${r.action.kind} ${r.action.sandbox}${r.ok ? '' : ' FAILED'}`) });
+      const r: Reaction = { observedAt: now, ms: this.clock() - now, actions: fast.map((x) => `${x.action.kind} ${x.action.sandbox}${x.ok ? '' : ' FAILED'}`) };
+      this.reactions.push(r);
+      this.emit('reaction', r);
     }
     if (fast.length) this.record(decision);
     void structural.then((results) => {

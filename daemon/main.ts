@@ -1,6 +1,7 @@
 // lodgerd: the job API, the scheduler, and the control loop that keeps every online
 // service inside its SLO while batch sandboxes use the rest.
 import { Command } from 'commander';
+import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -101,6 +102,7 @@ for (const job of orphans) {
 }
 const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => policies, loop: () => loop }) : null;
 
+const loopEvents = new EventEmitter().setMaxListeners(0);
 function startLoop(): void {
   const pool = policies.pools[0] ?? DEFAULT_POOL;
   loop = new ControlLoop({
@@ -113,6 +115,8 @@ function startLoop(): void {
   });
   loop.start();
   metrics?.watch(loop);
+  loop.on('decision', (d) => loopEvents.emit('decision', d));
+  loop.on('reaction', (r) => loopEvents.emit('reaction', r));
 }
 
 async function reloadPolicies(why: string): Promise<void> {
@@ -145,7 +149,7 @@ process.on('SIGHUP', () => void reloadPolicies('SIGHUP'));
 
 scheduler.start();
 pool?.fill();
-const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop });
+const server = makeServer({ store, scheduler, version: VERSION, accel, policies: () => policies, loop: () => loop, loopEvents });
 await listen(server, cfg.socket, cfg.socketMode);
 if (cfg.tcpAddress) {
   try {

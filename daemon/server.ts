@@ -4,7 +4,8 @@ import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { parsePolicyText, PolicyError, type ControlLoop, type PolicySet } from '../control/index.ts';
+import type { EventEmitter } from 'node:events';
+import { parsePolicyText, PolicyError, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
 import type { JobEvent, Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
@@ -16,6 +17,8 @@ export interface ApiContext {
   accel: { accel: string; reason: string };
   policies: () => PolicySet;
   loop: () => ControlLoop | null;
+  /** Re-emits 'decision' and 'reaction' of whichever control loop runs (a policy reload makes a new one). */
+  loopEvents: EventEmitter;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
@@ -116,10 +119,12 @@ export function makeServer(ctx: ApiContext): grpc.Server {
     WatchEvents: (call: grpc.ServerWritableStream<unknown, unknown>) => {
       const onJob = (ev: JobEvent): void => { call.write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
       const onDecision = (d: { at: number; reason: string }): void => { call.write({ atMs: Date.now(), kind: 'decision', reason: d.reason }); };
+      // A clamp just applied, with the time from the violating observation to it.
+      const onReaction = (r: Reaction): void => { call.write({ atMs: Date.now(), kind: 'reaction', reason: `clamp applied ${r.ms.toFixed(1)} ms after the violating observation: ${r.actions.join(', ')}` }); };
       scheduler.on('job', onJob);
-      const loop = ctx.loop();
-      loop?.on('decision', onDecision);
-      call.on('cancelled', () => { scheduler.off('job', onJob); loop?.off('decision', onDecision); });
+      ctx.loopEvents.on('decision', onDecision);
+      ctx.loopEvents.on('reaction', onReaction);
+      call.on('cancelled', () => { scheduler.off('job', onJob); ctx.loopEvents.off('decision', onDecision); ctx.loopEvents.off('reaction', onReaction); });
     },
     GetStatus: unary<unknown>(() => {
       const loop = ctx.loop();
