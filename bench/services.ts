@@ -24,7 +24,7 @@ export interface Nginx {
  * One nginx worker serving a page from `dir`. `pageKiB` > 0 serves a page of that size
  * gzip-compressed per request, so each request costs real CPU, as a busy service's do.
  */
-export async function startNginx(dir: string, pageKiB = 0): Promise<Nginx> {
+export async function startNginx(dir: string, pageKiB = 0, cpu: number | null = null): Promise<Nginx> {
   const port = await freePort();
   mkdirSync(join(dir, 'www'), { recursive: true });
   let page = '<html><body>lodger test page</body></html>\n';
@@ -51,7 +51,9 @@ export async function startNginx(dir: string, pageKiB = 0): Promise<Nginx> {
     pageKiB > 0 ? '  gzip on; gzip_comp_level 6; gzip_types *; gzip_min_length 0;' : '',
     `  server { listen 127.0.0.1:${port}; root ${dir}/www; location / { } }`, '}',
   ].join('\n'));
-  const child: ChildProcess = spawn('nginx', ['-c', conf, '-p', dir, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // taskset execs nginx, so the pid is nginx's; its worker inherits the CPU.
+  const cmd = [...(cpu === null ? [] : ['taskset', '-c', String(cpu)]), 'nginx', '-c', conf, '-p', dir, '-g', 'daemon off;'];
+  const child: ChildProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b) => { err += b; });
   const url = `http://127.0.0.1:${port}/`;

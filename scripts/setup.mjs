@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES = [
   'gcc', 'libc6-dev', 'g++', 'make', // guest agent (static C) and the native addon
   'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
   'prometheus', // the dashboards' queries are checked against a real Prometheus
+  'redis-tools', 'util-linux', 'fonts-dejavu-core', // colocation benchmark: redis-benchmark, taskset, chart text
 ];
 
 // Lodger's minimal guest kernel (twice as fast to boot); without them the Debian cloud
