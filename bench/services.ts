@@ -94,9 +94,10 @@ export function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
-export function runHey(url: string, seconds: number, rate: number, workers = 4): Promise<HeyResult> {
+export function runHey(url: string, seconds: number, rate: number, workers = 4, cpu: number | null = null): Promise<HeyResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn('hey', ['-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const cmd = [...(cpu === null ? [] : ['taskset', '-c', String(cpu)]), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
+    const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (b) => { out += b; });
     const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);

@@ -24,7 +24,7 @@ const log = (m: string): void => console.error(`lodgerd: ${m}`);
 const DEFAULT_POOL: BatchPoolPolicy = {
   name: 'default', source: '(built in)', reserve: { cpus: 1, memoryBytes: 1 << 30 },
   sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 },
-  knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
+  knobs: ['cpuset', 'cpu.idle', 'cpu.weight', 'pause'],
   growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
 };
 

@@ -52,3 +52,22 @@ runIf('a real group: join, knobs, usage, destroy with a process still inside', a
   await mgr.removeParents();
   t.false(existsSync(join('/sys/fs/cgroup/cpu', '..', 'evil')));
 });
+
+runIf('two groups created at once under a new parent both get CPUs (v1 cpuset) and take a process', async (t) => {
+  const mgr = new CgroupManager({ host: { root: '/sys/fs/cgroup', proc: '/proc' }, parent: `lodger-race-${process.pid}` });
+  const [a, b] = await Promise.all([mgr.create('a'), mgr.create('b')]);
+  try {
+    if (mgr.version === 1) {
+      t.not(await a.readKnob('cpuset/cpuset.cpus'), '');
+      t.not(await b.readKnob('cpuset/cpuset.cpus'), '');
+    }
+    for (const cg of [a, b]) {
+      const child = spawn('/bin/sh', ['-c', 'for f in $PROCS; do echo $$ > "$f" || exit 125; done; exit 0'], { env: { ...process.env, PROCS: cg.procsFiles.join(' ') }, stdio: 'ignore' });
+      t.is(await new Promise((r) => child.once('exit', r)), 0, 'the process joined every hierarchy');
+    }
+  } finally {
+    await a.destroy();
+    await b.destroy();
+    await mgr.removeParents();
+  }
+});

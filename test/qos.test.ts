@@ -1,22 +1,21 @@
-// The controller with real parts: nginx from Debian under hey at a fixed rate, one real
-// batch sandbox spinning on all its vCPUs, the monitor, controller and actuator running
-// for real. Reports nginx's p99 alone, unmanaged and managed.
+// The controller with real parts: nginx from Debian pinned to CPU 0 under hey at a fixed
+// rate (hey on CPU 1, standing in for remote clients), one real batch sandbox spinning on
+// both its vCPUs, the monitor, controller and actuator running for real. Unmanaged and
+// managed runs alternate three times each; the medians of nginx's p99 are compared.
 //
-// It asserts that the controller clamps the sandbox on a breach and that the clamp is in
-// the kernel, not that managed p99 < unmanaged p99: on the hosts this was written on (a
-// VM whose idle vCPUs wake slowly, where CFS already favours the sleeping nginx worker)
-// the spinning sandbox does not move nginx's p99 beyond run-to-run noise, in either
-// direction (docs/BENCHMARKS.md). The colocation benchmark measures that comparison.
+// The knob order is the one measured on these hosts (docs/BENCHMARKS.md): moving batch
+// off the service's CPU first. cpu.idle alone and pausing did not help here (a VM whose
+// idle vCPUs wake slowly), so neither is first.
 import test from 'ava';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type OnlineServicePolicy } from '../control/index.ts';
 import { testRuntime, type TestRuntime } from './helpers.ts';
 import { runHey, startNginx, type Nginx } from '../bench/services.ts';
 
 const RATE = 800; // requests per second, as in the brief's measurement
-const SECONDS = 6;
+const SECONDS = 5;
 
 let rt: TestRuntime | undefined;
 let nginx: Nginx | undefined;
@@ -26,64 +25,73 @@ test.after.always(async () => {
   await rt?.stopAll();
 });
 
-test.serial('a breach of nginx\'s SLO next to a spinning batch sandbox is clamped in the kernel; p99 alone, unmanaged and managed are reported', async (t) => {
+test.serial('nginx\'s p99 next to a spinning batch sandbox is lower with the controller than without; the clamp reaches the kernel', async (t) => {
+  if (cpus().length < 2) {
+    t.pass('needs two CPUs: one for nginx, one for batch and load');
+    return;
+  }
   const dir = mkdtempSync(join(tmpdir(), 'lodger-qos-'));
-  nginx = await startNginx(dir);
+  nginx = await startNginx(dir, 0, 0);
   rt = await testRuntime('qos');
   const sb = await rt.boot({ id: 'spinner', vcpus: 2, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 });
   const spin = await sb.exec({ argv: ['sh', '-c', '(while :; do :; done) & (while :; do :; done) & wait'] });
   spin.wait().catch(() => {});
-
+  const hey = (): ReturnType<typeof runHey> => runHey(nginx!.url, SECONDS, RATE, 4, 1);
   const probeSpec = { kind: 'http' as const, url: nginx.url, method: 'GET' as const, intervalMs: 50, timeoutMs: 500 };
-  const measure = async (): Promise<{ hey: Awaited<ReturnType<typeof runHey>>; probeP99: number; probeP50: number }> => {
-    const m = new ServiceMonitor({ name: 'web', source: 't', slo: { percentile: 99, targetMs: 1, windowMs: SECONDS * 1000 }, probe: probeSpec, prometheus: null, cpus: null });
-    m.start();
-    try {
-      const hey = await runHey(nginx!.url, SECONDS, RATE);
-      const r = m.observe();
-      return { hey, probeP99: r.latencyMs ?? NaN, probeP50: r.p50Ms ?? NaN };
-    } finally {
-      m.stop();
-    }
-  };
-  // Alone: the sandbox exists but is stopped (QMP stop), so it takes no CPU. A first
-  // run warms nginx, hey and the page cache and is thrown away.
-  await sb.pause();
-  await runHey(nginx.url, 2, RATE);
-  const solo = await measure();
-  await sb.resume();
-  const unmanaged = await measure();
 
-  // Managed: the SLO is the probe's unmanaged median. A 1 s window holds ~10 probes, so
-  // its p99 is about their maximum, which exceeds the median in all but ~0.1% of
-  // windows: the controller must act.
-  const targetMs = unmanaged.probeP50;
-  const service: OnlineServicePolicy = { name: 'web', source: 't', slo: { percentile: 99, targetMs, windowMs: 1000 }, probe: probeSpec, prometheus: null, cpus: null };
+  // Alone: the sandbox is stopped (QMP stop), so it takes no CPU. A first run warms
+  // nginx, hey and the page cache and is thrown away.
+  await sb.pause();
+  await runHey(nginx.url, 2, RATE, 4, 1);
+  const solo = await hey();
+  await sb.resume();
+  // The SLO: the probe's median with the sandbox unmanaged. A 1 s window holds ~20
+  // probes, so its p99 is about their maximum, above the median nearly always: the
+  // controller must act.
+  const m = new ServiceMonitor({ name: 'web', source: 't', slo: { percentile: 99, targetMs: 1, windowMs: SECONDS * 1000 }, probe: probeSpec, prometheus: null, cpus: null });
+  m.start();
+  const first = await hey();
+  const targetMs = m.observe().p50Ms ?? 1;
+  m.stop();
+  const service: OnlineServicePolicy = { name: 'web', source: 't', slo: { percentile: 99, targetMs, windowMs: 1000 }, probe: probeSpec, prometheus: null, cpus: '0' };
   const pool: BatchPoolPolicy = {
     name: 'default', source: 't', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 2, minMemoryMiB: 256, maxMemoryMiB: 256 },
-    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'], growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
+    knobs: ['cpuset', 'cpu.idle', 'cpu.weight'], growth: { cooldownMs: 60_000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
   };
-  const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb] });
-  const idleFile = join(sb.cgroupDirs?.get('cpu') ?? sb.cgroupDirs?.get('') ?? '/nonexistent', 'cpu.idle');
-  let kernelSawIdle = false;
-  loop.on('decision', () => { kernelSawIdle ||= readFileSync(idleFile, 'utf8').trim() === '1'; });
-  let managed;
-  try {
-    loop.start();
-    managed = { hey: await runHey(nginx.url, SECONDS, RATE) };
-  } finally {
-    await loop.stop();
+  const cpusetFile = join(sb.cgroupDirs?.get('cpuset') ?? sb.cgroupDirs?.get('') ?? '/nonexistent', 'cpuset.cpus');
+  const unmanaged = [first];
+  const managed: typeof unmanaged = [];
+  const reactions: number[] = [];
+  let kernelCpus = '';
+  let firstReason = '';
+  for (let round = 0; round < 3; round++) {
+    if (round > 0) {
+      await sb.update({ cgroup: { cpus: '', cpuIdle: false, cpuWeight: 100 } });
+      unmanaged.push(await hey());
+    }
+    const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb] });
+    loop.on('decision', () => { kernelCpus = existsSync(cpusetFile) ? readFileSync(cpusetFile, 'utf8').trim() : kernelCpus; });
+    try {
+      loop.start();
+      managed.push(await hey());
+    } finally {
+      await loop.stop();
+    }
+    reactions.push(...loop.reactions.map((r) => r.ms));
+    firstReason ||= loop.decisions[0]?.reason ?? '';
+    const failed = loop.decisions.flatMap((d) => d.results.filter((r) => !r.ok).map((r) => `${r.action.kind}: ${r.detail}`));
+    t.deepEqual(failed, [], 'every action applied without error');
   }
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const fmt = (r: { p50Ms: number; p99Ms: number; rps: number }): string => `p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms, ${r.rps.toFixed(0)} req/s`;
-  t.log(`alone:     ${fmt(solo.hey)} (probe p99 ${solo.probeP99.toFixed(2)} ms)`);
-  t.log(`unmanaged: ${fmt(unmanaged.hey)} (probe p99 ${unmanaged.probeP99.toFixed(2)} ms)`);
-  t.log(`managed:   ${fmt(managed.hey)} (SLO ${targetMs.toFixed(2)} ms on the probe's p99)`);
-  t.log(`reactions (violating observation -> clamp applied): ${loop.reactions.map((r) => `${r.ms.toFixed(1)} ms`).join(', ') || 'none'}`);
-  for (const d of loop.decisions.slice(0, 8)) t.log(`decision: ${d.reason}`);
-  t.true(loop.reactions.length >= 1, 'the controller clamped the sandbox');
-  t.is(loop.decisions[0]!.actions[0]!.kind, 'knobs');
-  t.regex(loop.decisions[0]!.reason, /^breach: web p99 .*: apply cpu\.idle/);
-  if (process.getuid?.() === 0) t.true(kernelSawIdle, 'cpu.idle=1 reached the sandbox cgroup in the kernel');
-  const failed = loop.decisions.flatMap((d) => d.results.filter((r) => !r.ok).map((r) => `${r.action.kind}: ${r.detail}`));
-  t.deepEqual(failed, [], 'every action applied without error');
+  t.log(`alone:     ${fmt(solo)}`);
+  for (let i = 0; i < 3; i++) t.log(`round ${i + 1}: unmanaged ${fmt(unmanaged[i]!)} | managed ${fmt(managed[i]!)}`);
+  const u = median(unmanaged.map((r) => r.p99Ms));
+  const g = median(managed.map((r) => r.p99Ms));
+  t.log(`median p99: alone ${solo.p99Ms.toFixed(2)} ms, unmanaged ${u.toFixed(2)} ms, managed ${g.toFixed(2)} ms (SLO ${targetMs.toFixed(2)} ms on the probe's p99)`);
+  t.log(`reactions (violating observation -> clamp applied): ${reactions.map((x) => `${x.toFixed(1)} ms`).join(', ') || 'none'}`);
+  t.true(reactions.length >= 3, 'the controller clamped the sandbox in every managed run');
+  t.regex(firstReason, /^breach: web p99 .*: apply cpuset/);
+  if (process.getuid?.() === 0) t.is(kernelCpus, '1', 'the sandbox cgroup was moved off nginx\'s CPU in the kernel');
+  t.true(g < u, `managed p99 ${g.toFixed(2)} ms is below unmanaged ${u.toFixed(2)} ms`);
 });

@@ -190,7 +190,7 @@ try {
   if (wanted.includes('nginx')) services.push(nginxService(await startNginx(join(dir, 'nginx'), 0, SERVICE_CPU)));
   if (wanted.includes('redis')) services.push(await startRedis(dir));
 
-  say('capacity: fixed rates up to the closed-loop ceiling, until p99 bends (2x the lightest load\'s)');
+  say('capacity: fixed rates up to the closed-loop ceiling, until p99 bends (3x the lowest p99 of the lighter rates)');
   for (const svc of services) {
     capacities[svc.name] = await measureCapacity(svc.target, LOAD_CPU, 4);
     const c = capacities[svc.name]!;

@@ -117,7 +117,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         name: meta.name, source: file,
         reserve: { cpus: spec.reserve?.cpus ?? 0, memoryBytes: parseSizeBytes(spec.reserve?.memory ?? '0') },
         sandbox,
-        knobs: spec.knobs ?? ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
+        knobs: spec.knobs ?? ['cpuset', 'cpu.idle', 'cpu.weight', 'pause'],
         growth: {
           cooldownMs: parseDurationMs(g.cooldown ?? '5s'), minSlack: g.minSlack ?? 0.3, shrinkSlack: g.shrinkSlack ?? 0.1,
           memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep ?? '256Mi') / 1048576),

@@ -310,7 +310,18 @@ export class CgroupManager {
     }
   }
 
-  async create(name: string): Promise<Cgroup> {
+  /** create() calls run one at a time. */
+  private creating: Promise<unknown> = Promise.resolve();
+
+  create(name: string): Promise<Cgroup> {
+    // Two sandboxes starting together would race on the shared parent: the second could
+    // see it before the first copied a v1 cpuset's CPUs into it, and inherit none.
+    const next = this.creating.then(() => this.createNow(name));
+    this.creating = next.catch(() => {});
+    return next;
+  }
+
+  private async createNow(name: string): Promise<Cgroup> {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new SandboxError('CGROUP_ERROR', `bad cgroup name ${JSON.stringify(name)}`);
     const dirs = new Map<string, string>();
     for (const [h, parent] of this.parentDirs) {
