@@ -17,7 +17,7 @@ const jobs = Number(values.jobs);
 const say = (m: string): void => { if (!values.json) console.error(m); };
 
 const dir = mkdtempSync(join(tmpdir(), 'lodger-jobstart-'));
-const { runtime, accel } = await openRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-bench-${process.pid}` });
+const { runtime, accel, cgroups } = await openRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-bench-${process.pid}` });
 const spec: JobSpec = {
   name: 'bench', command: ['true'], env: {}, rootfs: '', outputDir: '', vcpus: { min: 1, max: 2 }, memoryMiB: { min: 256, max: 512 },
   priority: 0, timeoutSeconds: 0, retries: 0,
@@ -65,5 +65,6 @@ try {
   say(`  cold boot: p50 ${result.cold.p50Ms.toFixed(1)} ms, p90 ${result.cold.p90Ms.toFixed(1)} ms over ${cold.length} jobs`);
   if (values.json) console.log(JSON.stringify(result, null, 2));
 } finally {
+  await cgroups?.removeParents();
   rmSync(dir, { recursive: true, force: true });
 }

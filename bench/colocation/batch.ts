@@ -43,7 +43,7 @@ export interface Batch {
 
 /** The jobs on sandboxes of their full size, no daemon: unmanaged, or pinned with `cpus`. */
 export async function startDirect(dir: string, tag: string): Promise<Batch & { pin(cpus: string): Promise<void> }> {
-  const { runtime } = await openRuntime({ host: { runDir: join(dir, `run-${tag}`) }, cgroupParent: `lodger-coloc-${process.pid}` });
+  const { runtime, cgroups } = await openRuntime({ host: { runDir: join(dir, `run-${tag}`) }, cgroupParent: `lodger-coloc-${process.pid}` });
   const units = new UnitLog();
   const sandboxes: Sandbox[] = [];
   try {
@@ -57,13 +57,17 @@ export async function startDirect(dir: string, tag: string): Promise<Batch & { p
     }
   } catch (e) {
     await Promise.all(sandboxes.map((s) => s.stop({ graceMs: 0 }).catch(() => {})));
+    await cgroups?.removeParents();
     throw e;
   }
   return {
     units,
     vcpus: async () => sandboxes.reduce((n, s) => n + s.status().vcpus, 0),
     pin: async (cpus) => { for (const s of sandboxes) await s.update({ cgroup: { cpus } }); },
-    stop: async () => { await Promise.all(sandboxes.map((s) => s.stop({ graceMs: 0 }).catch(() => {}))); },
+    stop: async () => {
+      await Promise.all(sandboxes.map((s) => s.stop({ graceMs: 0 }).catch(() => {})));
+      await cgroups?.removeParents();
+    },
   };
 }
 
