@@ -306,11 +306,16 @@ export class QemuSandbox implements Sandbox {
       firmware: existsSync(QBOOT) ? QBOOT : null,
     });
     // The shell joins the cgroup, then becomes QEMU: every thread QEMU ever makes is
-    // born inside the cgroup, so none is left behind in the daemon's.
-    const join = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
+    // born inside the cgroup, so none is left behind in the daemon's. It also drops the
+    // CPU affinity inherited from us: where a sandbox runs is its cgroup's cpuset, set by
+    // the controller, not wherever the daemon was pinned.
+    const script = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+      + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
+    let onlineCpus = '';
+    try { onlineCpus = readFileSync(join(this.opts.host.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
     const errFd = openSync(this.paths.vmmLog, 'a');
-    const child = spawn('/bin/sh', ['-c', join, 'lodger-vmm', this.opts.host.qemuBinary, ...args, ...extra], {
-      env: { ...process.env, LODGER_CGROUP_PROCS: this.cgroup?.procsFiles.join(' ') ?? '' },
+    const child = spawn('/bin/sh', ['-c', script, 'lodger-vmm', this.opts.host.qemuBinary, ...args, ...extra], {
+      env: { ...process.env, LODGER_CGROUP_PROCS: this.cgroup?.procsFiles.join(' ') ?? '', LODGER_CPUS: onlineCpus },
       stdio: ['ignore', 'ignore', errFd],
       detached: this.opts.detachVmm ?? false,
     });

@@ -74,13 +74,14 @@ export async function startDirect(dir: string, tag: string): Promise<Batch & { p
 export interface DaemonBatch extends Batch {
   /** Wall-clock times of clamps lodgerd applied (its WatchEvents 'reaction' events). */
   clamps: number[];
+  pid: number;
   /** Rewrites the online service's policy (lodgerd reloads it). */
   setPolicy(yaml: string): void;
   log(): string;
 }
 
 /** A real lodgerd with the service's policy; the jobs submitted to it through its API. */
-export async function startDaemon(dir: string, tag: string, policyYaml: string): Promise<DaemonBatch> {
+export async function startDaemon(dir: string, tag: string, policyYaml: string, daemonCpus: string | null): Promise<DaemonBatch> {
   const root = join(import.meta.dirname, '..', '..');
   const base = join(dir, `lodgerd-${tag}`);
   const policyDir = join(base, 'policies');
@@ -91,8 +92,10 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string):
   // Both jobs at once; no warm sandbox idling next to the service; stop sandboxes on SIGTERM.
   writeFileSync(config, `warmPoolSize: 0\nmaxRunningJobs: 2\nonSigterm: stop-sandboxes\nmetricsAddress: ""\ncgroupParent: lodger-coloc-${process.pid}-d\n`);
   let log = '';
-  const daemon: ChildProcess = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--config', config, '--state-dir', join(base, 'state'), '--socket', socket, '--policy-dir', policyDir],
-    { stdio: ['ignore', 'ignore', 'pipe'] });
+  // lodgerd runs off the service's CPU, as a control plane on housekeeping CPUs should;
+  // its sandboxes do not inherit that (their cgroup's cpuset places them).
+  const cmd = [...(daemonCpus ? ['taskset', '-c', daemonCpus] : []), process.execPath, join(root, 'bin', 'lodgerd.js'), '--config', config, '--state-dir', join(base, 'state'), '--socket', socket, '--policy-dir', policyDir];
+  const daemon: ChildProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   daemon.stderr!.setEncoding('utf8').on('data', (b: string) => { log += b; });
   const vmmPids = (): number[] => [...log.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
   const kill = (): void => {
@@ -133,7 +136,7 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string):
     while (!JOBS.every((j) => units.at[j.name]!.length > 0) && Date.now() < settled) await new Promise((r) => setTimeout(r, 200));
     const client = api;
     return {
-      units, clamps,
+      units, clamps, pid: daemon.pid!,
       setPolicy: (yaml) => writeFileSync(join(policyDir, 'service.yaml'), yaml),
       log: () => log,
       vcpus: async () => {

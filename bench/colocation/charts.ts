@@ -47,12 +47,11 @@ export async function timeline(points: TimePoint[], file: string): Promise<void>
 
 /** Per service: effective machine utilisation and p99 / solo p99 at each load, by scenario. */
 export async function perLoad(points: LoadPoint[], file: string): Promise<void> {
-  const bar = (field: string, title: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+  const panel = (field: string, title: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
     width: 300, height: 170,
-    mark: 'bar',
+    mark: { type: 'line', point: true },
     encoding: {
-      x: { field: 'loadPct', type: 'ordinal', title: 'online load (% of capacity)' },
-      xOffset: { field: 'scenario' },
+      x: { field: 'loadPct', type: 'quantitative', title: 'online load (% of capacity)', scale: { domain: [10, 90] }, axis: { values: [20, 40, 60, 80] } },
       y: { field, type: 'quantitative', title, ...extra },
       color: { field: 'scenario', type: 'nominal', title: 'scenario' },
     },
@@ -60,7 +59,7 @@ export async function perLoad(points: LoadPoint[], file: string): Promise<void> 
   const spec = {
     data: { values: points },
     facet: { row: { field: 'service', type: 'nominal', title: null } },
-    spec: { hconcat: [bar('utilisation', 'effective utilisation (%)'), bar('p99Ratio', 'p99 / solo p99', { scale: { type: 'symlog' } })] },
+    spec: { hconcat: [panel('utilisation', 'effective utilisation (%)'), panel('p99Ratio', 'p99 / solo p99', { scale: { type: 'log' } })] },
     title: 'Effective machine utilisation and tail latency by load',
   } as unknown as TopLevelSpec;
   await png(spec, file);

@@ -34,6 +34,8 @@ const { values } = parseArgs({
     multiple: { type: 'string', default: '1.1' },
     out: { type: 'string', default: join(root, 'docs', 'colocation') },
     services: { type: 'string', default: 'nginx,redis' },
+    // Solo always runs (the others are measured against it); a subset is for trying things.
+    scenarios: { type: 'string', default: 'unmanaged,static,lodger' },
     'no-docs': { type: 'boolean', default: false },
   },
 });
@@ -58,6 +60,8 @@ interface Cell {
   violatingAfterReaction: number | null;
   targetMs: number; p99Ratio: number; batchRelative: number; batchRates: Record<string, number>; utilisation: number;
   reactionMs: number | null; probeP99Ms: number | null; policyTargetMs: number | null;
+  /** lodgerd's own CPU use during the cell, in CPUs (lodger only). */
+  daemonCpu: number | null;
 }
 
 interface Service { name: 'nginx' | 'redis'; target: Target; probe: OnlineServicePolicy['probe']; stop(): Promise<void> }
@@ -142,7 +146,18 @@ const capacities: Record<string, Capacity> = {};
 const solo: Record<string, Record<number, { p99Ms: number; probeP99Ms: number }>> = {};
 let alone: Record<string, number> = {};
 
-async function cell(svc: Service, scenario: Scenario, loadPct: number, batch: (Batch & { clamps?: number[] }) | null, tOffset: number): Promise<Cell> {
+/** CPU seconds a process has used (utime + stime), from /proc. */
+function cpuSeconds(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+async function cell(svc: Service, scenario: Scenario, loadPct: number, batch: (Batch & { clamps?: number[]; pid?: number }) | null, tOffset: number): Promise<Cell> {
+  const cpu0 = batch?.pid ? { at: Date.now(), s: cpuSeconds(batch.pid) } : null;
   const rps = Math.max(1, Math.round((capacities[svc.name]!.capacityRps * loadPct) / 100));
   const vcpuSamples: { at: number; n: number }[] = [];
   const sampler = batch ? setInterval(() => { void batch.vcpus().then((n) => vcpuSamples.push({ at: Date.now(), n }), () => {}); }, 500) : null;
@@ -150,6 +165,7 @@ async function cell(svc: Service, scenario: Scenario, loadPct: number, batch: (B
   const probe = scenario === 'solo' ? probeP99(svc, running) : Promise.resolve(NaN);
   const r = await running;
   if (sampler) clearInterval(sampler);
+  const daemonCpu = cpu0 && batch?.pid ? (cpuSeconds(batch.pid) - cpu0.s) / ((Date.now() - cpu0.at) / 1000) : null;
   const measuredFrom = r.startedAt + WARMUP * 1000;
   const samples = r.samples.filter((s) => s.t >= WARMUP * 1000).map((s) => ({ ...s, t: s.t - WARMUP * 1000 }));
   const sum = summarise(samples);
@@ -173,10 +189,10 @@ async function cell(svc: Service, scenario: Scenario, loadPct: number, batch: (B
     windows: wins.length, violatingWindows: violating, violatingFraction: wins.length ? violating / wins.length : 0,
     violatingAfterReaction: scenario === 'lodger' ? wins.slice(afterFrom).filter((w) => w > targetMs).length : null,
     targetMs, p99Ratio: sum.p99Ms / soloP99, batchRelative, batchRates: rates, utilisation: loadPct / 100 + batchRelative,
-    reactionMs, probeP99Ms: scenario === 'solo' ? await probe : null, policyTargetMs: null,
+    reactionMs, probeP99Ms: scenario === 'solo' ? await probe : null, policyTargetMs: null, daemonCpu,
   };
   say(`${svc.name} ${scenario.padEnd(9)} ${String(loadPct).padStart(2)}%: ${rps} req/s, p50 ${c.p50Ms.toFixed(2)} ms, p99 ${c.p99Ms.toFixed(2)} ms (x${c.p99Ratio.toFixed(2)} solo), ` +
-    `${violating}/${wins.length} windows over ${targetMs.toFixed(2)} ms, batch ${(batchRelative * 100).toFixed(0)}%, EMU ${(c.utilisation * 100).toFixed(0)}%${reactionMs !== null ? `, clamp ${reactionMs.toFixed(0)} ms after the step` : ''}`);
+    `${violating}/${wins.length} windows over ${targetMs.toFixed(2)} ms, batch ${(batchRelative * 100).toFixed(0)}%, EMU ${(c.utilisation * 100).toFixed(0)}%${reactionMs !== null ? `, clamp ${reactionMs.toFixed(0)} ms after the step` : ''}${daemonCpu !== null ? `, lodgerd ${(daemonCpu * 100).toFixed(0)}% of a CPU` : ''}`);
   cells.push(c);
   return c;
 }
@@ -208,6 +224,7 @@ try {
     }
   }
 
+  const scenarios = values.scenarios.split(',');
   say('batch alone: the same jobs with nothing else running');
   const direct = await startDirect(dir, 'direct');
   toStop.push(direct);
@@ -217,7 +234,7 @@ try {
   alone = direct.units.rates(a0, Date.now());
   say(`batch alone: ${JOBS.map((j) => `${j.name} ${alone[j.name]!.toFixed(2)} units/s`).join(', ')}`);
 
-  for (const scenario of ['unmanaged', 'static'] as const) {
+  for (const scenario of (['unmanaged', 'static'] as const).filter((x) => scenarios.includes(x))) {
     say(`scenario ${scenario === 'unmanaged' ? 2 : 3}: ${scenario === 'unmanaged' ? 'batch unmanaged' : `batch pinned to CPUs ${BATCH_CPUS}`}`);
     await direct.pin(scenario === 'static' ? BATCH_CPUS : cpus().map((_, i) => i).join(','));
     for (const svc of services) {
@@ -229,9 +246,10 @@ try {
   toStop.length = 0;
 
   say(`scenario 4: batch under lodgerd, policy target ${MULTIPLE} x the probe's solo p99 at each load`);
-  for (const svc of services) {
+  for (const svc of scenarios.includes('lodger') ? services : []) {
     const target = (l: number): number => MULTIPLE * solo[svc.name]![l]!.probeP99Ms;
-    const d = await startDaemon(dir, `lodger-${svc.name}`, policyYaml(svc, target(LOADS[0]!)));
+    // lodgerd is not pinned: on the load CPU it slowed the load generator (tried: p50 3-8 ms).
+    const d = await startDaemon(dir, `lodger-${svc.name}`, policyYaml(svc, target(LOADS[0]!)), null);
     toStop.push(d);
     let t = 0;
     for (const l of LOADS) {
@@ -260,11 +278,11 @@ const accel = decideAccel('auto', probeHost(host), false).accel;
 const result = {
   date: new Date().toISOString(), host: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '', memGiB: Math.round(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0) / 1048576) },
   accel, secondsPerCell: SECONDS, warmupSeconds: WARMUP, multiple: MULTIPLE, loads: LOADS, capacities, batchAlone: alone, cells,
-  durationSeconds: Math.round((Date.now() - t0) / 1000),
+  durationSeconds: Math.round((Date.now() - t0) / 1000), timeline: timelinePts,
 };
 mkdirSync(values.out, { recursive: true });
 writeFileSync(join(values.out, 'colocation.json'), `${JSON.stringify(result, null, 2)}\n`);
-await timeline(timelinePts.filter((p) => p.scenario === 'lodger' || p.scenario === 'unmanaged'), join(values.out, 'p99-timeline.png'));
+await timeline(timelinePts.filter((p) => p.scenario !== 'solo'), join(values.out, 'p99-timeline.png'));
 await perLoad(cells.filter((c) => c.scenario !== 'solo').map((c): LoadPoint => ({ service: c.service, scenario: c.scenario, loadPct: c.loadPct, utilisation: Math.round(c.utilisation * 100), p99Ratio: c.p99Ratio }))
   .concat(cells.filter((c) => c.scenario === 'solo').map((c) => ({ service: c.service, scenario: c.scenario, loadPct: c.loadPct, utilisation: c.loadPct, p99Ratio: 1 }))), join(values.out, 'utilisation-p99.png'));
 
@@ -278,7 +296,7 @@ const lines = [
   '',
   '| service | load | scenario | p50 ms | p99 ms | p99 / solo | windows over target | batch vs alone | EMU | load step → clamp |',
   '|---|---|---|---|---|---|---|---|---|---|',
-  ...cells.map((c) => `| ${c.service} | ${c.loadPct}% | ${c.scenario} | ${f2(c.p50Ms)} | ${f2(c.p99Ms)} | ${f2(c.p99Ratio)} | ${c.violatingWindows}/${c.windows}${c.violatingAfterReaction !== null ? ` (${c.violatingAfterReaction} after the clamp)` : ''} | ${(c.batchRelative * 100).toFixed(0)}% | ${(c.utilisation * 100).toFixed(0)}% | ${c.reactionMs === null ? (c.scenario === 'lodger' ? 'no clamp' : '') : `${c.reactionMs.toFixed(0)} ms`} |`),
+  ...cells.map((c) => `| ${c.service} | ${c.loadPct}% | ${c.scenario} | ${f2(c.p50Ms)} | ${f2(c.p99Ms)} | ${f2(c.p99Ratio)} | ${c.violatingWindows}/${c.windows}${c.reactionMs !== null ? ` (${c.violatingAfterReaction} after the clamp)` : ''} | ${(c.batchRelative * 100).toFixed(0)}% | ${(c.utilisation * 100).toFixed(0)}% | ${c.reactionMs === null ? (c.scenario === 'lodger' ? 'no clamp' : '') : `${c.reactionMs.toFixed(0)} ms`} |`),
   '',
   ...services.map((s) => {
     const l = cells.filter((c) => c.service === s.name && c.scenario === 'lodger');
@@ -288,7 +306,8 @@ const lines = [
     const reactions = l.map((c) => c.reactionMs).filter((x): x is number => x !== null);
     return `- ${s.name} under Lodger: worst p99 ${worst.toFixed(2)} × solo (target ≤ 1.10: ${worst <= 1.1 ? 'met' : `missed by ${((worst - 1.1) * 100).toFixed(0)} points`}); ` +
       `${after} violating windows after the first clamp (target 0); mean EMU ${(emu * 100).toFixed(0)}% (target ≥ 90%: ${emu >= 0.9 ? 'met' : `missed by ${((0.9 - emu) * 100).toFixed(0)} points`}); ` +
-      `load step → clamp ${reactions.length ? reactions.map((x) => `${x.toFixed(0)} ms`).join(', ') : 'none (no breach)'}.`;
+      `load step → clamp ${reactions.length ? reactions.map((x) => `${x.toFixed(0)} ms`).join(', ') : 'none (no breach)'}; ` +
+      `lodgerd itself used ${l.map((c) => `${((c.daemonCpu ?? NaN) * 100).toFixed(0)}%`).join(', ')} of a CPU.`;
   }),
   '',
   `Charts: \`docs/colocation/p99-timeline.png\` (p99 per window, target, batch vCPUs), \`docs/colocation/utilisation-p99.png\`. Raw figures: \`docs/colocation/colocation.json\`.`,
