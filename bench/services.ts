@@ -96,7 +96,9 @@ export function percentile(xs: number[], p: number): number {
 
 export function runHey(url: string, seconds: number, rate: number, workers = 4, cpu: number | null = null): Promise<HeyResult> {
   return new Promise((resolve, reject) => {
-    const cmd = [...(cpu === null ? [] : ['taskset', '-c', String(cpu)]), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
+    // Pinned, the load generator runs at a higher priority: it stands in for clients on other machines.
+    const pin = cpu === null ? [] : ['taskset', '-c', String(cpu), ...(process.getuid?.() === 0 ? ['nice', '-n', '-10'] : [])];
+    const cmd = [...pin, 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
     const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (b) => { out += b; });

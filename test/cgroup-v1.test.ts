@@ -23,6 +23,9 @@ runIf('a real group: join, knobs, usage, destroy with a process still inside', a
       t.is(await cg.readKnob('cpu/cpu.idle'), '1');
       t.is(await cg.readKnob('cpu/cpu.shares'), '3', 'the kernel gives an idle group the idle weight');
       t.is(await cg.readKnob('cpuset/cpuset.cpus'), '0');
+      await cg.apply({ cpus: '' });
+      t.is(await cg.readKnob('cpuset/cpuset.cpus'), readFileSync(join(cg.dirs.get('cpuset')!, '..', 'cpuset.cpus'), 'utf8').trim(), '"" gives back the parent\'s CPUs');
+      await cg.apply({ cpus: '0' });
       t.is(await cg.readKnob('cpu/cpu.cfs_quota_us'), '20000');
       t.is(await cg.readKnob('memory/memory.limit_in_bytes'), String(512 * 1048576));
       t.is(await cg.readKnob('pids/pids.max'), '64');

@@ -1,7 +1,8 @@
 // The controller with real parts: nginx from Debian pinned to CPU 0 under hey at a fixed
-// rate (hey on CPU 1, standing in for remote clients), one real batch sandbox spinning on
-// both its vCPUs, the monitor, controller and actuator running for real. Unmanaged and
-// managed runs alternate three times each; the medians of nginx's p99 are compared.
+// rate (hey on CPU 1 at a higher priority, standing in for remote clients), one real batch
+// sandbox spinning on both its vCPUs, the monitor, controller and actuator running for
+// real. Unmanaged and managed runs alternate three times each; the medians of nginx's p99
+// are compared and reported (docs/BENCHMARKS.md).
 //
 // The knob order is the one measured on these hosts (docs/BENCHMARKS.md): moving batch
 // off the service's CPU first. cpu.idle alone and pausing did not help here (a VM whose
@@ -14,7 +15,11 @@ import { ControlLoop, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type
 import { testRuntime, type TestRuntime } from './helpers.ts';
 import { runHey, startNginx, type Nginx } from '../bench/services.ts';
 
-const RATE = 800; // requests per second, as in the brief's measurement
+// The load: 70% of what nginx serves flat out on its one CPU, measured first. Below about
+// half, CFS gives the sleeping nginx worker the CPU whenever it wakes and the spinning
+// sandbox does not move its p99 beyond noise here (docs/BENCHMARKS.md); above, nginx
+// needs more than its fair share of CPU 0, and only moving batch away gives it that.
+const LOAD = 0.7;
 const SECONDS = 5;
 
 let rt: TestRuntime | undefined;
@@ -31,18 +36,22 @@ test.serial('nginx\'s p99 next to a spinning batch sandbox is lower with the con
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'lodger-qos-'));
-  nginx = await startNginx(dir, 0, 0);
+  nginx = await startNginx(dir, 4, 0); // a 4 KiB page gzip-compressed per request: real CPU per request
   rt = await testRuntime('qos');
   const sb = await rt.boot({ id: 'spinner', vcpus: 2, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 });
   const spin = await sb.exec({ argv: ['sh', '-c', '(while :; do :; done) & (while :; do :; done) & wait'] });
   spin.wait().catch(() => {});
-  const hey = (): ReturnType<typeof runHey> => runHey(nginx!.url, SECONDS, RATE, 4, 1);
+  // Flat out, with the sandbox paused: what nginx can serve on CPU 0.
+  await sb.pause();
+  const ceiling = (await runHey(nginx.url, 3, 1e6, 16, 1)).rps;
+  const rate = Math.round(ceiling * LOAD);
+  t.log(`nginx flat out on CPU 0: ${ceiling.toFixed(0)} req/s; load ${rate} req/s`);
+  const hey = (): ReturnType<typeof runHey> => runHey(nginx!.url, SECONDS, rate, 16, 1);
   const probeSpec = { kind: 'http' as const, url: nginx.url, method: 'GET' as const, intervalMs: 50, timeoutMs: 500 };
 
   // Alone: the sandbox is stopped (QMP stop), so it takes no CPU. A first run warms
   // nginx, hey and the page cache and is thrown away.
-  await sb.pause();
-  await runHey(nginx.url, 2, RATE, 4, 1);
+  await runHey(nginx.url, 2, rate, 16, 1);
   const solo = await hey();
   await sb.resume();
   // The SLO: the probe's median with the sandbox unmanaged. A 1 s window holds ~20
@@ -66,7 +75,8 @@ test.serial('nginx\'s p99 next to a spinning batch sandbox is lower with the con
   let firstReason = '';
   for (let round = 0; round < 3; round++) {
     if (round > 0) {
-      await sb.update({ cgroup: { cpus: '', cpuIdle: false, cpuWeight: 100 } });
+      // Undo what the controller did: knobs, and the vCPU it may have taken away.
+      await sb.update({ vcpus: 2, cgroup: { cpus: '', cpuIdle: false, cpuWeight: 100 } });
       unmanaged.push(await hey());
     }
     const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb] });

@@ -164,6 +164,8 @@ export class Cgroup {
     const idleFile = this.version === 2 ? 'cpu.idle' : 'cpu/cpu.idle';
     const weightFile = this.version === 2 ? 'cpu.weight' : 'cpu/cpu.shares';
     const k = { ...knobs };
+    // v1 has no "inherit" value: an empty write changes nothing, so "" means the parent's CPUs.
+    if (this.version === 1 && k.cpus === '') k.cpus = (await readFile(join(this.resolve('cpuset/cpuset.cpus'), '..', '..', 'cpuset.cpus'), 'utf8')).trim();
     if (k.cpuWeight !== undefined) this.desiredWeight = k.cpuWeight;
     const idleChanges = k.cpuIdle !== undefined && this.last.get(idleFile) !== (k.cpuIdle ? '1' : '0');
     const willBeIdle = k.cpuIdle ?? this.last.get(idleFile) === '1';
