@@ -76,7 +76,7 @@ export function loadConfig(file: string, overrides: Partial<LodgerdConfig> = {})
   const cfg = Object.fromEntries(Object.entries(CONFIG_KEYS).map(([k, v]) => [k, v.default])) as unknown as LodgerdConfig;
   Object.assign(cfg, given);
   for (const k of PATH_KEYS) {
-    if (k in given) (cfg as unknown as Record<string, string>)[k] = resolve(dirname(file), given[k] as string);
+    if (k in given && given[k]) (cfg as unknown as Record<string, string>)[k] = resolve(dirname(file), given[k] as string);
   }
   for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (cfg as unknown as Record<string, unknown>)[k] = v;
   if (cfg.tcpAddress && !(cfg.tlsCert && cfg.tlsKey && cfg.tlsClientCa)) {
