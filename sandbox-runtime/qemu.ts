@@ -218,6 +218,8 @@ export class QemuSandbox implements Sandbox {
   /** Set while the VMM is being ended on purpose to suspend to disk. */
   private suspending = false;
   private wasPausedWhenSuspended = false;
+  /** Let go of by release(): this object no longer owns the VMM. */
+  private released = false;
   /** An ACPI vCPU unplug happened (TCG then cannot plug again). */
   private acpiUnplugged = false;
   /** update() calls run one at a time. */
@@ -325,7 +327,7 @@ export class QemuSandbox implements Sandbox {
     this.childExit = new Promise((resolve) => child.once('exit', () => resolve()));
     child.on('exit', (code, signal) => {
       // The VMM we ended to suspend to disk is not the sandbox's end.
-      if (child !== this.child || this.suspending) return;
+      if (child !== this.child || this.suspending || this.released) return;
       this.onVmmExit(code, signal);
     });
     child.on('error', (e) => {
@@ -470,6 +472,18 @@ export class QemuSandbox implements Sandbox {
     this.spec = { ...this.spec, outputDir: c.outputDir };
     this.limits = { maxVcpus: c.maxVcpus, maxMemoryMiB: c.maxMemoryMiB };
     this.writeRecord();
+  }
+
+  /**
+   * Lets go of the sandbox without stopping it, as a daemon that dies does: its sockets
+   * close and the VMM runs on for another process (or runtime) to attach() to.
+   */
+  release(): void {
+    this.released = true;
+    this.attachedPid = null;
+    this.agent?.detach();
+    this.qmp?.close();
+    this.child?.unref();
   }
 
   async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
@@ -853,6 +867,7 @@ export class QemuSandbox implements Sandbox {
   }
 
   async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.released) return; // another owner has it now
     if (this.state === 'created') {
       this.state = 'stopped';
       return;

@@ -4,7 +4,7 @@ import test from 'ava';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
-import { SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { QemuRuntime, SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
 import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
 
 let rt: TestRuntime;
@@ -187,6 +187,42 @@ test.serial('suspend to disk ends the VMM; resume carries the running job on, lo
   t.is(readFileSync(join(outputDir, 'after-resume.txt'), 'utf8'), 'finished\n');
   if (sb.cgroupDirs) {
     for (const { lines } of taskCgroups(sb.pid!)) t.true(lines.some((l) => l.includes('/sb-shared')), 'the new VMM is in the same cgroup');
+  }
+});
+
+test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a suspended one; the job goes on from the stored output, nothing repeated', async (t) => {
+  const a = await rt.boot({ id: 'adopt', vcpus: 1, maxVcpus: 1, memoryMiB: 256, maxMemoryMiB: 256 });
+  const h = await a.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo $i; sleep 0.1; done; exit 4'] });
+  let stored = '';
+  h.onStdout((b) => { stored += b.toString(); });
+  while (!stored.includes('5\n')) await new Promise((r) => setTimeout(r, 20));
+  await a.pause();
+  a.release(); // the first owner dies: its sockets close, the VMM stays
+  const owners: QemuSandbox[] = [];
+  try {
+    const b = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    owners.push(b);
+    t.is(b.status().state, 'paused');
+    t.is(b.pid, a.pid, 'the same VMM');
+    const hb = await b.resumeExec(h.id, [Buffer.byteLength(stored), 0]);
+    hb.onStdout((x) => { stored += x.toString(); });
+    await b.resume();
+    while (!stored.includes('15\n')) await new Promise((r) => setTimeout(r, 20));
+    await b.suspend();
+    b.release(); // the second owner dies while the sandbox is on disk
+    const c = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    owners.push(c);
+    t.is(c.status().state, 'suspended');
+    const hc = await c.resumeExec(h.id, [Buffer.byteLength(stored), 0]);
+    hc.onStdout((x) => { stored += x.toString(); });
+    await c.resume();
+    t.deepEqual(await hc.wait(), { code: 4, signal: null });
+    t.deepEqual(stored.trim().split('\n'), Array.from({ length: 40 }, (_, i) => String(i + 1)), 'every line once, in order');
+  } finally {
+    for (const o of owners.reverse()) {
+      await o.stop({ graceMs: 0 }).catch(() => {});
+      if (o.pid) { try { process.kill(o.pid, 'SIGKILL'); } catch { /* gone */ } }
+    }
   }
 });
 
