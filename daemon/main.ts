@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, watch, type F
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
-  ControlLoop, loadPolicyDir, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type LoopSandbox, type PolicySet,
+  ControlLoop, loadPolicyDir, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type Decision, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
 import { openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
@@ -115,7 +115,15 @@ function startLoop(): void {
   });
   loop.start();
   metrics?.watch(loop);
-  loop.on('decision', (d) => loopEvents.emit('decision', d));
+  loop.on('decision', (d: Decision) => {
+    loopEvents.emit('decision', d);
+    // Jobs' states follow what the controller did to their sandboxes.
+    const to = { pause: 'paused', resume: 'running', suspend: 'suspended', restore: 'running' } as const;
+    for (const res of d.results) {
+      const k = res.action.kind;
+      if (res.ok && (k === 'pause' || k === 'resume' || k === 'suspend' || k === 'restore')) scheduler.sandboxState(res.action.sandbox, to[k], res.action.reason);
+    }
+  });
   loop.on('reaction', (r) => loopEvents.emit('reaction', r));
 }
 

@@ -87,3 +87,20 @@ test('a job that fits takes a warm sandbox from the pool, claimed with its limit
   await pool.stop();
   t.true(runtime.sandboxes.every((x) => x.state === 'stopped'), 'pool sandboxes stopped with the pool');
 });
+
+test('a job\'s state follows the controller pausing, suspending and restoring its sandbox, each with the reason', async (t) => {
+  const { store, s } = setup();
+  store.submit('p', spec(['sleep', '600']));
+  s.start();
+  while (store.get('p').state !== 'running' || s.sandboxes().length === 0) await new Promise((r) => setTimeout(r, 5));
+  const sb = s.sandboxes()[0]!.sandbox.id;
+  s.sandboxState(sb, 'paused', 'breach: pause');
+  s.sandboxState(sb, 'suspended', 'memory pressure: suspend');
+  s.sandboxState(sb, 'running', 'room again: restore');
+  s.sandboxState('no-such-sandbox', 'paused', 'ignored');
+  t.is((await s.waitFinal('p')).state, 'succeeded');
+  const states = store.get('p').transitions.map((x) => `${x.state}: ${x.reason}`);
+  t.deepEqual(states.slice(3, 6), ['paused: breach: pause', 'suspended: memory pressure: suspend', 'running: room again: restore']);
+  t.is(states.at(-1), 'succeeded: exit 0');
+  await s.stop(true);
+});

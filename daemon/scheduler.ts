@@ -141,6 +141,8 @@ export class Scheduler extends EventEmitter {
         r.sandbox = await this.o.runtime.attach(sandboxId);
         r.exec = await r.sandbox.resumeExec(adopt.execId!, store.logBytes(r.job.id, adopt.logSeq));
         store.note(r.job.id, { attach: { ...adopt, pid: r.sandbox.status().pid } });
+        const found = r.sandbox.status().state;
+        if (found === 'paused' || found === 'suspended' || found === 'running') this.sandboxState(sandboxId, found, `sandbox ${sandboxId} found ${found} after a lodgerd restart`);
         this.emit('job', { at: Date.now(), jobId: r.job.id, state: store.get(r.job.id).state, reason: `taken up again after a lodgerd restart (sandbox ${sandboxId})` } satisfies JobEvent);
       } else if (warm) {
         r.sandbox = warm;
@@ -194,6 +196,18 @@ export class Scheduler extends EventEmitter {
   private output(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
     const seq = this.o.store.appendLog(id, stream, data);
     this.emit(`log:${id}`, { seq, stream, data, at: Date.now() });
+  }
+
+  /**
+   * The controller paused, resumed, suspended or restored a job's sandbox: the job's
+   * state follows, with the controller's reason.
+   */
+  sandboxState(sandboxId: string, state: 'running' | 'paused' | 'suspended', reason: string): void {
+    const r = [...this.running.values()].find((x) => x.sandbox?.id === sandboxId);
+    if (!r) return;
+    const cur = this.o.store.get(r.job.id).state;
+    if (cur === state || !['running', 'paused', 'suspended'].includes(cur)) return;
+    this.move(r.job.id, state, reason);
   }
 
   /** Cancels a queued job at once, or stops a running one (SIGTERM, then its sandbox). */
