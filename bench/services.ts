@@ -67,17 +67,47 @@ export async function startNginx(dir: string, pageKiB = 0, cpu: number | null = 
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return {
-    url,
-    pid: child.pid!,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 3000))]);
-      if (child.exitCode === null) child.kill('SIGKILL');
-    },
-  };
+  return { url, pid: child.pid!, stop: () => stopChild(child) };
+}
+
+/** SIGTERM, then SIGKILL after 3 s: a service we started, by its own process handle. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await Promise.race([gone, new Promise((r) => setTimeout(r, 3000))]);
+  if (child.exitCode === null) child.kill('SIGKILL');
+}
+
+export interface Redis {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** redis-server on a loopback port, without persistence, optionally pinned to `cpu`. */
+export async function startRedis(dir: string, cpu: number | null = null): Promise<Redis> {
+  const port = await freePort();
+  const cmd = [...(cpu === null ? [] : ['taskset', '-c', String(cpu)]), 'redis-server', '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+  const child: ChildProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (b) => { err += b; });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const c = net.connect(port, '127.0.0.1');
+      c.once('connect', () => { c.write('PING\r\n'); });
+      c.once('data', (b) => { c.destroy(); resolve(b.toString().startsWith('+PONG')); });
+      c.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not start: ${err}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { port, pid: child.pid!, stop: () => stopChild(child) };
 }
 
 export interface HeyResult {
@@ -85,6 +115,14 @@ export interface HeyResult {
   p99Ms: number;
   requests: number;
   rps: number;
+}
+
+/**
+ * Command prefix for a load generator: pinned to `cpu` and, as root, at a higher priority,
+ * standing in for clients on other machines. Nothing when `cpu` is null.
+ */
+export function loadGeneratorPrefix(cpu: number | null): string[] {
+  return cpu === null ? [] : ['taskset', '-c', String(cpu), ...(process.getuid?.() === 0 ? ['nice', '-n', '-10'] : [])];
 }
 
 /** `hey` at a fixed total rate (workers × per-worker rate) for `seconds`. */
@@ -96,9 +134,7 @@ export function percentile(xs: number[], p: number): number {
 
 export function runHey(url: string, seconds: number, rate: number, workers = 4, cpu: number | null = null): Promise<HeyResult> {
   return new Promise((resolve, reject) => {
-    // Pinned, the load generator runs at a higher priority: it stands in for clients on other machines.
-    const pin = cpu === null ? [] : ['taskset', '-c', String(cpu), ...(process.getuid?.() === 0 ? ['nice', '-n', '-10'] : [])];
-    const cmd = [...pin, 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
+    const cmd = [...loadGeneratorPrefix(cpu), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
     const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (b) => { out += b; });

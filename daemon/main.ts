@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import {
   ControlLoop, loadPolicyDir, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type Decision, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
-import { openRuntime } from '../sandbox-runtime/index.ts';
+import { isSandboxVmm, openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
 import { WarmPool } from './pool.ts';
@@ -49,7 +49,7 @@ try {
 
 mkdirSync(cfg.stateDir, { recursive: true });
 const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
-const { runtime, accel, cgroups } = await openRuntime({
+const { runtime, accel, cgroups, host } = await openRuntime({
   host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
   accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
   image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
@@ -63,11 +63,8 @@ log(`accelerator ${accel.accel}: ${accel.reason}`);
 const orphans = store.list(['starting', 'running', 'paused', 'suspended'], 100_000);
 async function dropOrphan(job: JobRecord, why: string): Promise<void> {
   const pid = Number(job.attach?.pid ?? 0);
-  if (pid > 0) {
-    const cmdline = existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
-    if (cmdline.split('\0').includes(`lodger-${job.sandboxId},debug-threads=on`)) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-    }
+  if (pid > 0 && isSandboxVmm(host.proc, pid, job.sandboxId)) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
   }
   await cgroups?.open(`sb-${job.sandboxId}`)?.destroy().catch((e: unknown) => log(`cgroup of ${job.sandboxId} not removed: ${(e as Error).message}`));
   if (job.state === 'starting') store.transition(job.id, 'queued', `lodgerd restarted while its sandbox started (${why}); queued again`, { attach: null });
@@ -80,8 +77,7 @@ const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availablePara
 // Warm-pool sandboxes a previous lodgerd left hold no job: stop them.
 const runDir = join(cfg.stateDir, 'run');
 for (const id of existsSync(runDir) ? readdirSync(runDir).filter((d) => d.startsWith('pool-')) : []) {
-  const adopted = store.list(['starting', 'running', 'paused', 'suspended'], 100_000).some((j) => j.sandboxId === id);
-  if (adopted) continue;
+  if (orphans.some((j) => j.sandboxId === id)) continue; // a job's now, taken up below
   await runtime.attach(id).then((sb) => sb.stop({ graceMs: 0 }), async (e: unknown) => {
     log(`warm sandbox ${id} of an earlier run: ${(e as Error).message.split('\n')[0]}; removing its files`);
     await cgroups?.open(`sb-${id}`)?.destroy().catch(() => {});

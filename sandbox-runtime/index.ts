@@ -5,7 +5,7 @@ export { defaultHostPaths, type HostPaths } from './host.ts';
 export { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
 export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
 export { ensureGuestImage, type GuestImage, type ImageOptions } from './image/index.ts';
-export { QemuRuntime, QemuSandbox, qemuArgs, vmmMemory, type QemuRuntimeOptions, type VcpuUnplugMode } from './qemu.ts';
+export { isSandboxVmm, QemuRuntime, QemuSandbox, qemuArgs, vmmMemory, type QemuRuntimeOptions, type VcpuUnplugMode } from './qemu.ts';
 export { FakeRuntime, FakeSandbox } from './fake.ts';
 export { openRuntime, type OpenRuntimeOptions } from './open.ts';
 export type { GuestStats, ExitStatus } from './agent/protocol.ts';

@@ -432,13 +432,7 @@ export class QemuSandbox implements Sandbox {
 
   /** The process is alive and is this sandbox's QEMU (its -name says so). */
   private isOurVmm(pid: number): boolean {
-    try {
-      const stat = readFileSync(join(this.opts.host.proc, String(pid), 'stat'), 'utf8');
-      if (/^\d+ \(.*\) Z/.test(stat)) return false;
-      return readFileSync(join(this.opts.host.proc, String(pid), 'cmdline'), 'utf8').split('\0').includes(`lodger-${this.id},debug-threads=on`);
-    } catch {
-      return false;
-    }
+    return isSandboxVmm(this.opts.host.proc, pid, this.id);
   }
 
   /** A VMM that is not our child: its exit is seen by polling /proc. */
@@ -976,6 +970,17 @@ export class QemuSandbox implements Sandbox {
       vmmRssBytes: mem?.rssBytes ?? 0,
       guest: this.agent?.stats ?? null,
     };
+  }
+}
+
+/** `pid` is alive (not a zombie) and is the QEMU of sandbox `id`: its -name says so. A pid alone may have been reused. */
+export function isSandboxVmm(proc: string, pid: number, id: string): boolean {
+  try {
+    const stat = readFileSync(join(proc, String(pid), 'stat'), 'utf8');
+    if (/^\d+ \(.*\) Z/.test(stat)) return false;
+    return readFileSync(join(proc, String(pid), 'cmdline'), 'utf8').split('\0').includes(`lodger-${id},debug-threads=on`);
+  } catch {
+    return false;
   }
 }
 

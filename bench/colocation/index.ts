@@ -12,16 +12,14 @@
 // Loads are 20, 40, 60 and 80% of each service's capacity, measured first (where p99
 // bends). Writes colocation.json and two PNG charts to --out, and the table to
 // docs/BENCHMARKS.md. Everything started here is stopped by its pid.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import * as net from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ServiceMonitor, type OnlineServicePolicy } from '../../control/index.ts';
 import { probeHost, decideAccel } from '../../sandbox-runtime/accel.ts';
 import { defaultHostPaths } from '../../sandbox-runtime/host.ts';
-import { freePort, percentile, startNginx, type Nginx } from '../services.ts';
+import { percentile, startNginx, startRedis, type Nginx, type Redis } from '../services.ts';
 import { JOBS, startDaemon, startDirect, type Batch } from './batch.ts';
 import { perLoad, timeline, type LoadPoint, type TimePoint } from './charts.ts';
 import { load, measureCapacity, summarise, windowP99s, type Capacity, type Target } from './load.ts';
@@ -66,36 +64,11 @@ interface Cell {
 
 interface Service { name: 'nginx' | 'redis'; target: Target; probe: OnlineServicePolicy['probe']; stop(): Promise<void> }
 
-async function startRedis(dir: string): Promise<Service> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('taskset', ['-c', String(SERVICE_CPU), 'redis-server', '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
-    { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (b) => { err += b; });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const up = await new Promise<boolean>((resolve) => {
-      const c = net.connect(port, '127.0.0.1');
-      c.once('connect', () => { c.write('PING\r\n'); });
-      c.once('data', (b) => { c.destroy(); resolve(b.toString().startsWith('+PONG')); });
-      c.once('error', () => resolve(false));
-    });
-    if (up) break;
-    if (child.exitCode !== null || Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`redis-server did not start: ${err}`);
-    }
-    await sleep(50);
-  }
+function redisService(r: Redis): Service {
   return {
-    name: 'redis', target: { kind: 'redis', port },
-    probe: { kind: 'redis', host: '127.0.0.1', port, intervalMs: 20, timeoutMs: 200 },
-    stop: async () => {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      await Promise.race([new Promise((r) => child.once('exit', r)), sleep(3000)]);
-      if (child.exitCode === null) child.kill('SIGKILL');
-    },
+    name: 'redis', target: { kind: 'redis', port: r.port },
+    probe: { kind: 'redis', host: '127.0.0.1', port: r.port, intervalMs: 20, timeoutMs: 200 },
+    stop: () => r.stop(),
   };
 }
 
@@ -204,7 +177,7 @@ let failed = false;
 try {
   const wanted = values.services.split(',');
   if (wanted.includes('nginx')) services.push(nginxService(await startNginx(join(dir, 'nginx'), 0, SERVICE_CPU)));
-  if (wanted.includes('redis')) services.push(await startRedis(dir));
+  if (wanted.includes('redis')) services.push(redisService(await startRedis(dir, SERVICE_CPU)));
 
   say('capacity: fixed rates up to the closed-loop ceiling, until p99 bends (3x the lowest p99 of the lighter rates)');
   for (const svc of services) {

@@ -4,7 +4,7 @@
 // priority, standing in for clients on other machines.
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { percentile } from '../services.ts';
+import { loadGeneratorPrefix, percentile } from '../services.ts';
 
 export interface Sample {
   /** When the request was due or sent, ms from the run's start. */
@@ -44,15 +44,13 @@ function run(cmd: string[], timeoutMs: number): Promise<string> {
   });
 }
 
-const pinned = (cpu: number | null): string[] => (cpu === null ? [] : ['taskset', '-c', String(cpu)]).concat(process.getuid?.() === 0 ? ['nice', '-n', '-10'] : []);
-
 export async function load(target: Target, rps: number, seconds: number, cpu: number | null): Promise<LoadRun> {
   const startedAt = Date.now();
   const samples: Sample[] = [];
   if (target.kind === 'nginx') {
     // hey throttles each worker; enough workers keep each one's interval above the latency.
     const workers = Math.max(8, Math.ceil(rps / 250));
-    const csv = await run([...pinned(cpu), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rps / workers))), '-o', 'csv', target.url!], (seconds + 60) * 1000);
+    const csv = await run([...loadGeneratorPrefix(cpu), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rps / workers))), '-o', 'csv', target.url!], (seconds + 60) * 1000);
     for (const line of csv.split('\n')) {
       const f = line.split(',');
       if (f.length < 8 || !/^[0-9.]+$/.test(f[0]!)) continue;
@@ -60,7 +58,7 @@ export async function load(target: Target, rps: number, seconds: number, cpu: nu
     }
   } else {
     const script = join(import.meta.dirname, 'redis-load.ts');
-    const text = await run([...pinned(cpu), process.execPath, '--import', 'tsx', script, '--port', String(target.port), '--rate', String(rps), '--seconds', String(seconds)], (seconds + 60) * 1000);
+    const text = await run([...loadGeneratorPrefix(cpu), process.execPath, '--import', 'tsx', script, '--port', String(target.port), '--rate', String(rps), '--seconds', String(seconds)], (seconds + 60) * 1000);
     for (const line of text.split('\n')) {
       if (!line || line.startsWith('#')) continue;
       const [t, ms] = line.split(',');
@@ -90,10 +88,10 @@ export function windowP99s(samples: Sample[], seconds: number): number[] {
 /** Closed-loop ceiling: hey without a rate limit, or redis-benchmark. */
 export async function ceiling(target: Target, cpu: number | null): Promise<number> {
   if (target.kind === 'nginx') {
-    const out = await run([...pinned(cpu), 'hey', '-z', '4s', '-c', '32', target.url!], 60_000);
+    const out = await run([...loadGeneratorPrefix(cpu), 'hey', '-z', '4s', '-c', '32', target.url!], 60_000);
     return Number(/Requests\/sec:\s+([0-9.]+)/.exec(out)?.[1] ?? NaN);
   }
-  const out = await run([...pinned(cpu), 'redis-benchmark', '-p', String(target.port), '-t', 'get', '-n', '200000', '-c', '32', '--csv'], 120_000);
+  const out = await run([...loadGeneratorPrefix(cpu), 'redis-benchmark', '-p', String(target.port), '-t', 'get', '-n', '200000', '-c', '32', '--csv'], 120_000);
   // "GET","<rps>",...
   return Number(/"GET","([0-9.]+)"/.exec(out)?.[1] ?? NaN);
 }
