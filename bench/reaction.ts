@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ControlLoop, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type OnlineServicePolicy } from '../control/index.ts';
+import { ControlLoop, ProcHostReader, ServiceMonitor, defaultPool, type OnlineServicePolicy } from '../control/index.ts';
 import { openRuntime } from '../sandbox-runtime/index.ts';
 import { percentile as pct } from './services.ts';
 
@@ -32,10 +32,7 @@ const service: OnlineServicePolicy = {
   name: 'svc', source: 'bench', slo: { percentile: 99, targetMs: 20, windowMs: 300 }, prometheus: null, cpus: null,
   probe: { kind: 'http', url, method: 'GET', intervalMs: 10, timeoutMs: 200 },
 };
-const pool: BatchPoolPolicy = {
-  name: 'p', source: 'bench', reserve: { cpus: 1, memoryBytes: 0 }, sandbox: { minVcpus: 1, maxVcpus: 1, minMemoryMiB: 256, maxMemoryMiB: 256 },
-  knobs: ['cpu.idle'], growth: { cooldownMs: 300, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
-};
+const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 1, maxMemory: 256Mi }, knobs: [cpu.idle], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms }', 'p');
 const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb], tickMs: 100 });
 const fromObservation: number[] = [];
 const fromStep: number[] = [];

@@ -1,33 +1,127 @@
-// Applies the controller's plans through the sandbox contract. Knob and pause actions
-// (the fast path) go out at once and in parallel; structural resizes run behind them,
-// one per sandbox at a time, without holding up the next tick. Reports what it did
-// and how long each action took.
-import type { Action, Plan } from './controller/decide.ts';
+// Converges reality to the controller's desired state through the sandbox contract.
+// The fast path (pool and sandbox knobs, pause/resume) is applied every round: settings
+// that already hold are skipped, a sandbox that joined gets the current clamp, and every
+// so often each setting is handed down again so the cgroup layer can check it against the
+// kernel and rewrite a drifted one. Structural steps run behind, one per sandbox at a
+// time, without holding up the next round. Reports what it changed and how long it took.
+import type { Action, Desired, Plan } from './controller/decide.ts';
+import type { KnobSettings } from './controller/knobs.ts';
+import { expandCpus } from './controller/knobs.ts';
 
 /** The part of the sandbox contract the actuator uses (sandbox-runtime's Sandbox fits it). */
 export interface ActuatedSandbox {
   readonly id: string;
-  update(req: { vcpus?: number; memoryMiB?: number; cgroup?: Record<string, unknown> }): Promise<{ steps: { kind: string; detail: string; ms: number }[] }>;
+  update(req: { vcpus?: number; memoryMiB?: number; cgroup?: KnobSettings }): Promise<{ steps: { kind: string; detail: string; ms: number }[] }>;
   pause(): Promise<void>;
   /** Continues a paused sandbox or restores a suspended one. */
   resume(): Promise<void>;
   suspend(): Promise<{ bytes: number; ms: number }>;
 }
 
+/** The pool's parent cgroup: what is set here holds for every sandbox below it. */
+export interface ActuatedPool {
+  /** Applies knobs; returns the writes made ("file=value"), none when nothing changed. */
+  update(knobs: KnobSettings): Promise<string[]>;
+}
+
 export interface ActionResult {
   action: Action;
   ok: boolean;
-  /** From the start of apply() to this action's completion. */
+  /** From the start of the round's actuation to this action's completion. */
   ms: number;
   detail: string;
   /** The sandbox's own report of each step (resizes, knob writes), for metrics. */
   steps?: { kind: string; ms: number }[];
 }
 
+/** Hands every setting down again after this long (the cgroup layer checks it against the kernel). */
+const REASSERT_MS = 10_000;
+/** The pool's id in reports. */
+export const POOL_TARGET = 'pool';
+
+const errorText = (e: unknown): string => `${(e as { code?: string }).code ?? 'ERROR'}: ${(e as Error).message}`;
+const cpuCount = (k: KnobSettings | undefined): number => (k?.cpus === undefined ? Infinity : expandCpus(k.cpus).length);
+
 export class Actuator {
   private readonly resizing = new Map<string, Promise<unknown>>();
+  /** Sandboxes with a structural step under way: their updates queue behind it. */
+  private readonly inFlight = new Set<string>();
+  /** What was last applied per target, and when. */
+  private readonly applied = new Map<string, { key: string; at: number; knobs: KnobSettings }>();
 
-  constructor(private readonly lookup: (id: string) => ActuatedSandbox | undefined, private readonly clock: () => number = () => performance.now()) {}
+  constructor(
+    private readonly lookup: (id: string) => (ActuatedSandbox & { status(): { state: string } }) | undefined,
+    private readonly clock: () => number = Date.now,
+    private readonly pool: ActuatedPool | null = null,
+  ) {}
+
+  /** Forgets a target that went away, so it is applied afresh if it comes back. */
+  forget(id: string): void {
+    this.applied.delete(id);
+  }
+
+  private due(id: string, knobs: KnobSettings): boolean {
+    const prev = this.applied.get(id);
+    if (!prev || prev.key !== JSON.stringify(knobs)) return true;
+    // A re-assertion would wait behind a resize and hold up the round: it can wait.
+    return this.clock() - prev.at >= REASSERT_MS && !this.inFlight.has(id);
+  }
+
+  private async knobs(id: string, knobs: KnobSettings, reason: string, t0: number, write: () => Promise<{ detail: string; steps?: { kind: string; ms: number }[] }>): Promise<ActionResult | null> {
+    if (!this.due(id, knobs)) return null;
+    const changed = this.applied.get(id)?.key !== JSON.stringify(knobs);
+    const action: Action = { kind: 'knobs', sandbox: id, knobs, reason };
+    try {
+      const r = await write();
+      this.applied.set(id, { key: JSON.stringify(knobs), at: this.clock(), knobs });
+      const wrote = r.detail !== '' && r.detail !== 'no change';
+      // A re-assertion that found everything in place is not news.
+      if (!changed && !wrote) return null;
+      return { action, ok: true, ms: this.clock() - t0, detail: changed ? r.detail : `drifted, rewritten: ${r.detail}`, ...(r.steps ? { steps: r.steps } : {}) };
+    } catch (e) {
+      this.applied.delete(id);
+      return { action, ok: false, ms: this.clock() - t0, detail: errorText(e) };
+    }
+  }
+
+  /** Converges the pool and every sandbox to the desired fast-path setting. */
+  async converge(desired: Desired): Promise<ActionResult[]> {
+    const t0 = this.clock();
+    const pool = this.pool;
+    const poolStep = pool ? (): Promise<ActionResult | null> => this.knobs(POOL_TARGET, desired.pool, desired.reason, t0, async () => ({ detail: (await pool.update(desired.pool)).join(', ') })) : null;
+    const sandboxSteps = (): Promise<(ActionResult | null)[]> => Promise.all(desired.sandboxes.map(async (d) => {
+      const sb = this.lookup(d.id);
+      if (!sb) return [];
+      const state = sb.status().state;
+      const out: (ActionResult | null)[] = [];
+      if (state === 'running' || state === 'paused') {
+        out.push(await this.knobs(d.id, d.knobs, desired.reason, t0, async () => {
+          const r = await sb.update({ cgroup: { ...d.knobs } });
+          return { detail: r.steps.map((s) => s.detail).join(', '), steps: r.steps };
+        }));
+      }
+      // Pause and resume follow the sandbox's real state, not what was last asked.
+      const want = d.paused ? 'paused' : 'running';
+      if ((state === 'running' || state === 'paused') && state !== want) {
+        const action: Action = { kind: d.paused ? 'pause' : 'resume', sandbox: d.id, reason: desired.reason };
+        try {
+          await (d.paused ? sb.pause() : sb.resume());
+          out.push({ action, ok: true, ms: this.clock() - t0, detail: '' });
+        } catch (e) {
+          out.push({ action, ok: false, ms: this.clock() - t0, detail: errorText(e) });
+        }
+      }
+      return out;
+    })).then((x) => x.flat());
+    // cgroup v1 refuses a parent cpuset narrower than a child's: narrow the children
+    // first, widen the parent first.
+    const narrowing = cpuCount(desired.pool) < cpuCount(this.applied.get(POOL_TARGET)?.knobs);
+    const results: (ActionResult | null)[] = [];
+    if (poolStep && !narrowing) results.push(await poolStep());
+    results.push(...(await sandboxSteps()));
+    if (poolStep && narrowing) results.push(await poolStep());
+    return results.filter((r): r is ActionResult => r !== null);
+  }
 
   private async run(a: Action, t0: number): Promise<ActionResult> {
     const sb = this.lookup(a.sandbox);
@@ -36,25 +130,17 @@ export class Actuator {
       let detail = '';
       let steps: { kind: string; ms: number }[] | undefined;
       switch (a.kind) {
-        case 'knobs': {
-          const r = await sb.update({ cgroup: { ...a.knobs } });
-          detail = r.steps.map((s) => s.detail).join(', ');
-          steps = r.steps;
-          break;
-        }
-        case 'pause':
-          await sb.pause();
-          break;
-        case 'resume':
-          await sb.resume();
-          break;
         case 'suspend': {
           const r = await sb.suspend();
           detail = `saved ${(r.bytes / 1048576).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms`;
           break;
         }
         case 'restore':
+        case 'resume':
           await sb.resume();
+          break;
+        case 'pause':
+          await sb.pause();
           break;
         case 'resize': {
           const r = await sb.update({ ...(a.vcpus !== undefined ? { vcpus: a.vcpus } : {}), ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}) });
@@ -62,26 +148,29 @@ export class Actuator {
           steps = r.steps;
           break;
         }
+        case 'knobs':
+          detail = (await sb.update({ cgroup: { ...a.knobs } })).steps.map((s) => s.detail).join(', ');
+          break;
       }
       return { action: a, ok: true, ms: this.clock() - t0, detail, ...(steps ? { steps } : {}) };
     } catch (e) {
-      return { action: a, ok: false, ms: this.clock() - t0, detail: `${(e as { code?: string }).code ?? 'ERROR'}: ${(e as Error).message}` };
+      return { action: a, ok: false, ms: this.clock() - t0, detail: errorText(e) };
     }
   }
 
   /**
-   * Applies the fast actions and waits for them; starts the resizes and returns them
-   * as a promise of their results, so the caller need not wait.
+   * Converges the fast path and waits for it; starts the plan's structural steps and
+   * returns them as a promise of their results, so the caller need not wait.
    */
   async apply(plan: Plan): Promise<{ fast: ActionResult[]; structural: Promise<ActionResult[]> }> {
     const t0 = this.clock();
-    const slow = (a: Action): boolean => a.kind === 'resize' || a.kind === 'suspend' || a.kind === 'restore';
-    const fastActions = plan.actions.filter((a) => !slow(a));
-    const fast = await Promise.all(fastActions.map((a) => this.run(a, t0)));
-    const structural = Promise.all(plan.actions.filter(slow).map((a) => {
+    const fast = await this.converge(plan.desired);
+    const structural = Promise.all(plan.actions.map((a) => {
       const prev = this.resizing.get(a.sandbox) ?? Promise.resolve();
+      this.inFlight.add(a.sandbox);
       const next = prev.then(() => this.run(a, t0));
-      this.resizing.set(a.sandbox, next.catch(() => {}));
+      const settled = next.catch(() => {}).then(() => { if (this.resizing.get(a.sandbox) === settled) { this.resizing.delete(a.sandbox); this.inFlight.delete(a.sandbox); } });
+      this.resizing.set(a.sandbox, settled);
       return next;
     }));
     return { fast, structural };

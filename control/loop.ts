@@ -1,11 +1,14 @@
 // The control loop: observe (monitors, /proc, sandbox status) -> decide (pure) ->
-// actuate. It ticks on a timer and also on every probe sample, so a breach is acted on
-// when the sample that shows it arrives, not at the next tick. It keeps the recent
-// decisions with their reasons and the reaction time of every breach.
+// actuate. It ticks on a timer and also on a probe sample over the target, so a breach is
+// acted on when the sample that shows it arrives. One loop lives as long as lodgerd: a
+// policy reload swaps the policy (setPolicy) and keeps the controller's state, which is
+// also stored (StateStore) so a restart keeps clamps, breach memory and learned knob
+// effects. It keeps the recent decisions with their reasons and every reaction's time.
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
-import { Actuator, type ActionResult, type ActuatedSandbox } from './actuator.ts';
-import { decide, INITIAL_STATE, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/decide.ts';
+import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
+import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/decide.ts';
+import type { StateStore } from './state-store.ts';
 import { readMemAvailableBytes, readPsi } from './monitor/host.ts';
 import type { ServiceMonitor, ServiceReading } from './monitor/service.ts';
 
@@ -47,12 +50,24 @@ export interface ControlLoopOptions {
   monitors: ServiceMonitor[];
   host: HostReader;
   sandboxes: () => LoopSandbox[];
+  /** The pool's parent cgroup, for clamps a starting sandbox inherits. */
+  pool?: ActuatedPool | null;
+  /** Where the controller's state survives a restart. */
+  store?: StateStore | null;
   tickMs?: number;
+  /** Wall-clock ms (stored state carries times across restarts). */
   clock?: () => number;
 }
 
+/** The stored state is rewritten at most this often unless the clamp changed. */
+const SAVE_EVERY_MS = 1000;
+
 export class ControlLoop extends EventEmitter {
-  private state: ControllerState = INITIAL_STATE;
+  private state: ControllerState;
+  private policy: ControllerPolicy;
+  private monitors: ServiceMonitor[];
+  private savedAt = -Infinity;
+  private savedKey = '';
   private timer: NodeJS.Timeout | null = null;
   private ticking: Promise<void> | null = null;
   private again = false;
@@ -64,8 +79,52 @@ export class ControlLoop extends EventEmitter {
 
   constructor(private readonly o: ControlLoopOptions) {
     super();
-    this.clock = o.clock ?? (() => performance.now());
-    this.actuator = new Actuator((id) => o.sandboxes().find((s) => s.id === id), this.clock);
+    this.clock = o.clock ?? Date.now;
+    this.actuator = new Actuator((id) => o.sandboxes().find((s) => s.id === id), this.clock, o.pool ?? null);
+    this.policy = o.policy;
+    this.monitors = o.monitors;
+    this.state = reconcileState(o.store?.load() ?? INITIAL_STATE, o.policy);
+  }
+
+  get currentPolicy(): ControllerPolicy {
+    return this.policy;
+  }
+
+  /** A reloaded policy: new monitors, the same controller state (clamps stay where they are). */
+  setPolicy(policy: ControllerPolicy, monitors: ServiceMonitor[]): void {
+    const running = this.timer !== null;
+    for (const m of this.monitors) this.stopMonitor(m);
+    this.policy = policy;
+    this.monitors = monitors;
+    this.state = reconcileState(this.state, policy);
+    if (running) for (const m of monitors) this.startMonitor(m);
+  }
+
+  private startMonitor(m: ServiceMonitor): void {
+    // A sample over the target (or a failed probe) may start a breach: act on it now.
+    // Others can only ease the window and wait for the timer: a round per probe sample
+    // cost lodgerd 10-14% of a CPU at 50 probes/s (docs/BENCHMARKS.md).
+    m.onSample = (r) => { if (!r.ok || r.latencyMs > m.policy.slo.targetMs) void this.tick(); };
+    m.start();
+  }
+
+  private stopMonitor(m: ServiceMonitor): void {
+    m.onSample = null;
+    m.stop();
+  }
+
+  private save(force: boolean): void {
+    const store = this.o.store;
+    if (!store) return;
+    const key = JSON.stringify(this.state);
+    if (key === this.savedKey || (!force && this.clock() - this.savedAt < SAVE_EVERY_MS)) return;
+    try {
+      store.save(this.state);
+      this.savedKey = key;
+      this.savedAt = this.clock();
+    } catch (e) {
+      this.emit('warning', e);
+    }
   }
 
   get controllerState(): ControllerState {
@@ -73,13 +132,7 @@ export class ControlLoop extends EventEmitter {
   }
 
   start(): void {
-    for (const m of this.o.monitors) {
-      // A sample over the target (or a failed probe) may start a breach: act on it now.
-      // Others can only ease the window and wait for the timer: a round per probe sample
-      // cost lodgerd 10-14% of a CPU at 50 probes/s (docs/BENCHMARKS.md).
-      m.onSample = (r) => { if (!r.ok || r.latencyMs > m.policy.slo.targetMs) void this.tick(); };
-      m.start();
-    }
+    for (const m of this.monitors) this.startMonitor(m);
     this.timer = setInterval(() => void this.tick(), this.o.tickMs ?? 100);
   }
 
@@ -100,7 +153,7 @@ export class ControlLoop extends EventEmitter {
   }
 
   private async round(): Promise<void> {
-    const readings = this.o.monitors.map((m) => m.observe());
+    const readings = this.monitors.map((m) => m.observe());
     const now = this.clock();
     const sandboxes = this.o.sandboxes();
     const obs: Observations = {
@@ -116,18 +169,17 @@ export class ControlLoop extends EventEmitter {
       }),
     };
     this.lastReadings = readings;
-    const prev = this.state;
-    const plan = decide(this.o.policy, obs, prev);
+    const plan = decide(this.policy, obs, this.state);
     this.state = plan.state;
-    if (plan.actions.length === 0) return;
+    this.save(plan.tightened);
     const { fast, structural } = await this.actuator.apply(plan);
-    const decision: Decision = { at: now, reason: plan.reason, slack: plan.slack, actions: plan.actions, results: fast };
-    if (fast.length && plan.state.level > prev.level) {
+    if (plan.tightened && fast.length) {
       const r: Reaction = { observedAt: now, ms: this.clock() - now, actions: fast.map((x) => `${x.action.kind} ${x.action.sandbox}${x.ok ? '' : ' FAILED'}`) };
       this.reactions.push(r);
+      if (this.reactions.length > 200) this.reactions.shift();
       this.emit('reaction', r);
     }
-    if (fast.length) this.record(decision);
+    if (fast.length) this.record({ at: now, reason: plan.reason, slack: plan.slack, actions: fast.map((r) => r.action), results: fast });
     void structural.then((results) => {
       if (results.length) this.record({ at: this.clock(), reason: plan.reason, slack: plan.slack, actions: results.map((r) => r.action), results });
     });
@@ -142,10 +194,8 @@ export class ControlLoop extends EventEmitter {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    for (const m of this.o.monitors) {
-      m.onSample = null;
-      m.stop();
-    }
+    for (const m of this.monitors) this.stopMonitor(m);
     await this.ticking;
+    this.save(true);
   }
 }

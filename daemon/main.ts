@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, watch, type F
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
-  ControlLoop, loadPolicyDir, ProcHostReader, ServiceMonitor, type BatchPoolPolicy, type Decision, type LoopSandbox, type PolicySet,
+  ControlLoop, defaultPool, FileStateStore, loadPolicyDir, ProcHostReader, ServiceMonitor, type Decision, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
 import { isSandboxVmm, openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
@@ -21,12 +21,7 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 const log = (m: string): void => console.error(`lodgerd: ${m}`);
 
 /** Used when no BatchPool policy is loaded: batch work may use all but one CPU. */
-const DEFAULT_POOL: BatchPoolPolicy = {
-  name: 'default', source: '(built in)', reserve: { cpus: 1, memoryBytes: 1 << 30 },
-  sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 },
-  knobs: ['cpuset', 'cpu.idle', 'cpu.weight', 'pause'],
-  growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
-};
+const DEFAULT_POOL = defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 4Gi }');
 
 const program = new Command('lodgerd')
   .description('Lodger daemon: batch jobs in microVM sandboxes next to latency-critical services')
@@ -99,15 +94,27 @@ for (const job of orphans) {
 const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => policies, loop: () => loop }) : null;
 
 const loopEvents = new EventEmitter().setMaxListeners(0);
+// One loop for the daemon's life: a reload swaps its policy and keeps the controller's
+// state, which is also stored so that a restart keeps clamps and breach memory.
+const parentCgroup = await cgroups?.openParent().catch((e: unknown) => { log(`pool cgroup not opened: ${(e as Error).message}; clamps go to each sandbox only`); return null; }) ?? null;
+function controllerPolicy(): { services: PolicySet['services']; pool: typeof DEFAULT_POOL } {
+  return { services: policies.services, pool: policies.pools[0] ?? DEFAULT_POOL };
+}
 function startLoop(): void {
-  const pool = policies.pools[0] ?? DEFAULT_POOL;
+  if (loop) {
+    loop.setPolicy(controllerPolicy(), policies.services.map((s) => new ServiceMonitor(s)));
+    return;
+  }
   loop = new ControlLoop({
-    policy: { services: policies.services, pool },
+    policy: controllerPolicy(),
     monitors: policies.services.map((s) => new ServiceMonitor(s)),
     host: new ProcHostReader(),
-    // Only sandboxes whose guest is up (or saved): one still booting cannot take knobs yet.
+    // Only sandboxes whose guest is up (or saved): one still booting cannot take knobs yet
+    // (it has the pool's parent cgroup's clamp already).
     sandboxes: () => scheduler.sandboxes().map((x) => x.sandbox)
       .filter((sb) => ['running', 'paused', 'suspended'].includes(sb.status().state)) as unknown as LoopSandbox[],
+    pool: parentCgroup ? { update: async (k) => (await parentCgroup.apply(k)).map((w) => `${w.file}=${w.value}`) } : null,
+    store: new FileStateStore(join(cfg.stateDir, 'controller.json'), log),
   });
   loop.start();
   metrics?.watch(loop);
@@ -121,6 +128,7 @@ function startLoop(): void {
     }
   });
   loop.on('reaction', (r) => loopEvents.emit('reaction', r));
+  loop.on('warning', (e: Error) => log(`control loop: ${e.message}`));
 }
 
 async function reloadPolicies(why: string): Promise<void> {
@@ -136,7 +144,6 @@ async function reloadPolicies(why: string): Promise<void> {
       if (loop) return;
     }
   }
-  await loop?.stop();
   startLoop();
 }
 

@@ -3,7 +3,7 @@
 // boots, decisions, reactions) are counted as they happen.
 import * as http from 'node:http';
 import client from 'prom-client';
-import type { ControlLoop, Decision, PolicySet } from '../control/index.ts';
+import { slack, type ControlLoop, type Decision, type PolicySet } from '../control/index.ts';
 import type { SandboxStatus } from '../sandbox-runtime/index.ts';
 import type { JobEvent, JobStartEvent, Scheduler } from './scheduler.ts';
 import type { JobStore } from './store.ts';
@@ -53,7 +53,7 @@ export class Metrics {
         this.reset();
         for (const x of src.loop()?.lastReadings ?? []) {
           const svc = src.policies().services.find((s) => s.name === x.name);
-          if (svc && x.latencyMs !== null) this.set({ service: x.name }, (svc.slo.targetMs - x.latencyMs) / svc.slo.targetMs);
+          if (svc && x.latencyMs !== null) this.set({ service: x.name }, slack(svc.slo.targetMs, x.latencyMs));
         }
       },
     });

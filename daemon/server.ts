@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { EventEmitter } from 'node:events';
-import { parsePolicyText, PolicyError, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
+import { parsePolicyText, PolicyError, slack, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
 import type { JobEvent, Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
@@ -120,7 +120,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       const onJob = (ev: JobEvent): void => { call.write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
       const onDecision = (d: { at: number; reason: string }): void => { call.write({ atMs: Date.now(), kind: 'decision', reason: d.reason }); };
       // A clamp just applied, with the time from the violating observation to it.
-      const onReaction = (r: Reaction): void => { call.write({ atMs: Date.now(), kind: 'reaction', reason: `clamp applied ${r.ms.toFixed(1)} ms after the violating observation: ${r.actions.join(', ')}` }); };
+      const onReaction = (r: Reaction): void => { call.write({ atMs: Math.round(r.observedAt + r.ms), kind: 'reaction', reason: `clamp applied ${r.ms.toFixed(1)} ms after the observation that called for it: ${r.actions.join(', ')}` }); };
       scheduler.on('job', onJob);
       ctx.loopEvents.on('decision', onDecision);
       ctx.loopEvents.on('reaction', onReaction);
@@ -136,13 +136,13 @@ export function makeServer(ctx: ApiContext): grpc.Server {
           const r = readings.find((x) => x.name === s.name);
           const p99 = r?.latencyMs ?? null;
           return { name: s.name, p99Ms: p99 ?? 0, hasP99: p99 !== null, targetMs: s.slo.targetMs, percentile: s.slo.percentile,
-            slack: p99 !== null ? (s.slo.targetMs - p99) / s.slo.targetMs : 0, error: r?.error ?? '' };
+            slack: p99 !== null ? slack(s.slo.targetMs, p99) : 0, error: r?.error ?? '' };
         }),
         sandboxes: scheduler.sandboxes().map(({ jobId, sandbox }) => {
           const st = sandbox.status();
           return { id: st.id, jobId, state: st.state, vcpus: st.vcpus, memoryMib: st.memoryMiB, maxVcpus: st.maxVcpus, maxMemoryMib: st.maxMemoryMiB };
         }),
-        decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(performance.timeOrigin + d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
+        decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
         jobsByState: store.counts(),
       };
     }),

@@ -1,7 +1,26 @@
 // The QoS controller: a pure function from policy, observations and its own previous
-// state to a plan. No I/O, no clock: time comes in with the observations. Every action
-// says why. The actuator applies plans; this file only decides.
-import type { BatchPoolPolicy, Knob, OnlineServicePolicy } from '../policy/index.ts';
+// state to a plan. No I/O, no clock: time comes in with the observations. It is
+// level-triggered: every round returns the complete desired setting of the pool and of
+// every sandbox (knobs, pause), and the actuator converges reality to it, so a sandbox
+// that joins, a restart or a drifted knob is corrected on the next round. Resizes and
+// suspend/restore are structural and go one step at a time (structural.ts).
+//
+// The fast path (after Heracles' top-level controller, Katalyst's asymmetric ramps and
+// PARTIES' revert-and-block):
+// - danger (slack below 0, or the service's own CPU use stepping up: the leading
+//   indicator, seen before the latency window fills) clamps every cgroup knob at once;
+// - with every knob applied and the breach going on for a whole window, pause (if the
+//   policy lists it);
+// - knobs are given back one at a time, the least valuable first (ranking learned from
+//   the slack each release cost), only above the growth band held for a cool-down, never
+//   sooner than `reverse` after a clamp, the cpuset at most once per `cpusetInterval`;
+// - breach memory: after a breach at some level and load, that level is not given back
+//   until the load has fallen well below the breach's or a back-off (doubling on each
+//   repeat) has passed.
+import type { BatchPoolPolicy, OnlineServicePolicy } from '../policy/index.ts';
+import { cpuSplit, isCgroupKnob, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
+import { serviceSlacks } from './slack.ts';
+import { structuralActions } from './structural.ts';
 
 export interface ServiceObservation {
   name: string;
@@ -9,11 +28,15 @@ export interface ServiceObservation {
   latencyMs: number | null;
   /** Why there is no usable latency (connection refused, malformed metrics...). */
   error: string | null;
+  /** The service's own CPU use over the last few hundred ms, in CPUs, when its processes are known. */
+  cpuUse?: number | null;
+  /** Time its threads waited for a CPU, percent of wall time (like PSI "some"), when known. */
+  runDelayPct?: number | null;
 }
 
 export interface HostObservation {
   cpus: number;
-  /** PSI "some" avg10 for CPU, percent. */
+  /** PSI "some" avg10 for CPU, percent (host-wide: counts batch's own waiting too). */
   cpuPressure: number;
   memAvailableBytes: number;
 }
@@ -36,14 +59,9 @@ export interface Observations {
   sandboxes: SandboxObservation[];
 }
 
-/** cgroup knobs in the sandbox contract's vocabulary (v2 units). */
-export interface KnobSettings {
-  cpuIdle?: boolean;
-  cpus?: string;
-  cpuWeight?: number;
-  cpuMax?: { quotaUs: number; periodUs: number } | null;
-}
+export type { KnobSettings } from './knobs.ts';
 
+/** Structural steps (and, as the actuator reports them, the fast changes it made). */
 export type Action =
   | { kind: 'knobs'; sandbox: string; knobs: KnobSettings; reason: string }
   | { kind: 'pause' | 'resume'; sandbox: string; reason: string }
@@ -51,29 +69,74 @@ export type Action =
   | { kind: 'suspend' | 'restore'; sandbox: string; reason: string }
   | { kind: 'resize'; sandbox: string; vcpus?: number; memoryMiB?: number; reason: string };
 
-export interface ControllerState {
-  /** Fast-path level: the first `level` knobs of the pool's order are applied. */
+export interface DesiredSandbox {
+  id: string;
+  knobs: KnobSettings;
+  paused: boolean;
+}
+
+/** The complete fast-path setting for this round. */
+export interface Desired {
+  /** For the pool's parent cgroup: a sandbox inherits it the moment it starts. */
+  pool: KnobSettings;
+  sandboxes: DesiredSandbox[];
+  /** The knobs applied now, most valuable first. */
+  applied: CgroupKnob[];
+  reason: string;
+}
+
+export interface Breach {
+  at: number;
+  /** The services' CPU use at the breach (null when not known). */
+  load: number | null;
+  /** Knobs that were applied when it happened: giving back down to here is blocked. */
   level: number;
-  levelChangedAt: number;
-  /** Since when slack has stayed below shrinkSlack / at or above minSlack (null: not now). */
-  lowSince: number | null;
+  backoffMs: number;
+}
+
+/** Everything the controller remembers; plain JSON (the daemon stores it in its state directory). */
+export interface ControllerState {
+  /** The first `level` knobs of `order` are applied. */
+  level: number;
+  /** Cgroup knobs, most valuable first; re-ranked only when all are applied. */
+  order: CgroupKnob[];
+  paused: boolean;
+  /** Wall-clock ms of the last tightening / loosening / cpuset change; null: never. */
+  clampedAt: number | null;
+  releasedAt: number | null;
+  cpusetChangedAt: number | null;
+  /** Since when slack has stayed in the growth band / below the shrink band / below 0. */
   highSince: number | null;
-  lastResizeAt: number;
+  lowSince: number | null;
+  violatingSince: number | null;
+  breach: Breach | null;
+  /** Slow average of the services' CPU use: a step above it is a load step. */
+  loadBaseline: number | null;
+  loadAt: number | null;
+  effects: KnobEffects;
+  /** A release whose cost is being measured. */
+  trial: { knob: CgroupKnob; at: number; slackBefore: number } | null;
+  lastResizeAt: number | null;
   lastDirection: 'grow' | 'shrink' | null;
-  wasViolating: boolean;
 }
 
 export interface Plan {
+  desired: Desired;
+  /** Structural steps (resize, suspend, restore), at most one per round. */
   actions: Action[];
   state: ControllerState;
-  /** Per service: (target - measured) / target, or null when unknown. */
+  /** Per service slack, null when unknown. */
   slack: Record<string, number | null>;
-  /** One line on why the plan is what it is (also when it is empty). */
+  /** True when this round tightened the fast path (a reaction to danger). */
+  tightened: boolean;
+  /** One line on why the plan is what it is. */
   reason: string;
 }
 
 export const INITIAL_STATE: ControllerState = {
-  level: 0, levelChangedAt: -Infinity, lowSince: null, highSince: null, lastResizeAt: -Infinity, lastDirection: null, wasViolating: false,
+  level: 0, order: [], paused: false, clampedAt: null, releasedAt: null, cpusetChangedAt: null,
+  highSince: null, lowSince: null, violatingSince: null, breach: null, loadBaseline: null, loadAt: null,
+  effects: {}, trial: null, lastResizeAt: null, lastDirection: null,
 };
 
 export interface ControllerPolicy {
@@ -81,174 +144,136 @@ export interface ControllerPolicy {
   pool: BatchPoolPolicy;
 }
 
-/** CPU list of every host CPU, and of those batch work may keep when moved away. */
-export function cpuSplit(hostCpus: number, services: OnlineServicePolicy[], reserveCpus: number): { all: string; batch: string } {
-  const all = `0-${hostCpus - 1}`;
-  const online = new Set<number>();
-  for (const s of services) for (const c of expandCpus(s.cpus ?? '')) online.add(c);
-  // Without service CPUs in the policy, keep the reserve's count of low CPUs for them.
-  if (online.size === 0) for (let c = 0; c < Math.min(Math.ceil(reserveCpus), hostCpus - 1); c++) online.add(c);
-  const rest = [...Array(hostCpus).keys()].filter((c) => !online.has(c));
-  return { all, batch: rest.length ? rest.join(',') : String(hostCpus - 1) };
+/** The load baseline follows the services' CPU use with this time constant. */
+const BASELINE_TAU_MS = 5000;
+/** A rise counts as a load step only above this many CPUs too (noise at low load). */
+const MIN_STEP_CPUS = 0.05;
+/** Load must fall this far below a breach's before its level may be given back early. */
+const LOAD_FALL = 0.85;
+
+const fmt = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
+const since = (now: number, t: number | null): number => (t === null ? Infinity : now - t);
+
+/** A state from an older daemon or another policy, made consistent with this policy. */
+export function reconcileState(prev: ControllerState, policy: ControllerPolicy): ControllerState {
+  const ks = policy.pool.knobs.filter(isCgroupKnob);
+  const order = [...prev.order.filter((k) => ks.includes(k)), ...rankKnobs(policy.pool.knobs, prev.effects).filter((k) => !prev.order.includes(k))];
+  return { ...INITIAL_STATE, ...prev, order, level: Math.min(Math.max(0, prev.level), ks.length), paused: prev.paused && policy.pool.knobs.includes('pause') };
 }
 
-export function expandCpus(list: string): number[] {
-  const out: number[] = [];
-  for (const part of list.split(',').filter(Boolean)) {
-    const [a, b] = part.split('-').map(Number) as [number, number | undefined];
-    for (let c = a; c <= (b ?? a); c++) out.push(c);
-  }
-  return out;
-}
-
-/** The cgroup settings (or pause) that knob `k` means, on and off. */
-function knobSettings(k: Knob, on: boolean, split: { all: string; batch: string }, vcpus: number): KnobSettings | 'pause' | 'resume' {
-  switch (k) {
-    case 'cpu.idle': return { cpuIdle: on };
-    case 'cpuset': return { cpus: on ? split.batch : split.all };
-    case 'cpu.weight': return { cpuWeight: on ? 1 : 100 };
-    // Half of the sandbox's vCPUs; measured to hurt the online tail on some hosts, so
-    // it is not in the default order.
-    case 'cpu.max': return { cpuMax: on ? { quotaUs: 50_000 * vcpus, periodUs: 100_000 } : null };
-    case 'pause': return on ? 'pause' : 'resume';
-  }
-}
-
-function knobActions(knob: Knob, on: boolean, obs: Observations, policy: ControllerPolicy, reason: string): Action[] {
-  const split = cpuSplit(obs.host.cpus, policy.services, policy.pool.reserve.cpus);
-  return obs.sandboxes.filter((sb) => !sb.suspended).map((sb): Action => {
-    const s = knobSettings(knob, on, split, sb.vcpus);
-    if (s === 'pause' || s === 'resume') return { kind: s, sandbox: sb.id, reason };
-    return { kind: 'knobs', sandbox: sb.id, knobs: s, reason };
-  });
-}
-
-const fmt = (x: number): string => x.toFixed(2);
-
-export function decide(policy: ControllerPolicy, obs: Observations, prev: ControllerState): Plan {
+export function decide(policy: ControllerPolicy, obs: Observations, prevIn: ControllerState): Plan {
   const { pool } = policy;
   const g = pool.growth;
+  const now = obs.now;
+  const prev = reconcileState(prevIn, policy);
   const state: ControllerState = { ...prev };
-  const actions: Action[] = [];
-  const slack: Record<string, number | null> = {};
+  const K = prev.order.length;
+  const s = serviceSlacks(policy.services, obs.services);
+  const violating = s.min < 0;
+  const windowMs = Math.max(...policy.services.map((x) => x.slo.windowMs), 0);
 
-  // Slack per service = (target - measured) / target.
-  let minSlack = Infinity;
-  let worst = '';
-  const unknown: string[] = [];
-  for (const svc of policy.services) {
-    const o = obs.services.find((x) => x.name === svc.name);
-    if (!o || o.latencyMs === null || o.error) {
-      slack[svc.name] = null;
-      unknown.push(`${svc.name}${o?.error ? ` (${o.error})` : ''}`);
-      continue;
-    }
-    const s = (svc.slo.targetMs - o.latencyMs) / svc.slo.targetMs;
-    slack[svc.name] = s;
-    if (s < minSlack) {
-      minSlack = s;
-      worst = `${svc.name} p${svc.slo.percentile} ${o.latencyMs.toFixed(2)} ms vs ${+svc.slo.targetMs.toFixed(3)} ms`;
-    }
+  // Leading indicators: the services' own CPU use and run delay, when their processes are known.
+  const uses = obs.services.map((o) => o.cpuUse).filter((x): x is number => typeof x === 'number');
+  const load = uses.length ? uses.reduce((a, b) => a + b, 0) : null;
+  const delays = obs.services.map((o) => o.runDelayPct).filter((x): x is number => typeof x === 'number');
+  const runDelay = delays.length ? Math.max(...delays) : null;
+  const baseline = prev.loadBaseline;
+  const rising = load !== null && baseline !== null && load > baseline * (1 + g.loadRise) + MIN_STEP_CPUS;
+  if (load !== null) {
+    const a = baseline === null || prev.loadAt === null ? 1 : Math.min(1, (now - prev.loadAt) / BASELINE_TAU_MS);
+    state.loadBaseline = baseline === null ? load : baseline + a * (load - baseline);
+    state.loadAt = now;
   }
-  const violating = minSlack < 0;
+
+  // Bands: growth only above minSlack held for a cool-down; below shrinkSlack, shrink.
   // Unknown latency never justifies growth; it does not clamp either (the service may be
   // down for reasons of its own), so it holds.
-  const canGrow = unknown.length === 0 && minSlack >= g.minSlack;
+  const comfortable = s.unknown.length === 0 && s.min >= g.minSlack;
+  state.highSince = comfortable ? (prev.highSince ?? now) : null;
+  state.lowSince = s.min < g.shrinkSlack ? (prev.lowSince ?? now) : null;
+  state.violatingSince = violating ? (prev.violatingSince ?? now) : null;
 
-  state.lowSince = minSlack < g.shrinkSlack ? (prev.lowSince ?? obs.now) : null;
-  state.highSince = canGrow ? (prev.highSince ?? obs.now) : null;
-  state.wasViolating = violating;
-  const windowMs = Math.max(...policy.services.map((s) => s.slo.windowMs), 0);
-
-  // ---- fast path: host-side knobs, in the policy's order ----
-  if (violating && state.level < pool.knobs.length) {
-    // First tick of a violation: act now. While it lasts, escalate again only once the
-    // window has refreshed, so the previous step's effect can show in the percentile.
-    const firstTick = !prev.wasViolating;
-    if (firstTick || obs.now - prev.levelChangedAt >= windowMs) {
-      const knob = pool.knobs[state.level]!;
-      actions.push(...knobActions(knob, true, obs, policy, `breach: ${worst} (slack ${fmt(minSlack)}): apply ${knob}`));
-      state.level += 1;
-      state.levelChangedAt = obs.now;
-    }
-  } else if (state.level > 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs &&
-             obs.now - prev.levelChangedAt >= g.cooldownMs) {
-    // Comfortable for a whole cool-down: release the last knob applied.
-    const knob = pool.knobs[state.level - 1]!;
-    actions.push(...knobActions(knob, false, obs, policy, `slack ${fmt(minSlack)} >= ${g.minSlack} for ${g.cooldownMs} ms: release ${knob}`));
-    state.level -= 1;
-    state.levelChangedAt = obs.now;
-    state.highSince = obs.now; // the next release waits for another cool-down
+  // A release under evaluation: its cost is the slack it lost, measured once the window
+  // has refreshed (or at once, if it led to danger).
+  if (prev.trial && Number.isFinite(s.min) && (violating || rising || now - prev.trial.at >= Math.max(windowMs, 1000))) {
+    state.effects = learnEffect(prev.effects, prev.trial.knob, prev.trial.slackBefore - s.min);
+    state.trial = null;
   }
 
-  // ---- structural path: vCPUs and memory, one step at a time ----
-  const sinceResize = obs.now - prev.lastResizeAt;
-  // Changing direction waits twice as long as continuing: no oscillation around the target.
-  const cooled = (dir: 'grow' | 'shrink'): boolean =>
-    sinceResize >= (prev.lastDirection && prev.lastDirection !== dir ? 2 * g.cooldownMs : g.cooldownMs);
-  const memPressure = obs.host.memAvailableBytes < pool.reserve.memoryBytes;
-  const resizing = actions.length === 0;
+  let why = '';
+  let tightened = false;
+  const danger = violating || (rising && K > 0);
+  if (danger && prev.level < K) {
+    // Clamp at once and fully: one knob per window left the tail several times worse.
+    state.order = rankKnobs(pool.knobs, state.effects);
+    state.level = K;
+    state.clampedAt = now;
+    tightened = true;
+    why = violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`;
+    why += `: clamp ${state.order.join(', ')}`;
+    const repeat = prev.breach !== null && now - prev.breach.at < 4 * prev.breach.backoffMs;
+    state.breach = {
+      at: now, load, level: prev.level,
+      backoffMs: repeat ? Math.min(2 * prev.breach!.backoffMs, g.maxBackoffMs) : g.backoffMs,
+    };
+  } else if (violating && pool.knobs.includes('pause') && !prev.paused && since(now, prev.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
+    state.paused = true;
+    state.clampedAt = now;
+    tightened = true;
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, prev.violatingSince))} ms with ${state.order.join(', ') || 'no knob'} applied: pause`;
+  } else if (violating) {
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
+  } else if (prev.paused || prev.level > 0) {
+    const release = releaseGate(policy, prev, state, now, load, runDelay);
+    if (release.ok && prev.paused) {
+      state.paused = false;
+      state.releasedAt = now;
+      why = `slack ${fmt(s.min)} >= ${g.minSlack}: resume`;
+    } else if (release.ok) {
+      const knob = prev.order[prev.level - 1]!;
+      state.level = prev.level - 1;
+      state.releasedAt = now;
+      state.highSince = now; // the next release waits for another cool-down
+      state.trial = { knob, at: now, slackBefore: s.min };
+      why = `slack ${fmt(s.min)} >= ${g.minSlack} for ${Math.round(g.cooldownMs)} ms: release ${knob}`;
+    } else {
+      why = `steady: slack ${fmt(s.min)}, ${state.order.slice(0, state.level).join(', ')}${prev.paused ? ', paused' : ''} applied${release.why ? ` (${release.why})` : ''}`;
+    }
+  } else {
+    why = s.unknown.length ? `holding: no latency for ${s.unknown.join(', ')}` : `steady: slack ${fmt(s.min)}, nothing clamped`;
+  }
+  const applied = state.order.slice(0, state.level);
+  if (applied.includes('cpuset') !== prev.order.slice(0, prev.level).includes('cpuset')) state.cpusetChangedAt = now;
 
-  if (resizing && state.lowSince !== null && obs.now - state.lowSince >= g.cooldownMs && cooled('shrink')) {
-    // A paused guest cannot take part in a resize (and costs no CPU while paused).
-    const victim = [...obs.sandboxes].filter((s) => s.vcpus > pool.sandbox.minVcpus && !s.suspended && !s.paused).sort((a, b) => b.vcpus - a.vcpus)[0];
-    if (victim) {
-      actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
-        reason: `slack ${fmt(minSlack)} < ${g.shrinkSlack} for ${Math.round(obs.now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
-    }
-  } else if (resizing && state.level === 0 && state.highSince !== null && obs.now - state.highSince >= g.cooldownMs && cooled('grow') &&
-             obs.host.cpuPressure < g.maxCpuPressure && !memPressure) {
-    const used = obs.sandboxes.filter((s) => !s.suspended).reduce((n, s) => n + s.vcpus, 0);
-    const spare = obs.host.cpus - pool.reserve.cpus - used;
-    const smallest = [...obs.sandboxes].filter((s) => s.vcpus < pool.sandbox.maxVcpus && !s.paused && !s.suspended).sort((a, b) => a.vcpus - b.vcpus)[0];
-    if (smallest && spare >= 1) {
-      actions.push({ kind: 'resize', sandbox: smallest.id, vcpus: smallest.vcpus + 1,
-        reason: `slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'} >= ${g.minSlack} for ${Math.round(obs.now - state.highSince)} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
-    }
-  }
-  // Memory: give back under host memory pressure (virtio-mem steps, then, with every
-  // sandbox at its minimum, suspend one to disk); take more when a guest runs short and
-  // the host has room beyond its reserve; bring suspended sandboxes back when it has room
-  // for the whole sandbox.
-  const structural = (a: Action): boolean => a.kind === 'resize' || a.kind === 'suspend' || a.kind === 'restore';
-  if (!actions.some(structural)) {
-    const step = g.memoryStepMiB;
-    const availMiB = obs.host.memAvailableBytes / 1048576;
-    const reserveMiB = pool.reserve.memoryBytes / 1048576;
-    const running = obs.sandboxes.filter((s) => !s.suspended);
-    if (memPressure && cooled('shrink')) {
-      const big = [...running].filter((s) => s.memoryMiB - step >= pool.sandbox.minMemoryMiB && !s.paused).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
-      const why = `host MemAvailable ${availMiB.toFixed(0)} MiB below the ${reserveMiB.toFixed(0)} MiB reserve`;
-      if (big) {
-        actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step, reason: `${why}: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
-      } else {
-        const victim = [...running].sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
-        if (victim) actions.push({ kind: 'suspend', sandbox: victim.id, reason: `${why} and every sandbox at its minimum: suspend ${victim.id} to disk` });
-      }
-    } else if (!memPressure && canGrow && cooled('grow')) {
-      const back = obs.sandboxes.find((s) => s.suspended && availMiB - s.memoryMiB - step > reserveMiB);
-      const short = running.find((s) => s.guestMemAvailableMiB !== null && s.guestMemAvailableMiB < s.memoryMiB / 4 && s.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
-      if (back) {
-        actions.push({ kind: 'restore', sandbox: back.id, reason: `host MemAvailable ${availMiB.toFixed(0)} MiB has room for ${back.id} (${back.memoryMiB} MiB) beyond the reserve: restore it from disk` });
-      } else if (short && availMiB - step > reserveMiB) {
-        actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
-          reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
-      }
-    }
-  }
-  const change = actions.find(structural);
-  if (change) {
-    const before = obs.sandboxes.find((s) => s.id === change.sandbox);
-    const grow = change.kind === 'restore' || (change.kind === 'resize' &&
-      ((change.vcpus ?? 0) > (before?.vcpus ?? Infinity) || (change.memoryMiB ?? 0) > (before?.memoryMiB ?? Infinity)));
-    state.lastResizeAt = obs.now;
-    state.lastDirection = grow ? 'grow' : 'shrink';
-  }
+  const split = cpuSplit(obs.host.cpus, policy.services, pool.reserve.cpus);
+  const on = new Set(applied);
+  const desired: Desired = {
+    pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), on, split, 1),
+    sandboxes: obs.sandboxes.filter((sb) => !sb.suspended).map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, on, split, sb.vcpus), paused: state.paused })),
+    applied, reason: why,
+  };
 
-  const reason = actions.length
-    ? actions.map((a) => a.reason).filter((r, i, all) => all.indexOf(r) === i).join('; ')
-    : violating ? `breach: ${worst} (slack ${fmt(minSlack)}): all knobs applied, waiting`
-      : unknown.length ? `holding: no latency for ${unknown.join(', ')}`
-        : `steady: min slack ${Number.isFinite(minSlack) ? fmt(minSlack) : 'n/a'}, level ${state.level}`;
-  return { actions, state, slack, reason };
+  // Structural steps only when the fast path is not moving this round.
+  const fastMoved = state.level !== prev.level || state.paused !== prev.paused;
+  const structural = fastMoved ? { actions: [], state } : structuralActions(policy, obs, state, { minSlack: s.min, comfortable, runDelay });
+  const reason = structural.actions.length ? `${why}; ${structural.actions.map((a) => a.reason).join('; ')}` : why;
+  return { desired, actions: structural.actions, state: structural.state, slack: s.perService, tightened, reason };
+}
+
+/** Whether the fast path may give one step back now, and if not, what holds it. */
+function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: ControllerState, now: number, load: number | null, runDelay: number | null): { ok: boolean; why: string } {
+  const g = policy.pool.growth;
+  if (next.highSince === null || now - next.highSince < g.cooldownMs) return { ok: false, why: '' };
+  if (since(now, prev.clampedAt) < g.reverseMs) return { ok: false, why: `no release within ${g.reverseMs / 1000} s of a clamp` };
+  if (since(now, prev.releasedAt) < g.cooldownMs) return { ok: false, why: '' };
+  if (runDelay !== null && runDelay >= g.maxCpuPressure) return { ok: false, why: `services waited ${runDelay.toFixed(0)}% of the time for a CPU` };
+  const releasing = prev.paused ? null : prev.order[prev.level - 1];
+  if (releasing === 'cpuset' && since(now, prev.cpusetChangedAt) < g.cpusetIntervalMs) return { ok: false, why: `cpuset changed less than ${g.cpusetIntervalMs / 1000} s ago` };
+  const b = prev.breach;
+  if (b && !prev.paused && prev.level - 1 <= b.level) {
+    const fell = load !== null && b.load !== null && load < b.load * LOAD_FALL;
+    const waited = now - b.at >= b.backoffMs;
+    if (!fell && !waited) return { ok: false, why: `breach memory: ${Math.round((b.backoffMs - (now - b.at)) / 1000)} s of back-off left, load ${load === null ? 'unknown' : load.toFixed(2)} vs ${b.load === null ? '?' : b.load.toFixed(2)} CPUs at the breach` };
+  }
+  return { ok: true, why: '' };
 }

@@ -6,6 +6,7 @@ import type { ServiceObservation } from '../controller/decide.ts';
 import { createProber, type ProbeResult, type Prober } from './probes.ts';
 import { HistogramWindow, parseHistogram } from './prometheus.ts';
 import { LatencyWindow } from './window.ts';
+import { ServiceProcesses, type ProcessPaths } from './process.ts';
 
 export interface ServiceReading extends ServiceObservation {
   p50Ms: number | null;
@@ -24,9 +25,16 @@ export class ServiceMonitor {
   /** Called after every probe sample (the control loop reacts on samples, not only on ticks). */
   onSample: ((r: ProbeResult, at: number) => void) | null = null;
 
-  constructor(readonly policy: OnlineServicePolicy, private readonly clock: () => number = Date.now) {
+  /** The service's own processes, when the policy names them. */
+  private readonly processes: ServiceProcesses | null;
+
+  constructor(
+    readonly policy: OnlineServicePolicy, private readonly clock: () => number = Date.now,
+    paths: ProcessPaths = { proc: '/proc', cgroupRoot: '/sys/fs/cgroup' },
+  ) {
     this.window = new LatencyWindow(policy.slo.windowMs);
     this.hist = new HistogramWindow(policy.slo.windowMs);
+    this.processes = policy.process ? new ServiceProcesses(policy.process, paths, clock) : null;
   }
 
   start(): void {
@@ -76,6 +84,11 @@ export class ServiceMonitor {
   }
 
   observe(): ServiceReading {
+    const p = this.processes?.read() ?? null;
+    return { ...this.latency(), cpuUse: p?.cpuUse ?? null, runDelayPct: p?.runDelayPct ?? null };
+  }
+
+  private latency(): ServiceReading {
     const now = this.clock();
     const name = this.policy.name;
     const pct = this.policy.slo.percentile;

@@ -24,6 +24,15 @@ export interface OnlineServicePolicy {
   prometheus: { url: string; histogram: string; intervalMs: number } | null;
   /** CPUs the service runs on, when known. */
   cpus: string | null;
+  /** How to find the service's processes (any of them; their pids are joined), or null. */
+  process?: ServiceProcess | null;
+}
+
+export interface ServiceProcess {
+  systemdUnit?: string;
+  cgroup?: string;
+  pidFile?: string;
+  exe?: string;
 }
 
 export interface BatchPoolPolicy {
@@ -32,7 +41,10 @@ export interface BatchPoolPolicy {
   reserve: { cpus: number; memoryBytes: number };
   sandbox: { minVcpus: number; maxVcpus: number; minMemoryMiB: number; maxMemoryMiB: number };
   knobs: Knob[];
-  growth: { cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number; maxCpuPressure: number };
+  growth: {
+    cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number; maxCpuPressure: number;
+    backoffMs: number; maxBackoffMs: number; loadRise: number; reverseMs: number; cpusetIntervalMs: number;
+  };
 }
 
 export interface PolicySet {
@@ -48,7 +60,9 @@ export class PolicyError extends YamlSchemaError {
   }
 }
 
-const ajv = new Ajv({ allErrors: false, useDefaults: true, strict: false, verbose: true });
+// allErrors: a misspelt key must be reported as itself, not as the alternative it left
+// missing. useDefaults: the schema's defaults are the only ones (the parser below has none).
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
 const validate = ajv.compile(POLICY_SCHEMA);
 
 const DURATION_MS: Record<string, number> = { us: 0.001, ms: 1, s: 1000, m: 60000 };
@@ -81,28 +95,29 @@ export function parsePolicyText(text: string, file: string): PolicySet {
       const p = spec.probe as Record<string, any> | undefined; // eslint-disable-line @typescript-eslint/no-explicit-any
       let probe: OnlineServicePolicy['probe'] = null;
       if (p) {
-        const timing = { intervalMs: parseDurationMs(p.interval ?? '100ms'), timeoutMs: parseDurationMs(p.timeout ?? '1s') };
+        const timing = { intervalMs: parseDurationMs(p.interval), timeoutMs: parseDurationMs(p.timeout) };
         if (p.http) probe = { kind: 'http', url: p.http.url, method: p.http.method ?? 'GET', ...timing };
         else {
           const kind = (['tcp', 'redis', 'memcached'] as const).find((k) => p[k])!;
           probe = { kind, ...splitAddress(p[kind].address), ...timing };
         }
       }
-      const slo = { percentile: spec.slo.percentile ?? 99, targetMs: parseDurationMs(spec.slo.target), windowMs: parseDurationMs(spec.slo.window ?? '1s') };
+      const slo = { percentile: spec.slo.percentile, targetMs: parseDurationMs(spec.slo.target), windowMs: parseDurationMs(spec.slo.window) };
       if (slo.targetMs <= 0) {
         const pos = at(['spec', 'slo', 'target']);
         throw new PolicyError(file, pos.line, pos.col, 'slo.target must be above zero');
       }
       set.services.push({
         name: meta.name, source: file, slo, probe,
-        prometheus: spec.prometheus ? { url: spec.prometheus.url, histogram: spec.prometheus.histogram, intervalMs: parseDurationMs(spec.prometheus.interval ?? '1s') } : null,
+        prometheus: spec.prometheus ? { url: spec.prometheus.url, histogram: spec.prometheus.histogram, intervalMs: parseDurationMs(spec.prometheus.interval) } : null,
         cpus: spec.cpus ?? null,
+        process: spec.process && Object.keys(spec.process).length ? { ...spec.process } : null,
       });
     } else {
       const sb = spec.sandbox;
       const sandbox = {
-        minVcpus: sb.minVcpus ?? 1, maxVcpus: sb.maxVcpus,
-        minMemoryMiB: Math.round(parseSizeBytes(sb.minMemory ?? '256Mi') / 1048576), maxMemoryMiB: Math.round(parseSizeBytes(sb.maxMemory) / 1048576),
+        minVcpus: sb.minVcpus, maxVcpus: sb.maxVcpus,
+        minMemoryMiB: Math.round(parseSizeBytes(sb.minMemory) / 1048576), maxMemoryMiB: Math.round(parseSizeBytes(sb.maxMemory) / 1048576),
       };
       if (sandbox.minVcpus > sandbox.maxVcpus) {
         const pos = at(['spec', 'sandbox', 'minVcpus']);
@@ -112,21 +127,30 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         const pos = at(['spec', 'sandbox', 'minMemory']);
         throw new PolicyError(file, pos.line, pos.col, `minMemory is above maxMemory`);
       }
-      const g = spec.growth ?? {};
+      const g = spec.growth;
       set.pools.push({
         name: meta.name, source: file,
-        reserve: { cpus: spec.reserve?.cpus ?? 0, memoryBytes: parseSizeBytes(spec.reserve?.memory ?? '0') },
+        reserve: { cpus: spec.reserve.cpus, memoryBytes: parseSizeBytes(spec.reserve.memory) },
         sandbox,
-        knobs: spec.knobs ?? ['cpuset', 'cpu.idle', 'cpu.weight', 'pause'],
+        knobs: spec.knobs,
         growth: {
-          cooldownMs: parseDurationMs(g.cooldown ?? '5s'), minSlack: g.minSlack ?? 0.3, shrinkSlack: g.shrinkSlack ?? 0.1,
-          memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep ?? '256Mi') / 1048576),
-          maxCpuPressure: g.maxCpuPressure ?? 50,
+          cooldownMs: parseDurationMs(g.cooldown), minSlack: g.minSlack, shrinkSlack: g.shrinkSlack,
+          memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep) / 1048576), maxCpuPressure: g.maxCpuPressure,
+          backoffMs: parseDurationMs(g.backoff), maxBackoffMs: parseDurationMs(g.maxBackoff), loadRise: g.loadRise,
+          reverseMs: parseDurationMs(g.reverse), cpusetIntervalMs: parseDurationMs(g.cpusetInterval),
         },
       });
     }
   }
   return set;
+}
+
+/**
+ * A BatchPool with every default the schema gives: the pool in force when no policy
+ * names one, and a base for tests. `spec` is YAML flow text for the spec's other keys.
+ */
+export function defaultPool(spec = 'sandbox: { maxVcpus: 4, maxMemory: 4Gi }', name = 'default'): BatchPoolPolicy {
+  return parsePolicyText(`apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: ${name} }\nspec: { ${spec} }\n`, '(built in)').pools[0]!;
 }
 
 export async function loadPolicyFile(file: string): Promise<PolicySet> {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadPolicyDir, parsePolicyText, PolicyError } from './index.ts';
@@ -35,7 +35,7 @@ test('an unknown key is named with its file, line and column', (t) => {
   const e = errorOf(svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n  colour: blue\n'));
   t.is(e.message, 'p.yaml:7:3: unknown key "colour" at /spec');
   const deep = errorOf(svc('  slo: { target: 5ms, windw: 1s }\n  probe: { tcp: { address: "a:1" } }\n'));
-  t.regex(deep.message, /^p\.yaml:5:23: unknown key "windw" at \/spec\/slo$/);
+  t.regex(deep.message, /^p\.yaml:5:23: unknown key "windw" at \/spec\/slo \(did you mean "window"\?\)$/);
 });
 
 test('bad values, missing keys and YAML syntax errors are located', (t) => {
@@ -61,4 +61,29 @@ test('semantic checks: min above max, and a name defined twice across files', as
   writeFileSync(join(dir, 'a.yaml'), web);
   writeFileSync(join(dir, 'b.yaml'), web);
   await t.throwsAsync(loadPolicyDir(dir), { message: /b\.yaml.*also defined in .*a\.yaml/ });
+});
+
+test('a misspelt key is reported at its own line, with the key it was probably meant to be', (t) => {
+  const e = errorOf(svc('  slo: { target: 5ms }\n  probee: { tcp: { address: "a:1" } }\n'));
+  t.is(e.message, 'p.yaml:6:3: unknown key "probee" at /spec (did you mean "probe"?)');
+  t.regex(errorOf(svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n  process: { exe: nginx, pidfile: /run/x }\n')).message,
+    /^p\.yaml:7:26: unknown key "pidfile" at \/spec\/process \(did you mean "pidFile"\?\)$/);
+  t.regex(errorOf(svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n  zzz: 1\n')).message, /unknown key "zzz" at \/spec$/, 'no guess when nothing is near');
+});
+
+test('defaults come from the schema alone', (t) => {
+  const set = parsePolicyText(`${svc('  slo: { target: 5ms }\n  probe: { tcp: { address: "a:1" } }\n  process: { systemdUnit: nginx.service }\n')}---
+apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  sandbox: { maxVcpus: 2, maxMemory: 1Gi }\n`, 'p.yaml');
+  const schema = JSON.parse(readFileSync(join(policiesDir, 'schema.json'), 'utf8'));
+  const bp = schema.definitions.batchPool.properties;
+  const pool = set.pools[0]!;
+  t.deepEqual(pool.knobs, bp.knobs.default);
+  t.deepEqual(pool.knobs, ['cpuset', 'cpu.idle', 'cpu.weight', 'pause']);
+  t.is(pool.growth.minSlack, bp.growth.properties.minSlack.default);
+  t.is(pool.growth.backoffMs, 30_000);
+  t.is(pool.growth.cpusetIntervalMs, 30_000);
+  t.deepEqual(pool.reserve, { cpus: 0, memoryBytes: 0 });
+  t.deepEqual(set.services[0]!.slo, { percentile: 99, targetMs: 5, windowMs: 1000 });
+  t.deepEqual(set.services[0]!.process, { systemdUnit: 'nginx.service' });
+  t.like(set.services[0]!.probe, { intervalMs: 100, timeoutMs: 1000 });
 });

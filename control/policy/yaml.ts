@@ -46,7 +46,11 @@ export function locate(doc: Document, lc: LineCounter, path: string[], key?: str
 export function describe(e: ErrorObject): string {
   const at = e.instancePath || '/';
   switch (e.keyword) {
-    case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}" at ${at}`;
+    case 'additionalProperties': {
+      const key = (e.params as { additionalProperty: string }).additionalProperty;
+      const near = closest(key, Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {}));
+      return `unknown key "${key}" at ${at}${near ? ` (did you mean "${near}"?)` : ''}`;
+    }
     case 'required': return `missing key "${(e.params as { missingProperty: string }).missingProperty}" at ${at}`;
     case 'pattern': return `${at}: ${JSON.stringify(e.data)} is not in the expected form (${(e.parentSchema as { description?: string })?.description ?? e.params.pattern})`;
     case 'enum': return `${at}: must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
@@ -56,6 +60,21 @@ export function describe(e: ErrorObject): string {
   }
 }
 
+
+/** The known key nearest to a misspelt one (edit distance at most a third of its length, and 2). */
+export function closest(key: string, known: string[]): string | null {
+  const dist = (a: string, b: string): number => {
+    let row = [...Array(b.length + 1).keys()];
+    for (let i = 1; i <= a.length; i++) {
+      const next = [i];
+      for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      row = next;
+    }
+    return row[b.length]!;
+  };
+  const best = known.map((k) => ({ k, d: dist(key.toLowerCase(), k.toLowerCase()) })).sort((x, y) => x.d - y.d)[0];
+  return best && best.d <= Math.min(2, Math.ceil(key.length / 3)) ? best.k : null;
+}
 
 /**
  * Parses every document of `text` and validates each with `validate`. Throws `makeError`
@@ -80,7 +99,9 @@ export function parseValidated(
     if (!validate(value)) {
       // Report the deepest error: it names the key the author got wrong.
       const errors = [...(validate.errors ?? [])].sort((a, b) => b.instancePath.length - a.instancePath.length);
-      let e = errors.find((x) => x.keyword !== 'if') ?? errors[0]!;
+      // An unknown key first: it is the author's mistake itself (a misspelt `probe` also
+      // leaves `probe` missing, which is only its consequence).
+      let e = errors.find((x) => x.keyword === 'additionalProperties') ?? errors.find((x) => x.keyword !== 'if') ?? errors[0]!;
       // A missing alternative (probe vs prometheus, http vs tcp...) is one error, not the first branch's.
       const alternatives = errors.filter((x) => x.keyword === 'required' && x.instancePath === e.instancePath && x.schemaPath.includes('/oneOf/'));
       if (e.keyword === 'required' && alternatives.length > 1) {

@@ -4,7 +4,7 @@ import test from 'ava';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CgroupManager, knobWritesV1, knobWritesV2 } from './index.ts';
+import { Cgroup, CgroupManager, knobWritesV1, knobWritesV2 } from './index.ts';
 
 function fakeV2(): { root: string; proc: string } {
   const base = mkdtempSync(join(tmpdir(), 'lodger-cg2-'));
@@ -39,6 +39,23 @@ test('v2: knobs become files; unchanged values are not written again', async (t)
   t.is(readFileSync(join(dir, 'pids.max'), 'utf8'), 'max');
   t.deepEqual(await cg.apply({ cpuWeight: 1, cpus: '1' }), []);
   t.deepEqual(await cg.apply({ cpus: '0-1' }), [{ file: 'cpuset.cpus', value: '0-1' }]);
+});
+
+test('a cached value is checked against the file once it is old, and a drifted one rewritten', async (t) => {
+  const made = await new CgroupManager({ host: fakeV2(), version: 2 }).create('sb-d');
+  let now = 0;
+  const cg = new Cgroup(2, made.dirs, () => now);
+  const file = join(cg.dirs.get('')!, 'cpuset.cpus');
+  t.deepEqual(await cg.apply({ cpus: '1', cpuIdle: true }), [{ file: 'cpu.idle', value: '1' }, { file: 'cpuset.cpus', value: '1' }]);
+  writeFileSync(file, '0-1'); // someone else
+  now = 5000;
+  t.deepEqual(await cg.apply({ cpus: '1', cpuIdle: true }), [], 'fresh in the cache: not read');
+  now = 11_000;
+  t.deepEqual(await cg.apply({ cpus: '1', cpuIdle: true }), [{ file: 'cpuset.cpus', value: '1' }], 'old: read, found drifted, rewritten');
+  t.is(readFileSync(file, 'utf8'), '1');
+  writeFileSync(file, '1\n');
+  now = 30_000;
+  t.deepEqual(await cg.apply({ cpus: '1' }), [], 'read back the same (as the kernel prints it): nothing written');
 });
 
 test('cpu.idle: weights wait while idle and are rewritten when idle is cleared', async (t) => {

@@ -133,14 +133,27 @@ async function writeKnob(path: string, value: string): Promise<void> {
   }
 }
 
+/** A cached write older than this is checked against the kernel before it is skipped. */
+const VERIFY_AFTER_MS = 10_000;
+/** Files whose read-back can be compared with what was written (others stay cached). */
+const VERIFIABLE = /(^|\/)(cpuset\.cpus|cpu\.idle|cpu\.shares|cpu\.weight)$/;
+/** "0-2,5" and "0,1,2,5" are the same CPU list. */
+const normalCpus = (v: string): string => v.trim().split(',').filter(Boolean).flatMap((p) => {
+  const [a, b] = p.split('-').map(Number) as [number, number | undefined];
+  return Array.from({ length: (b ?? a) - a + 1 }, (_, i) => a + i);
+}).join(',');
+
 export class Cgroup {
-  /** Last value written per file: the actuator is the only writer, so equal means no-op. */
+  /** Last value written per file and when: the actuator is the only writer, so equal means no-op... */
   private readonly last = new Map<string, string>();
+  /** ...until it is old enough to be checked: someone else may have changed it (level-triggered control). */
+  private readonly writtenAt = new Map<string, number>();
 
   constructor(
     readonly version: CgroupVersion,
     /** v2: the one directory; v1: hierarchy name -> directory. */
     readonly dirs: ReadonlyMap<string, string>,
+    private readonly clock: () => number = Date.now,
   ) {}
 
   /** Files a process writes its pid into to join (one per v1 hierarchy). */
@@ -180,12 +193,22 @@ export class Cgroup {
     for (const w of writes) {
       // io rules are per device: key the cache by the device too.
       const key = w.file.includes('io') ? `${w.file} ${w.value.split(' ')[0]}` : w.file;
-      if (this.last.get(key) === w.value) continue;
+      if (this.last.get(key) === w.value && !(await this.drifted(key, w))) continue;
       await writeKnob(this.resolve(w.file), w.value);
       this.last.set(key, w.value);
+      this.writtenAt.set(key, this.clock());
       done.push(w);
     }
     return done;
+  }
+
+  /** True when a cached value is due for a check and the kernel holds something else. */
+  private async drifted(key: string, w: KnobWrite): Promise<boolean> {
+    if (!VERIFIABLE.test(w.file) || this.clock() - (this.writtenAt.get(key) ?? 0) < VERIFY_AFTER_MS) return false;
+    const now = await this.readKnob(w.file).catch(() => null);
+    this.writtenAt.set(key, this.clock());
+    if (now === null) return false;
+    return w.file.endsWith('cpuset.cpus') ? normalCpus(now) !== normalCpus(w.value) : now !== w.value;
   }
 
   async readKnob(file: string): Promise<string> {
@@ -334,6 +357,15 @@ export class CgroupManager {
     }
     if (this.version === 2) await this.enableV2Controllers(dirs.get('')!);
     return new Cgroup(this.version, dirs);
+  }
+
+  /**
+   * The parent of the sandbox groups, created if missing. Knobs set here hold for every
+   * sandbox below it, also one that is still booting (pool-wide clamps).
+   */
+  async openParent(): Promise<Cgroup> {
+    for (const [h, dir] of this.parentDirs) await this.ensureDir(h, dir);
+    return new Cgroup(this.version, this.parentDirs);
   }
 
   /** Removes the parent directories if no sandbox group is left in them. */

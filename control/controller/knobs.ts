@@ -1,0 +1,81 @@
+// What each fast-path knob means as cgroup settings, which CPUs batch keeps when moved
+// off the services' CPUs, and the knob ranking learned from measured slack changes.
+import type { Knob, OnlineServicePolicy } from '../policy/index.ts';
+
+/** cgroup knobs in the sandbox contract's vocabulary (v2 units); the daemon checks it against the runtime's with `satisfies`. */
+export interface KnobSettings {
+  cpuIdle?: boolean;
+  cpus?: string;
+  cpuWeight?: number;
+  cpuMax?: { quotaUs: number; periodUs: number } | null;
+}
+
+/** The knobs that are cgroup settings (pause is an escalation, handled on its own). */
+export type CgroupKnob = Exclude<Knob, 'pause'>;
+export const isCgroupKnob = (k: Knob): k is CgroupKnob => k !== 'pause';
+
+/** CPU list of every host CPU, and of those batch work may keep when moved away. */
+export function cpuSplit(hostCpus: number, services: OnlineServicePolicy[], reserveCpus: number): { all: string; batch: string } {
+  const all = `0-${hostCpus - 1}`;
+  const online = new Set<number>();
+  for (const s of services) for (const c of expandCpus(s.cpus ?? '')) online.add(c);
+  // Without service CPUs in the policy, keep the reserve's count of low CPUs for them.
+  if (online.size === 0) for (let c = 0; c < Math.min(Math.ceil(reserveCpus), hostCpus - 1); c++) online.add(c);
+  const rest = [...Array(hostCpus).keys()].filter((c) => !online.has(c));
+  return { all, batch: rest.length ? rest.join(',') : String(hostCpus - 1) };
+}
+
+export function expandCpus(list: string): number[] {
+  const out: number[] = [];
+  for (const part of list.split(',').filter(Boolean)) {
+    const [a, b] = part.split('-').map(Number) as [number, number | undefined];
+    for (let c = a; c <= (b ?? a); c++) out.push(c);
+  }
+  return out;
+}
+
+/**
+ * The complete cgroup setting for a sandbox of `vcpus` when the knobs in `on` are applied
+ * and the policy's other cgroup knobs are released. Knobs the policy does not list are
+ * left out: Lodger does not touch them.
+ */
+export function settingsFor(policyKnobs: Knob[], on: ReadonlySet<Knob>, split: { all: string; batch: string }, vcpus: number): KnobSettings {
+  const s: KnobSettings = {};
+  for (const k of policyKnobs) {
+    const applied = on.has(k);
+    switch (k) {
+      case 'cpu.idle': s.cpuIdle = applied; break;
+      case 'cpuset': s.cpus = applied ? split.batch : split.all; break;
+      case 'cpu.weight': s.cpuWeight = applied ? 1 : 100; break;
+      // Half of the sandbox's vCPUs; a quota hurt the online tail on these hosts
+      // (docs/BENCHMARKS.md), so it is in no default order.
+      case 'cpu.max': s.cpuMax = applied ? { quotaUs: 50_000 * Math.max(1, vcpus), periodUs: 100_000 } : null; break;
+      case 'pause': break;
+    }
+  }
+  return s;
+}
+
+/** Per knob: the slack it was measured to hold (slack lost when it was released), averaged. */
+export type KnobEffects = Partial<Record<CgroupKnob, { value: number; n: number }>>;
+
+/** Learned effects count fully after this many measurements; before, the prior weighs in. */
+const EFFECT_MEMORY = 5;
+
+/** Adds one measurement of a knob's effect (a running mean over the last few). */
+export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: number): KnobEffects {
+  const prev = effects[knob] ?? { value: 0, n: 0 };
+  const n = Math.min(prev.n + 1, EFFECT_MEMORY);
+  return { ...effects, [knob]: { value: prev.value + (sample - prev.value) / n, n: prev.n + 1 } };
+}
+
+/**
+ * The cgroup knobs from most to least valuable: the learned effect where there is one,
+ * the policy's order as the prior (and as the tie-break). Released from the end.
+ */
+export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects): CgroupKnob[] {
+  const ks = policyKnobs.filter(isCgroupKnob);
+  // The prior: a small score falling with the position, outweighed by any measurement.
+  const score = (k: CgroupKnob, i: number): number => (effects[k]?.value ?? 0) + (ks.length - i) * 1e-3;
+  return ks.map((k, i) => ({ k, s: score(k, i) })).sort((a, b) => b.s - a.s).map((x) => x.k);
+}

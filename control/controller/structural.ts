@@ -1,0 +1,76 @@
+// The structural path: vCPUs and memory one step at a time, suspend to disk and restore.
+// Slow (tens of ms to seconds), so it moves only while the fast path holds still, and
+// changing direction waits twice as long as continuing: no oscillation around the target.
+import type { Action, ControllerPolicy, ControllerState, Observations } from './decide.ts';
+
+const fmt = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
+
+export function structuralActions(
+  policy: ControllerPolicy, obs: Observations, state: ControllerState,
+  s: { minSlack: number; comfortable: boolean; runDelay: number | null },
+): { actions: Action[]; state: ControllerState } {
+  const { pool } = policy;
+  const g = pool.growth;
+  const now = obs.now;
+  const actions: Action[] = [];
+  const sinceResize = state.lastResizeAt === null ? Infinity : now - state.lastResizeAt;
+  const cooled = (dir: 'grow' | 'shrink'): boolean =>
+    sinceResize >= (state.lastDirection && state.lastDirection !== dir ? 2 * g.cooldownMs : g.cooldownMs);
+  const memPressure = obs.host.memAvailableBytes < pool.reserve.memoryBytes;
+  // The services' own run delay where known; host PSI counts batch's own waiting, so it
+  // is only the fallback.
+  const cpuBusy = s.runDelay ?? obs.host.cpuPressure;
+  const running = obs.sandboxes.filter((x) => !x.suspended);
+
+  if (state.lowSince !== null && now - state.lowSince >= g.cooldownMs && cooled('shrink')) {
+    // A paused guest cannot take part in a resize (and costs no CPU while paused).
+    const victim = running.filter((x) => x.vcpus > pool.sandbox.minVcpus && !x.paused).sort((a, b) => b.vcpus - a.vcpus)[0];
+    if (victim) {
+      actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
+        reason: `slack ${fmt(s.minSlack)} < ${g.shrinkSlack} for ${Math.round(now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
+    }
+  } else if (state.level === 0 && !state.paused && state.highSince !== null && now - state.highSince >= g.cooldownMs && cooled('grow') &&
+             cpuBusy < g.maxCpuPressure && !memPressure) {
+    const used = running.reduce((n, x) => n + x.vcpus, 0);
+    const spare = obs.host.cpus - pool.reserve.cpus - used;
+    const smallest = running.filter((x) => x.vcpus < pool.sandbox.maxVcpus && !x.paused).sort((a, b) => a.vcpus - b.vcpus)[0];
+    if (smallest && spare >= 1) {
+      actions.push({ kind: 'resize', sandbox: smallest.id, vcpus: smallest.vcpus + 1,
+        reason: `slack ${fmt(s.minSlack)} >= ${g.minSlack} for ${Math.round(now - state.highSince)} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
+    }
+  }
+  // Memory: give back under host memory pressure (virtio-mem steps, then, with every
+  // sandbox at its minimum, suspend one to disk); take more when a guest runs short and
+  // the host has room beyond its reserve; bring suspended sandboxes back when it has room
+  // for the whole sandbox.
+  if (actions.length === 0) {
+    const step = g.memoryStepMiB;
+    const availMiB = obs.host.memAvailableBytes / 1048576;
+    const reserveMiB = pool.reserve.memoryBytes / 1048576;
+    if (memPressure && cooled('shrink')) {
+      const big = running.filter((x) => x.memoryMiB - step >= pool.sandbox.minMemoryMiB && !x.paused).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+      const why = `host MemAvailable ${availMiB.toFixed(0)} MiB below the ${reserveMiB.toFixed(0)} MiB reserve`;
+      if (big) {
+        actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step, reason: `${why}: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
+      } else {
+        const victim = [...running].sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
+        if (victim) actions.push({ kind: 'suspend', sandbox: victim.id, reason: `${why} and every sandbox at its minimum: suspend ${victim.id} to disk` });
+      }
+    } else if (!memPressure && s.comfortable && cooled('grow')) {
+      const back = obs.sandboxes.find((x) => x.suspended && availMiB - x.memoryMiB - step > reserveMiB);
+      const short = running.find((x) => x.guestMemAvailableMiB !== null && x.guestMemAvailableMiB < x.memoryMiB / 4 && x.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
+      if (back) {
+        actions.push({ kind: 'restore', sandbox: back.id, reason: `host MemAvailable ${availMiB.toFixed(0)} MiB has room for ${back.id} (${back.memoryMiB} MiB) beyond the reserve: restore it from disk` });
+      } else if (short && availMiB - step > reserveMiB) {
+        actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
+          reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
+      }
+    }
+  }
+  const change = actions[0];
+  if (!change) return { actions, state };
+  const before = obs.sandboxes.find((x) => x.id === change.sandbox);
+  const grow = change.kind === 'restore' || (change.kind === 'resize' &&
+    ((change.vcpus ?? 0) > (before?.vcpus ?? Infinity) || (change.memoryMiB ?? 0) > (before?.memoryMiB ?? Infinity)));
+  return { actions, state: { ...state, lastResizeAt: now, lastDirection: grow ? 'grow' : 'shrink' } };
+}
