@@ -3,7 +3,7 @@
 // printing a line per work unit. Run either straight on the sandbox runtime (unmanaged,
 // or pinned to a CPU set) or as jobs under a real lodgerd.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../../daemon/cli/client.ts';
 import { openRuntime, type Sandbox } from '../../sandbox-runtime/index.ts';
@@ -12,7 +12,8 @@ const CPU_LOOP = 'w(){ while :; do head -c 1048576 /dev/zero | gzip -1 | sha256s
 const MEM_LOOP = 'head -c 100663296 /dev/zero > /tmp/big; o=0; while :; do dd if=/tmp/big bs=1M skip=$o count=8 2>/dev/null | sha256sum >/dev/null; o=$(( (o + 8) % 88 )); echo m; done';
 
 export const JOBS = [
-  { name: 'cpu', command: ['sh', '-c', CPU_LOOP], vcpus: [1, 2] as const, memoryMiB: [256, 256] as const, unit: 'u' },
+  // The same shape under lodgerd as run directly: the comparison is about the host knobs.
+  { name: 'cpu', command: ['sh', '-c', CPU_LOOP], vcpus: [2, 2] as const, memoryMiB: [256, 256] as const, unit: 'u' },
   { name: 'mem', command: ['sh', '-c', MEM_LOOP], vcpus: [1, 1] as const, memoryMiB: [384, 384] as const, unit: 'm' },
 ];
 
@@ -41,8 +42,16 @@ export interface Batch {
   stop(): Promise<void>;
 }
 
-/** The jobs on sandboxes of their full size, no daemon: unmanaged, or pinned with `cpus`. */
-export async function startDirect(dir: string, tag: string): Promise<Batch & { pin(cpus: string): Promise<void> }> {
+export interface DirectBatch extends Batch {
+  /** The fixed setting an operator would choose by hand: cpuset and cpu.idle. */
+  set(knobs: { cpus: string; cpuIdle: boolean }): Promise<void>;
+  /** Off (QMP stop: no CPU at all) while another scenario runs, and back on. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+}
+
+/** The jobs on sandboxes of their full size, no daemon: unmanaged, or with fixed knobs. */
+export async function startDirect(dir: string, tag: string): Promise<DirectBatch> {
   const { runtime, cgroups } = await openRuntime({ host: { runDir: join(dir, `run-${tag}`) }, cgroupParent: `lodger-coloc-${process.pid}` });
   const units = new UnitLog();
   const sandboxes: Sandbox[] = [];
@@ -63,7 +72,9 @@ export async function startDirect(dir: string, tag: string): Promise<Batch & { p
   return {
     units,
     vcpus: async () => sandboxes.reduce((n, s) => n + s.status().vcpus, 0),
-    pin: async (cpus) => { for (const s of sandboxes) await s.update({ cgroup: { cpus } }); },
+    set: async (knobs) => { for (const s of sandboxes) await s.update({ cgroup: knobs }); },
+    pause: async () => { for (const s of sandboxes) if (s.status().state === 'running') await s.pause(); },
+    resume: async () => { for (const s of sandboxes) if (s.status().state === 'paused') await s.resume(); },
     stop: async () => {
       await Promise.all(sandboxes.map((s) => s.stop({ graceMs: 0 }).catch(() => {})));
       await cgroups?.removeParents();
@@ -74,7 +85,16 @@ export async function startDirect(dir: string, tag: string): Promise<Batch & { p
 export interface DaemonBatch extends Batch {
   /** Wall-clock times of clamps lodgerd applied (its WatchEvents 'reaction' events). */
   clamps: number[];
+  /** lodgerd's decisions as they happened (WatchEvents 'decision'). */
+  decisions: { at: number; reason: string }[];
   pid: number;
+  /** The controller's stored state (level, order, breach memory). */
+  controllerState(): { level: number; order: string[]; paused: boolean } | null;
+  /** The sandboxes' cpuset as the kernel has it now. */
+  cpusets(): string[];
+  /** SIGSTOP / SIGCONT of lodgerd and its VMMs, by pid: nothing of them runs while another scenario does. */
+  freeze(): void;
+  thaw(): void;
   /** Rewrites the online service's policy (lodgerd reloads it). */
   setPolicy(yaml: string): void;
   log(): string;
@@ -112,8 +132,12 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
     api = connect(socket);
     const units = new UnitLog();
     const clamps: number[] = [];
+    const decisions: { at: number; reason: string }[] = [];
     const events = api.stream('WatchEvents', {});
-    events.on('data', (e: { kind?: string; atMs?: string | number }) => { if (e.kind === 'reaction') clamps.push(Number(e.atMs)); });
+    events.on('data', (e: { kind?: string; atMs?: string | number; reason?: string }) => {
+      if (e.kind === 'reaction') clamps.push(Number(e.atMs));
+      if (e.kind === 'decision') decisions.push({ at: Number(e.atMs), reason: e.reason ?? '' });
+    });
     events.on('error', () => {});
     for (const j of JOBS) {
       await api.call('SubmitJob', { id: `${tag}-${j.name}`, spec: { name: j.name, command: j.command, vcpus: { min: j.vcpus[0], max: j.vcpus[1] }, memoryMib: { min: j.memoryMiB[0], max: j.memoryMiB[1] } } });
@@ -135,8 +159,26 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
     const settled = Date.now() + 20_000;
     while (!JOBS.every((j) => units.at[j.name]!.length > 0) && Date.now() < settled) await new Promise((r) => setTimeout(r, 200));
     const client = api;
+    const live = (): number[] => vmmPids().filter((p) => existsSync(`/proc/${p}`));
+    const signal = (pids: number[], sig: NodeJS.Signals): void => { for (const p of pids) { try { process.kill(p, sig); } catch { /* gone */ } } };
     return {
-      units, clamps, pid: daemon.pid!,
+      units, clamps, decisions, pid: daemon.pid!,
+      controllerState: () => {
+        try {
+          return JSON.parse(readFileSync(join(base, 'state', 'controller.json'), 'utf8')) as { level: number; order: string[]; paused: boolean };
+        } catch {
+          return null;
+        }
+      },
+      cpusets: () => live().map((p) => {
+        const line = readFileSync(`/proc/${p}/cgroup`, 'utf8').split('\n').find((l) => /:cpuset:|^0::/.test(l)) ?? '';
+        const path = line.split(':').slice(2).join(':');
+        const mount = line.includes(':cpuset:') ? '/sys/fs/cgroup/cpuset' : '/sys/fs/cgroup';
+        try { return readFileSync(join(mount, path, 'cpuset.cpus'), 'utf8').trim(); } catch { return '?'; }
+      }),
+      // lodgerd stops first and comes back last: thawed, it must find its guests answering.
+      freeze: () => { signal([daemon.pid!], 'SIGSTOP'); signal(live(), 'SIGSTOP'); },
+      thaw: () => { signal(live(), 'SIGCONT'); signal([daemon.pid!], 'SIGCONT'); },
       setPolicy: (yaml) => writeFileSync(join(policyDir, 'service.yaml'), yaml),
       log: () => log,
       vcpus: async () => {
@@ -144,6 +186,7 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
         return (st.sandboxes ?? []).reduce((n, s) => n + (s.vcpus ?? 0), 0);
       },
       stop: async () => {
+        if (daemon.pid) signal([...live(), daemon.pid], 'SIGCONT');
         events.cancel();
         for (const j of JOBS) await client.call('CancelJob', { id: `${tag}-${j.name}` }).catch(() => {});
         client.close();

@@ -146,6 +146,8 @@ export interface ControllerPolicy {
 
 /** The load baseline follows the services' CPU use with this time constant. */
 const BASELINE_TAU_MS = 5000;
+/** Older than this, the baseline is not compared with (the loop was not running). */
+const STALE_BASELINE_MS = 2000;
 /** A rise counts as a load step only above this many CPUs too (noise at low load). */
 const MIN_STEP_CPUS = 0.05;
 /** Load must fall this far below a breach's before its level may be given back early. */
@@ -177,10 +179,11 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const load = uses.length ? uses.reduce((a, b) => a + b, 0) : null;
   const delays = obs.services.map((o) => o.runDelayPct).filter((x): x is number => typeof x === 'number');
   const runDelay = delays.length ? Math.max(...delays) : null;
-  const baseline = prev.loadBaseline;
+  // A baseline from before a gap (a restart, a stopped daemon) says nothing about a step now.
+  const baseline = prev.loadAt !== null && now - prev.loadAt <= STALE_BASELINE_MS ? prev.loadBaseline : null;
   const rising = load !== null && baseline !== null && load > baseline * (1 + g.loadRise) + MIN_STEP_CPUS;
   if (load !== null) {
-    const a = baseline === null || prev.loadAt === null ? 1 : Math.min(1, (now - prev.loadAt) / BASELINE_TAU_MS);
+    const a = baseline === null ? 1 : Math.min(1, (now - prev.loadAt!) / BASELINE_TAU_MS);
     state.loadBaseline = baseline === null ? load : baseline + a * (load - baseline);
     state.loadAt = now;
   }
