@@ -97,4 +97,10 @@ test.serial('lodger policy validate: the examples pass; a broken file prints fil
   const r = await lodger(['policy', 'validate', bad], 30_000);
   t.is(r.code, 1);
   t.is(r.stderr.trim(), `${bad}:5:18: /spec/slo/target: "5 ms" is not in the expected form (e.g. 500us, 5ms, 1s, 2m)`);
+  // A misspelt key is named at its own line, not as the alternative it left missing.
+  const typo = join(dir, 'typo.yaml');
+  writeFileSync(typo, 'apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: web }\nspec:\n  slo: { target: 5ms }\n  probee: { tcp: { address: "127.0.0.1:80" } }\n');
+  const tr = await lodger(['policy', 'validate', typo], 30_000);
+  t.is(tr.code, 1);
+  t.is(tr.stderr.trim(), `${typo}:6:3: unknown key "probee" at /spec (did you mean "probe"?)`);
 });

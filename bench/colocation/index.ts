@@ -87,9 +87,7 @@ metadata: { name: default }
 spec:
   reserve: { cpus: 1, memory: 1Gi }
   sandbox: { minVcpus: 1, maxVcpus: 2, minMemory: 256Mi, maxMemory: 1Gi }
-  # The prior: cpu.idle ranked first, so the cpuset is given back before it (batch idle
-  # on every CPU); the learned ranking corrects it where that costs slack.
-  knobs: [cpu.idle, cpuset, cpu.weight]
+  knobs: [cpuset, cpu.idle, cpu.weight]
   growth: { cooldown: 3s, minSlack: 0.05, shrinkSlack: 0, memoryStep: 256Mi }
 `;
 }

@@ -59,10 +59,13 @@ export function settingsFor(policyKnobs: Knob[], on: ReadonlySet<Knob>, split: {
 /** Per knob: the slack it was measured to hold (slack lost when it was released), averaged. */
 export type KnobEffects = Partial<Record<CgroupKnob, { value: number; n: number }>>;
 
-/** Learned effects count fully after this many measurements; before, the prior weighs in. */
+/** A running mean over the last this many measurements: hosts and loads change. */
 const EFFECT_MEMORY = 5;
+/** The prior's weight, in measurements, and the slack it says the first knob holds. */
+const PRIOR_WEIGHT = 1;
+const PRIOR_TOP = 0.5;
 
-/** Adds one measurement of a knob's effect (a running mean over the last few). */
+/** Adds one measurement of a knob's effect. */
 export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: number): KnobEffects {
   const prev = effects[knob] ?? { value: 0, n: 0 };
   const n = Math.min(prev.n + 1, EFFECT_MEMORY);
@@ -70,12 +73,17 @@ export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: numb
 }
 
 /**
- * The cgroup knobs from most to least valuable: the learned effect where there is one,
- * the policy's order as the prior (and as the tie-break). Released from the end.
+ * The cgroup knobs from most to least valuable: the learned effects blended with the
+ * policy's order as a prior worth one measurement (the first knob "holds" 0.5 slack,
+ * falling linearly), so one lucky measurement does not overturn it. Released from the end.
  */
 export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects): CgroupKnob[] {
   const ks = policyKnobs.filter(isCgroupKnob);
-  // The prior: a small score falling with the position, outweighed by any measurement.
-  const score = (k: CgroupKnob, i: number): number => (effects[k]?.value ?? 0) + (ks.length - i) * 1e-3;
+  const score = (k: CgroupKnob, i: number): number => {
+    const prior = (PRIOR_TOP * (ks.length - i)) / ks.length;
+    const e = effects[k];
+    const n = Math.min(e?.n ?? 0, EFFECT_MEMORY);
+    return (prior * PRIOR_WEIGHT + (e?.value ?? 0) * n) / (PRIOR_WEIGHT + n) + (ks.length - i) * 1e-6; // position breaks ties
+  };
   return ks.map((k, i) => ({ k, s: score(k, i) })).sort((a, b) => b.s - a.s).map((x) => x.k);
 }
