@@ -4,7 +4,7 @@ import test from 'ava';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ControlLoop, ServiceMonitor, type BatchPoolPolicy, type HostReader, type OnlineServicePolicy } from '../control/index.ts';
-import { FakeRuntime } from '../sandbox-runtime/index.ts';
+import { FakeRuntime } from '../sandbox-runtime/testing.ts';
 
 test.serial('a breach is clamped within the sampling interval, and released after the cool-down', async (t) => {
   let delay = 1;

@@ -4,11 +4,11 @@ import test from 'ava';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
-import { QemuRuntime, SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { SandboxError, VmmExitedError, type HostedSandbox } from '../sandbox-runtime/index.ts';
 import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
 
 let rt: TestRuntime;
-let sb: QemuSandbox;
+let sb: HostedSandbox;
 let outputDir: string;
 
 test.before(async () => {
@@ -198,9 +198,9 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
   while (!stored.includes('5\n')) await new Promise((r) => setTimeout(r, 20));
   await a.pause();
   a.release(); // the first owner dies: its sockets close, the VMM stays
-  const owners: QemuSandbox[] = [];
+  const owners: HostedSandbox[] = [];
   try {
-    const b = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    const b = await rt.runtime.with({}).attach('adopt');
     owners.push(b);
     t.is(b.status().state, 'paused');
     t.is(b.pid, a.pid, 'the same VMM');
@@ -210,7 +210,7 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
     while (!stored.includes('15\n')) await new Promise((r) => setTimeout(r, 20));
     await b.suspend();
     b.release(); // the second owner dies while the sandbox is on disk
-    const c = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    const c = await rt.runtime.with({}).attach('adopt');
     owners.push(c);
     t.is(c.status().state, 'suspended');
     const hc = await c.resumeExec(h.id, [Buffer.byteLength(stored), 0]);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { FakeRuntime } from './fake.ts';
+import { FakeRuntime } from './testing.ts';
 import { VmmExitedError } from './errors.ts';
 
 const spec = { id: 'f1', vcpus: 1, maxVcpus: 4, memoryMiB: 256, maxMemoryMiB: 1024 };
