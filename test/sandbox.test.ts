@@ -226,6 +226,22 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
   }
 });
 
+test.serial('list() sees a sandbox whose owner died; shutdown(id) removes its VMM, cgroup and files, and may be repeated', async (t) => {
+  const left = await rt.boot({ id: 'left-behind', vcpus: 1, maxVcpus: 1, memoryMiB: 256, maxMemoryMiB: 256 });
+  const pid = left.pid!;
+  const dirs = [...(left.cgroupDirs?.values() ?? [])];
+  left.release(); // the owner dies
+  const found = (await rt.runtime.list()).find((s) => s.id === 'left-behind');
+  t.deepEqual(found, { id: 'left-behind', pid, state: 'running', alive: true });
+  await rt.runtime.shutdown('left-behind');
+  t.false(existsSync(`/proc/${pid}/cmdline`) && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('lodger-left-behind'), 'the VMM is gone');
+  t.deepEqual(dirs.filter((d) => existsSync(d)), [], 'its cgroup is gone');
+  t.false(existsSync(join(rt.runtime.opts.host.runDir, 'left-behind')), 'its run files are gone');
+  t.false((await rt.runtime.list()).some((s) => s.id === 'left-behind'));
+  await rt.runtime.shutdown('left-behind');
+  await rt.runtime.shutdown('never-existed');
+});
+
 test.serial('kill -9 of QEMU surfaces as a typed error, its cgroup is removed, synced output survives', async (t) => {
   const out = join(rt.dir, 'crash-out');
   mkdirSync(out);
