@@ -1,8 +1,11 @@
-// Where a sandbox's files live in the run directory, and its record (sandbox.json): what
+// Where a sandbox's files (and its cgroup) live, and its record (sandbox.json): what
 // a later process needs to take the sandbox up again or to clean up after it.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SandboxLimits, SandboxSpec } from '../contract.ts';
+
+/** The cgroup of sandbox `id`, under the runtime's parent: private to this backend. */
+export const cgroupName = (id: string): string => `sb-${id}`;
 
 export interface QemuPaths {
   runDir: string;

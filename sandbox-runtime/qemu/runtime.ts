@@ -14,8 +14,8 @@ import type { GuestImage } from '../image/index.ts';
 import type { AgentConnection, AgentFactory } from './agent.ts';
 import type { VmmMemory } from './args.ts';
 import type { QmpFactory } from './qmp.ts';
-import { readRecord, sandboxPaths } from './record.ts';
-import { cgroupName, QemuSandbox } from './sandbox.ts';
+import { cgroupName, readRecord, sandboxPaths } from './record.ts';
+import { QemuSandbox } from './sandbox.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
 import { findSandboxVmm, isSandboxVmm } from './vmm.ts';
 

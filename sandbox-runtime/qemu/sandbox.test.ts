@@ -195,3 +195,14 @@ test('state table: every state is reachable from created, terminal states lead n
     await sb.stop({ graceMs: 0 });
   }
 });
+
+test('a start that fails before QEMU runs ends the sandbox: wait() resolves and stop() returns', async (t) => {
+  const { opts } = fakeQemuOptions();
+  const sb = await new QemuRuntime(opts).create({ ...spec, id: 'nodisk', rootfsDir: '/nonexistent/rootfs' });
+  const e = await t.throwsAsync(sb.start(), { instanceOf: SandboxError });
+  t.is(e?.code, 'SANDBOX_BOOT_FAILED');
+  t.is(sb.status().state, 'failed');
+  t.false((await sb.wait()).expected);
+  await sb.stop();
+  t.is(sb.status().state, 'failed');
+});

@@ -14,7 +14,7 @@ import { realAgent, type AgentConnection } from './agent.ts';
 import { sandboxVmmArgs, vmmMemory, type VmmMemory } from './args.ts';
 import { OutputDisk } from './output.ts';
 import { realQmp, type QmpConnection } from './qmp.ts';
-import { readRecord, sandboxPaths, writeRecord, type QemuPaths } from './record.ts';
+import { cgroupName, readRecord, sandboxPaths, writeRecord, type QemuPaths } from './record.ts';
 import type { HostedSandbox, QemuRuntimeOptions } from './runtime.ts';
 import { Snapshot, type SuspendHost } from './snapshot.ts';
 import { checkTransition, publicState, type Phase } from './states.ts';
@@ -22,9 +22,6 @@ import { Resources } from './resources.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
 import { isSandboxVmm, VmmProcess, type ProcessExit } from './vmm.ts';
 import { tail, within } from './wait.ts';
-
-/** The cgroup of sandbox `id`, under the runtime's parent. */
-export const cgroupName = (id: string): string => `sb-${id}`;
 
 export class QemuSandbox implements HostedSandbox {
   readonly id: string;
@@ -117,6 +114,11 @@ export class QemuSandbox implements HostedSandbox {
       this.error = `${(e as Error).message}${consoleText ? `\nguest console:\n${tail(consoleText, 15)}` : ''}`;
       await this.kill();
       await this.cleanup();
+      // Failed before a VMM ran (a disk image, the cgroup): the sandbox has ended all the same.
+      if (!this.exitInfo) {
+        this.exitInfo = { code: null, signal: null, expected: false };
+        this.resolveExit(this.exitInfo);
+      }
       if (e instanceof SandboxError && e.code === 'SANDBOX_VMM_EXITED') throw e;
       throw new SandboxError(e instanceof SandboxError && e.code === 'SANDBOX_BOOT_TIMEOUT' ? 'SANDBOX_BOOT_TIMEOUT' : 'SANDBOX_BOOT_FAILED',
         `sandbox ${this.id} failed to boot: ${this.error}`, { cause: e });
