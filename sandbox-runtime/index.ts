@@ -6,6 +6,7 @@ export { defaultHostPaths, type HostPaths } from './host.ts';
 export { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
 export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
 export { ensureGuestImage, type GuestImage, type ImageOptions } from './image/index.ts';
+export { ensureMinimalKernel } from './image/kernel.ts';
 export type { AgentConnection, HostedRuntime, HostedSandbox, QemuRuntimeOptions, VcpuUnplugMode, VmmMemory } from './qemu/index.ts';
 export { openRuntime, type OpenRuntimeOptions } from './open.ts';
 export type { GuestStats, ExitStatus } from './agent/protocol.ts';
