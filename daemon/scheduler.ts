@@ -32,9 +32,11 @@ interface Running {
   timer: NodeJS.Timeout | null;
 }
 
-/** Stored in the job record while it runs: what a restarted daemon needs to take the job up again. */
+/**
+ * Stored in the job record while it runs: what a restarted daemon needs to take the job up
+ * again. No VMM pid: the runtime finds the VMM from the sandbox's id (attach, list, shutdown).
+ */
 export interface AttachInfo {
-  /** The VMM's pid is not kept here: the runtime finds it (status(), list()) from the sandbox's id. */
   sandboxId: string;
   /** The agent's exec id of the job's command; absent until the command was sent. */
   execId?: number;
