@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ensureGuestImage, openRuntime, QemuRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { ensureGuestImage, openRuntime, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../sandbox-runtime/image/cpio.ts';
 
 const { values } = parseArgs({
@@ -68,14 +68,14 @@ function rawBoot(): Promise<number> {
 }
 
 let seq = 0;
-async function boot(rt: QemuRuntime = runtime): Promise<QemuSandbox> {
+async function boot(rt: HostedRuntime = runtime): Promise<HostedSandbox> {
   const sb = await rt.create({ id: `bench-${seq++}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
   await sb.start();
   return sb;
 }
 // The Debian cloud kernel, booted the same way, for the gain of the minimal kernel.
 const debianImage = image.kernelSource.includes('/boot/') ? null : await ensureGuestImage(host, { kernel: 'debian' }).catch(() => null);
-const debianRuntime = debianImage ? new QemuRuntime({ ...runtime.opts, image: debianImage }) : null;
+const debianRuntime = debianImage ? runtime.with({ image: debianImage }) : null;
 const debianMs: number[] = [];
 
 const bootMs: number[] = [];
@@ -132,7 +132,7 @@ try {
   const job = await sb.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'] });
   await job.wait();
   await new Promise((r) => setTimeout(r, 500));
-  const mem = await vmmMemory(host.proc, sb.pid!, [256, 512]);
+  const mem = await sb.vmmMemory();
   if (mem) {
     vmmRssMiB = mem.rssBytes / 1048576;
     overheadMiB = (mem.rssBytes - mem.guestRamRssBytes) / 1048576;
@@ -142,7 +142,7 @@ try {
   const twin = await boot();
   try {
     await new Promise((r) => setTimeout(r, 500));
-    const m2 = await vmmMemory(host.proc, sb.pid!, [256, 512]);
+    const m2 = await sb.vmmMemory();
     if (m2) overheadPssMiB = (m2.pssBytes - m2.guestRamPssBytes) / 1048576;
   } finally {
     await twin.stop({ graceMs: 0 });
@@ -152,7 +152,7 @@ try {
 }
 // The ACPI unplug path once, on its own sandbox (under TCG it can run only once per VM).
 const acpiSpec = { id: 'bench-acpi', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 };
-const acpiSb = new QemuRuntime({ ...runtime.opts, vcpuUnplug: 'acpi' });
+const acpiSb = runtime.with({ vcpuUnplug: 'acpi' });
 const acpiBox = await acpiSb.create(acpiSpec);
 try {
   await acpiBox.start();

@@ -3,13 +3,13 @@
 import { Command } from 'commander';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
   ControlLoop, defaultPool, FileStateStore, loadPolicyDir, ProcHostReader, ServiceMonitor, type Decision, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
-import { isSandboxVmm, openRuntime } from '../sandbox-runtime/index.ts';
+import { openRuntime } from '../sandbox-runtime/index.ts';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
 import { Scheduler } from './scheduler.ts';
 import { WarmPool } from './pool.ts';
@@ -44,7 +44,7 @@ try {
 
 mkdirSync(cfg.stateDir, { recursive: true });
 const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
-const { runtime, accel, cgroups, host } = await openRuntime({
+const { runtime, accel, cgroups } = await openRuntime({
   host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
   accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
   image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
@@ -57,11 +57,7 @@ log(`accelerator ${accel.accel}: ${accel.reason}`);
 // starting is queued again; one whose command may have run is failed. Nothing runs twice.
 const orphans = store.list(['starting', 'running', 'paused', 'suspended'], 100_000);
 async function dropOrphan(job: JobRecord, why: string): Promise<void> {
-  const pid = Number(job.attach?.pid ?? 0);
-  if (pid > 0 && isSandboxVmm(host.proc, pid, job.sandboxId)) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-  await cgroups?.open(`sb-${job.sandboxId}`)?.destroy().catch((e: unknown) => log(`cgroup of ${job.sandboxId} not removed: ${(e as Error).message}`));
+  if (job.sandboxId) await runtime.shutdown(job.sandboxId).catch((e: unknown) => log(`sandbox ${job.sandboxId} not removed: ${(e as Error).message}`));
   if (job.state === 'starting') store.transition(job.id, 'queued', `lodgerd restarted while its sandbox started (${why}); queued again`, { attach: null });
   else store.transition(job.id, 'failed', `lodgerd restarted and could not take the job up again: ${why}`, { attach: null });
 }
@@ -70,14 +66,9 @@ let policies: PolicySet = { services: [], pools: [] };
 let loop: ControlLoop | null = null;
 const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - (policies.pools[0]?.reserve.cpus ?? 1));
 // Warm-pool sandboxes a previous lodgerd left hold no job: stop them.
-const runDir = join(cfg.stateDir, 'run');
-for (const id of existsSync(runDir) ? readdirSync(runDir).filter((d) => d.startsWith('pool-')) : []) {
+for (const { id } of (await runtime.list()).filter((s) => s.id.startsWith('pool-'))) {
   if (orphans.some((j) => j.sandboxId === id)) continue; // a job's now, taken up below
-  await runtime.attach(id).then((sb) => sb.stop({ graceMs: 0 }), async (e: unknown) => {
-    log(`warm sandbox ${id} of an earlier run: ${(e as Error).message.split('\n')[0]}; removing its files`);
-    await cgroups?.open(`sb-${id}`)?.destroy().catch(() => {});
-    rmSync(join(runDir, id), { recursive: true, force: true });
-  });
+  await runtime.shutdown(id).catch((e: unknown) => log(`warm sandbox ${id} of an earlier run not removed: ${(e as Error).message}`));
 }
 const pool = cfg.warmPoolSize > 0 ? new WarmPool({
   runtime, size: cfg.warmPoolSize, log,

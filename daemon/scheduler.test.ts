@@ -3,7 +3,7 @@ import test from 'ava';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeRuntime } from '../sandbox-runtime/index.ts';
+import { FakeRuntime } from '../sandbox-runtime/testing.ts';
 import { WarmPool } from './pool.ts';
 import { Scheduler, type JobStartEvent } from './scheduler.ts';
 import { JobStore, type JobSpec } from './store.ts';
@@ -77,7 +77,7 @@ test('a job that fits takes a warm sandbox from the pool, claimed with its limit
   t.is((await s.waitFinal('warm')).state, 'succeeded');
   const warm = runtime.sandboxes.find((x) => x.id === store.get('warm').sandboxId)!;
   t.regex(warm.id, /^pool-/);
-  t.deepEqual(warm.claimed, { outputDir: '/tmp/x', maxVcpus: 3, maxMemoryMiB: 512 });
+  t.deepEqual({ outputDir: warm.outputDir, ...warm.limits }, { outputDir: '/tmp/x', maxVcpus: 3, maxMemoryMiB: 512 });
   t.is(warm.updates.at(-1)?.vcpus, 2, 'resized to the job\'s minimum');
   store.submit('own-root', spec(['echo'], { rootfs: '/tmp/root' }));
   t.is((await s.waitFinal('own-root')).state, 'succeeded');

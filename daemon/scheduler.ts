@@ -32,10 +32,12 @@ interface Running {
   timer: NodeJS.Timeout | null;
 }
 
-/** Stored in the job record while it runs: what a restarted daemon needs to take the job up again. */
+/**
+ * Stored in the job record while it runs: what a restarted daemon needs to take the job up
+ * again. No VMM pid: the runtime finds the VMM from the sandbox's id (attach, list, shutdown).
+ */
 export interface AttachInfo {
   sandboxId: string;
-  pid: number | null;
   /** The agent's exec id of the job's command; absent until the command was sent. */
   execId?: number;
   /** Log sequence number before this attempt's output. */
@@ -140,14 +142,17 @@ export class Scheduler extends EventEmitter {
       if (adopt) {
         r.sandbox = await this.o.runtime.attach(sandboxId);
         r.exec = await r.sandbox.resumeExec(adopt.execId!, store.logBytes(r.job.id, adopt.logSeq));
-        store.note(r.job.id, { attach: { ...adopt, pid: r.sandbox.status().pid } });
         const found = r.sandbox.status().state;
         if (found === 'paused' || found === 'suspended' || found === 'running') this.sandboxState(sandboxId, found, `sandbox ${sandboxId} found ${found} after a lodgerd restart`);
         this.emit('job', { at: Date.now(), jobId: r.job.id, state: store.get(r.job.id).state, reason: `taken up again after a lodgerd restart (sandbox ${sandboxId})` } satisfies JobEvent);
       } else if (warm) {
         r.sandbox = warm;
-        await warm.claim({ outputDir: spec.outputDir || undefined, maxVcpus: spec.vcpus.max, maxMemoryMiB: spec.memoryMiB.max });
-        if (spec.vcpus.min > 1 || spec.memoryMiB.min > POOL_BASE_MEMORY_MIB) await warm.update({ vcpus: spec.vcpus.min, memoryMiB: spec.memoryMiB.min });
+        // The job's output directory and limits, and its minimum size by hotplug.
+        const grow = spec.vcpus.min > 1 || spec.memoryMiB.min > POOL_BASE_MEMORY_MIB;
+        await warm.update({
+          outputDir: spec.outputDir || undefined, limits: { maxVcpus: spec.vcpus.max, maxMemoryMiB: spec.memoryMiB.max },
+          ...(grow ? { vcpus: spec.vcpus.min, memoryMiB: spec.memoryMiB.min } : {}),
+        });
       } else {
         r.sandbox = await this.o.runtime.create(sandboxSpecFor(r.job, sandboxId));
         if (r.cancel) throw new Error('cancelled before start');
@@ -155,7 +160,7 @@ export class Scheduler extends EventEmitter {
       }
       if (!adopt) {
         const logSeq = store.lastLogSeq();
-        const attach: AttachInfo = { sandboxId, pid: r.sandbox.status().pid, logSeq };
+        const attach: AttachInfo = { sandboxId, logSeq };
         this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: attach as unknown as Record<string, unknown> });
         if (r.cancel) throw new Error('cancelled while starting');
         r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });

@@ -1,7 +1,9 @@
-// The one sandbox contract. QemuSandbox implements it on real QEMU; FakeSandbox in
-// memory for daemon tests. Nothing here knows about SLOs or jobs' policies.
+// The one sandbox contract (containerd sandbox-controller style). The QEMU backend
+// implements it on real QEMU; FakeSandbox (testing.ts) in memory for daemon tests.
+// Nothing here knows about SLOs or jobs' policies.
 import type { CgroupKnobs } from './cgroup/index.ts';
 import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import { SandboxError } from './errors.ts';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -25,10 +27,20 @@ export interface SandboxSpec {
   cgroup?: CgroupKnobs;
 }
 
+/** Growth caps: at least the current size, at most what the sandbox was booted with. */
+export interface SandboxLimits {
+  maxVcpus: number;
+  maxMemoryMiB: number;
+}
+
 export interface ResourceUpdate {
   vcpus?: number;
   memoryMiB?: number;
   cgroup?: CgroupKnobs;
+  /** New growth caps (a job taking a warm sandbox); vcpus and memoryMiB of the same update are checked against them. */
+  limits?: SandboxLimits;
+  /** Where /output goes when the job ends; the sandbox must have been booted with an /output disk. */
+  outputDir?: string;
 }
 
 export interface UpdateStep {
@@ -54,8 +66,11 @@ export interface SandboxStatus {
   pid: number | null;
   vcpus: number;
   memoryMiB: number;
+  /** The current growth caps (booted maximum, or less after update({ limits })). */
   maxVcpus: number;
   maxMemoryMiB: number;
+  /** What the sandbox was booted with: bounds no update can pass. */
+  booted: { memoryMiB: number; maxVcpus: number; maxMemoryMiB: number; outputDisk: boolean };
   /** Last guest report (heartbeat or answer). */
   guest: GuestStats | null;
   bootMs: number | null;
@@ -100,19 +115,19 @@ export interface VmmExit {
   expected: boolean;
 }
 
-/** What a job sets when it takes a pre-booted sandbox from the warm pool. */
-export interface Claim {
-  /** Where /output goes when the job ends (the sandbox was booted with `outputDisk`). */
-  outputDir?: string;
-  /** Caps on growth for this job, at most what the sandbox was booted with. */
-  maxVcpus: number;
-  maxMemoryMiB: number;
+/** One sandbox found in a runtime's run directory, whoever created it. */
+export interface SandboxInfo {
+  id: string;
+  /** The VMM's pid from the sandbox's record; null when suspended to disk or never recorded. */
+  pid: number | null;
+  /** The state recorded last; null when there is no readable record (it was still starting). */
+  state: SandboxState | null;
+  /** `pid` is alive and is this sandbox's VMM (checked by its identity, never by the pid alone). */
+  alive: boolean;
 }
 
 export interface Sandbox {
   readonly id: string;
-  /** Gives a pre-booted sandbox to a job: its output directory and its size limits. */
-  claim(c: Claim): Promise<void>;
   /**
    * Takes up a command an earlier process started in this sandbox (see
    * SandboxRuntime.attach): output after `offsets` (bytes of stdout and stderr already
@@ -122,6 +137,7 @@ export interface Sandbox {
   /** Boots the VM and waits for the guest agent. */
   start(): Promise<void>;
   exec(req: ExecRequest): Promise<ExecHandle>;
+  /** Resizes, sets host knobs, growth caps and the output directory; checked by validateUpdate(). */
   update(req: ResourceUpdate): Promise<UpdateReport>;
   pause(): Promise<void>;
   /** Continues a paused sandbox, or brings a suspended one back from disk. */
@@ -150,14 +166,53 @@ export interface SandboxRuntime {
    * Throws SANDBOX_GONE when it is not there any more.
    */
   attach(id: string): Promise<Sandbox>;
+  /** Every sandbox this runtime's run directory holds, with whether its VMM is alive. */
+  list(): Promise<SandboxInfo[]>;
+  /**
+   * Removes everything a sandbox left whose owner is gone: its VMM (identity checked), its
+   * cgroup and its run files. Idempotent: an unknown or already removed id succeeds.
+   */
+  shutdown(id: string): Promise<void>;
 }
 
+export const SANDBOX_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+
 export function validateSpec(spec: SandboxSpec): string | null {
-  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(spec.id)) return `id ${JSON.stringify(spec.id)} must be 1-64 of [A-Za-z0-9_.-]`;
+  if (!SANDBOX_ID.test(spec.id) || spec.id === '.' || spec.id === '..') return `id ${JSON.stringify(spec.id)} must be 1-64 of [A-Za-z0-9_.-]`;
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1) return `vcpus must be a positive integer (got ${spec.vcpus})`;
   if (!Number.isInteger(spec.maxVcpus) || spec.maxVcpus < spec.vcpus || spec.maxVcpus > 288) return `maxVcpus must be an integer in [vcpus, 288] (got ${spec.maxVcpus})`;
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 128) return `memoryMiB must be an integer >= 128 (got ${spec.memoryMiB})`;
   if (!Number.isInteger(spec.maxMemoryMiB) || spec.maxMemoryMiB < spec.memoryMiB) return `maxMemoryMiB must be an integer >= memoryMiB (got ${spec.maxMemoryMiB})`;
   if ((spec.maxMemoryMiB - spec.memoryMiB) % 2 !== 0) return 'maxMemoryMiB - memoryMiB must be a multiple of 2 MiB (the virtio-mem block size)';
+  return null;
+}
+
+/**
+ * Whether `req` may be applied to a sandbox whose status is `status`; every backend calls
+ * this before it changes anything. Resizing needs a running guest (it takes part); host
+ * knobs, limits and the output directory need a live one (running or paused).
+ */
+export function validateUpdate(status: SandboxStatus, req: ResourceUpdate): SandboxError | null {
+  const bad = (msg: string): SandboxError => new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${status.id}: ${msg}`);
+  const resize = req.vcpus !== undefined || req.memoryMiB !== undefined;
+  if (status.state !== 'running' && status.state !== 'paused') return new SandboxError('SANDBOX_BAD_STATE', `cannot update: sandbox ${status.id} is ${status.state}`);
+  if (resize && status.state === 'paused') return new SandboxError('SANDBOX_BAD_STATE', `cannot resize sandbox ${status.id} while paused: the guest must take part`);
+  const b = status.booted;
+  if (req.outputDir && !b.outputDisk) return bad('was booted without an /output disk');
+  const lim = req.limits ?? { maxVcpus: status.maxVcpus, maxMemoryMiB: status.maxMemoryMiB };
+  if (req.limits) {
+    const { maxVcpus: v, maxMemoryMiB: m } = req.limits;
+    if (!Number.isInteger(v) || !Number.isInteger(m) || v < status.vcpus || v > b.maxVcpus || m < status.memoryMiB || m > b.maxMemoryMiB) {
+      return bad(`limits ${v} vCPUs / ${m} MiB outside [${status.vcpus}, ${b.maxVcpus}] / [${status.memoryMiB}, ${b.maxMemoryMiB}]`);
+    }
+  }
+  if (req.vcpus !== undefined && (!Number.isInteger(req.vcpus) || req.vcpus < 1 || req.vcpus > lim.maxVcpus)) {
+    return bad(`vcpus must be in [1, ${lim.maxVcpus}] (got ${req.vcpus})`);
+  }
+  const m = req.memoryMiB;
+  // virtio-mem plugs 2 MiB blocks on top of the boot memory.
+  if (m !== undefined && (!Number.isInteger(m) || m < b.memoryMiB || m > lim.maxMemoryMiB || (m - b.memoryMiB) % 2 !== 0)) {
+    return bad(`memoryMiB must be in [${b.memoryMiB}, ${lim.maxMemoryMiB}] in 2 MiB steps (got ${m})`);
+  }
   return null;
 }

@@ -1,12 +1,13 @@
-// Public door of the sandbox runtime. Knows nothing of SLOs, jobs or policies.
+// Public door of the sandbox runtime. Knows nothing of SLOs, jobs or policies. Fakes for
+// tests are in testing.ts; QEMU's internals stay behind openRuntime().
 export * from './contract.ts';
 export * from './errors.ts';
 export { defaultHostPaths, type HostPaths } from './host.ts';
 export { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
 export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
 export { ensureGuestImage, type GuestImage, type ImageOptions } from './image/index.ts';
-export { isSandboxVmm, QemuRuntime, QemuSandbox, qemuArgs, vmmMemory, type QemuRuntimeOptions, type VcpuUnplugMode } from './qemu.ts';
-export { FakeRuntime, FakeSandbox } from './fake.ts';
+export { ensureMinimalKernel } from './image/kernel.ts';
+export type { AgentConnection, HostedRuntime, HostedSandbox, QemuRuntimeOptions, VcpuUnplugMode, VmmMemory } from './qemu/index.ts';
 export { openRuntime, type OpenRuntimeOptions } from './open.ts';
 export type { GuestStats, ExitStatus } from './agent/protocol.ts';
 export { runDoctor, type Check } from './doctor.ts';

@@ -4,7 +4,7 @@ import { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './a
 import { CgroupManager, detectCgroupVersion } from './cgroup/index.ts';
 import { defaultHostPaths, type HostPaths } from './host.ts';
 import { ensureGuestImage, type ImageOptions } from './image/index.ts';
-import { QemuRuntime } from './qemu.ts';
+import { QemuRuntime, type HostedRuntime } from './qemu/index.ts';
 
 export interface OpenRuntimeOptions {
   host?: Partial<HostPaths>;
@@ -20,7 +20,7 @@ export interface OpenRuntimeOptions {
   log?: (msg: string) => void;
 }
 
-export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: QemuRuntime; accel: AccelChoice; host: HostPaths; cgroups: CgroupManager | null }> {
+export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: HostedRuntime; accel: AccelChoice; host: HostPaths; cgroups: CgroupManager | null }> {
   const host = defaultHostPaths(o.host);
   const image = await ensureGuestImage(host, o.image ?? {}, o.log);
   const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);

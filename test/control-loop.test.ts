@@ -7,7 +7,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, defaultPool, FileStateStore, ServiceMonitor, type HostReader, type OnlineServicePolicy } from '../control/index.ts';
-import { FakeRuntime } from '../sandbox-runtime/index.ts';
+import { FakeRuntime } from '../sandbox-runtime/testing.ts';
 
 test.serial('a breach is clamped within the sampling interval, and released after the cool-down', async (t) => {
   let delay = 1;

@@ -4,13 +4,13 @@
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openRuntime, QemuRuntime, type QemuRuntimeOptions, type QemuSandbox, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import { openRuntime, type HostedRuntime, type HostedSandbox, type QemuRuntimeOptions, type SandboxSpec } from '../sandbox-runtime/index.ts';
 
 export interface TestRuntime {
-  runtime: QemuRuntime;
+  runtime: HostedRuntime;
   dir: string;
   /** Creates and starts a sandbox that is stopped by stopAll(); runtime options may be overridden. */
-  boot(spec: Partial<SandboxSpec> & { id: string }, runtimeOpts?: Partial<QemuRuntimeOptions>): Promise<QemuSandbox>;
+  boot(spec: Partial<SandboxSpec> & { id: string }, runtimeOpts?: Partial<QemuRuntimeOptions>): Promise<HostedSandbox>;
   stopAll(): Promise<void>;
 }
 
@@ -21,12 +21,12 @@ export async function testRuntime(name: string): Promise<TestRuntime> {
     cgroupParent: `lodger-test-${process.pid}`,
     bootTimeoutMs: 120_000,
   });
-  const started: QemuSandbox[] = [];
+  const started: HostedSandbox[] = [];
   return {
     runtime,
     dir,
     async boot(spec, runtimeOpts) {
-      const rt = runtimeOpts ? new QemuRuntime({ ...runtime.opts, ...runtimeOpts }) : runtime;
+      const rt = runtimeOpts ? runtime.with(runtimeOpts) : runtime;
       const sb = await rt.create({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, ...spec });
       started.push(sb);
       await sb.start();

@@ -4,11 +4,11 @@ import test from 'ava';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
-import { QemuRuntime, SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { SandboxError, VmmExitedError, type HostedSandbox } from '../sandbox-runtime/index.ts';
 import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
 
 let rt: TestRuntime;
-let sb: QemuSandbox;
+let sb: HostedSandbox;
 let outputDir: string;
 
 test.before(async () => {
@@ -198,9 +198,9 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
   while (!stored.includes('5\n')) await new Promise((r) => setTimeout(r, 20));
   await a.pause();
   a.release(); // the first owner dies: its sockets close, the VMM stays
-  const owners: QemuSandbox[] = [];
+  const owners: HostedSandbox[] = [];
   try {
-    const b = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    const b = await rt.runtime.with({}).attach('adopt');
     owners.push(b);
     t.is(b.status().state, 'paused');
     t.is(b.pid, a.pid, 'the same VMM');
@@ -210,7 +210,7 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
     while (!stored.includes('15\n')) await new Promise((r) => setTimeout(r, 20));
     await b.suspend();
     b.release(); // the second owner dies while the sandbox is on disk
-    const c = await new QemuRuntime(rt.runtime.opts).attach('adopt');
+    const c = await rt.runtime.with({}).attach('adopt');
     owners.push(c);
     t.is(c.status().state, 'suspended');
     const hc = await c.resumeExec(h.id, [Buffer.byteLength(stored), 0]);
@@ -224,6 +224,22 @@ test.serial('a new owner (a restarted daemon) takes up a paused sandbox, then a 
       if (o.pid) { try { process.kill(o.pid, 'SIGKILL'); } catch { /* gone */ } }
     }
   }
+});
+
+test.serial('list() sees a sandbox whose owner died; shutdown(id) removes its VMM, cgroup and files, and may be repeated', async (t) => {
+  const left = await rt.boot({ id: 'left-behind', vcpus: 1, maxVcpus: 1, memoryMiB: 256, maxMemoryMiB: 256 });
+  const pid = left.pid!;
+  const dirs = [...(left.cgroupDirs?.values() ?? [])];
+  left.release(); // the owner dies
+  const found = (await rt.runtime.list()).find((s) => s.id === 'left-behind');
+  t.deepEqual(found, { id: 'left-behind', pid, state: 'running', alive: true });
+  await rt.runtime.shutdown('left-behind');
+  t.false(existsSync(`/proc/${pid}/cmdline`) && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('lodger-left-behind'), 'the VMM is gone');
+  t.deepEqual(dirs.filter((d) => existsSync(d)), [], 'its cgroup is gone');
+  t.false(existsSync(join(rt.runtime.opts.host.runDir, 'left-behind')), 'its run files are gone');
+  t.false((await rt.runtime.list()).some((s) => s.id === 'left-behind'));
+  await rt.runtime.shutdown('left-behind');
+  await rt.runtime.shutdown('never-existed');
 });
 
 test.serial('kill -9 of QEMU surfaces as a typed error, its cgroup is removed, synced output survives', async (t) => {

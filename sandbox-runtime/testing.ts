@@ -1,11 +1,12 @@
-// In-memory sandbox with the same contract as QemuSandbox, for daemon and controller
-// tests that need many sandboxes and exact control over time and failures. Commands are
-// answered by a handler the test supplies; resizes succeed instantly unless told to fail.
+// Fakes for tests: an in-memory sandbox runtime with the same contract as the QEMU one,
+// for daemon and controller tests that need many sandboxes and exact control over time
+// and failures. Commands are answered by a handler the test supplies; resizes succeed
+// instantly (within the bounds validateUpdate() enforces for every backend) unless told to fail.
 import type { ExitStatus, GuestStats } from './agent/protocol.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
-  validateSpec, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxMetrics,
-  type SandboxRuntime, type SandboxSpec, type Claim, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
+  validateSpec, validateUpdate, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxInfo, type SandboxLimits,
+  type SandboxMetrics, type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
 } from './contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
 
@@ -38,6 +39,8 @@ export class FakeSandbox implements Sandbox {
     this.vcpus = spec.vcpus;
     this.memoryMiB = spec.memoryMiB;
     this.knobs = { ...spec.cgroup };
+    this.limits = { maxVcpus: spec.maxVcpus, maxMemoryMiB: spec.maxMemoryMiB };
+    this.outputDir = spec.outputDir;
   }
 
   private guest(): GuestStats {
@@ -99,12 +102,10 @@ export class FakeSandbox implements Sandbox {
     };
   }
 
-  claimed: Claim | null = null;
-
-  async claim(c: Claim): Promise<void> {
-    this.live('claim');
-    this.claimed = c;
-  }
+  /** Growth caps, lowered by update({ limits }). */
+  limits: SandboxLimits;
+  /** Where /output goes, set at creation or by update({ outputDir }). */
+  outputDir: string | undefined;
 
   async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
     this.live('resume an exec');
@@ -118,12 +119,10 @@ export class FakeSandbox implements Sandbox {
     if (this.opts.failUpdateAt === this.updates.length) {
       throw new ResizeError(`sandbox ${this.id}: injected resize failure`, { vcpus: this.vcpus, memoryMiB: this.memoryMiB });
     }
-    if (req.vcpus !== undefined && (req.vcpus < 1 || req.vcpus > this.spec.maxVcpus)) {
-      throw new SandboxError('SANDBOX_BAD_SPEC', `vcpus must be in [1, ${this.spec.maxVcpus}] (got ${req.vcpus})`);
-    }
-    if (req.memoryMiB !== undefined && (req.memoryMiB < this.spec.memoryMiB || req.memoryMiB > this.spec.maxMemoryMiB)) {
-      throw new SandboxError('SANDBOX_BAD_SPEC', `memoryMiB must be in [${this.spec.memoryMiB}, ${this.spec.maxMemoryMiB}] (got ${req.memoryMiB})`);
-    }
+    const bad = validateUpdate(this.status(), req);
+    if (bad) throw bad;
+    if (req.limits) this.limits = { ...req.limits };
+    if (req.outputDir !== undefined) this.outputDir = req.outputDir;
     if (req.cgroup) this.knobs = { ...this.knobs, ...req.cgroup };
     if (req.vcpus !== undefined) this.vcpus = req.vcpus;
     if (req.memoryMiB !== undefined) this.memoryMiB = req.memoryMiB;
@@ -182,7 +181,8 @@ export class FakeSandbox implements Sandbox {
   status(): SandboxStatus {
     return {
       id: this.id, state: this.state, accel: null, pid: null, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
-      maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, guest: this.guest(), bootMs: 0, error: null,
+      maxVcpus: this.limits.maxVcpus, maxMemoryMiB: this.limits.maxMemoryMiB, guest: this.guest(), bootMs: 0, error: null,
+      booted: { memoryMiB: this.spec.memoryMiB, maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, outputDisk: !!(this.spec.outputDisk || this.spec.outputDir) },
     };
   }
 
@@ -209,5 +209,18 @@ export class FakeRuntime implements SandboxRuntime {
     const sb = this.sandboxes.find((x) => x.id === id && !['stopped', 'failed'].includes(x.state));
     if (!sb) throw new SandboxError('SANDBOX_GONE', `sandbox ${id} is not running any more`);
     return sb;
+  }
+
+  /** Sandboxes not shut down; a stopped one has left nothing behind, a crashed one has. */
+  async list(): Promise<SandboxInfo[]> {
+    return this.sandboxes.filter((x) => x.state !== 'stopped')
+      .map((x) => ({ id: x.id, pid: null, state: x.state, alive: x.state !== 'failed' && x.state !== 'created' }));
+  }
+
+  async shutdown(id: string): Promise<void> {
+    for (const sb of this.sandboxes.filter((x) => x.id === id)) {
+      sb.crash();
+      sb.state = 'stopped';
+    }
   }
 }

@@ -1,5 +1,7 @@
 import test from 'ava';
-import { isOstEjectFailure, qemuArgs, sandboxPaths, vmmMemory } from './qemu.ts';
+import { qemuArgs, vmmMemory } from './args.ts';
+import { sandboxPaths } from './record.ts';
+import { isOstEjectFailure } from './vcpus.ts';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
