@@ -6,8 +6,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ensureGuestImage, openRuntime, QemuRuntime, vmmMemory, type QemuSandbox } from '../sandbox-runtime/index.ts';
-import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../sandbox-runtime/image/cpio.ts';
+import {
+  ensureGuestImage, openRuntime, QemuRuntime, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, vmmMemory, writeCpio, type QemuSandbox,
+} from '../sandbox-runtime/index.ts';
 
 const { values } = parseArgs({
   options: {

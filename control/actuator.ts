@@ -2,7 +2,7 @@
 // (the fast path) go out at once and in parallel; structural resizes run behind them,
 // one per sandbox at a time, without holding up the next tick. Reports what it did
 // and how long each action took.
-import type { Action, Plan } from './controller/decide.ts';
+import type { Action, Plan } from './controller/index.ts';
 
 /** The part of the sandbox contract the actuator uses (sandbox-runtime's Sandbox fits it). */
 export interface ActuatedSandbox {

@@ -2,11 +2,7 @@
 // actuator and the loop. Never imports sandbox-runtime/ or native/: the actuator is
 // handed anything that fits the sandbox contract.
 export * from './policy/index.ts';
-export * from './controller/decide.ts';
-export { LatencyWindow } from './monitor/window.ts';
-export { createProber, type Prober, type ProbeResult } from './monitor/probes.ts';
-export { ServiceMonitor, type ServiceReading } from './monitor/service.ts';
-export { bucketQuantile, HistogramWindow, parseHistogram, MetricsParseError } from './monitor/prometheus.ts';
-export { CpuUsage, readMemAvailableBytes, readPsi, type Psi } from './monitor/host.ts';
+export * from './controller/index.ts';
+export * from './monitor/index.ts';
 export { Actuator, type ActionResult, type ActuatedSandbox } from './actuator.ts';
 export { ControlLoop, ProcHostReader, type Decision, type HostReader, type LoopSandbox, type Reaction } from './loop.ts';

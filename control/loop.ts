@@ -5,9 +5,8 @@
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedSandbox } from './actuator.ts';
-import { decide, INITIAL_STATE, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/decide.ts';
-import { readMemAvailableBytes, readPsi } from './monitor/host.ts';
-import type { ServiceMonitor, ServiceReading } from './monitor/service.ts';
+import { decide, INITIAL_STATE, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
+import { readMemAvailableBytes, readPsi, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
 
 export interface LoopSandbox extends ActuatedSandbox {
   status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };

@@ -1,7 +1,7 @@
 // The one sandbox contract. QemuSandbox implements it on real QEMU; FakeSandbox in
 // memory for daemon tests. Nothing here knows about SLOs or jobs' policies.
 import type { CgroupKnobs } from './cgroup/index.ts';
-import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import type { ExitStatus, GuestStats } from './agent/index.ts';
 
 export type Accelerator = 'kvm' | 'tcg';
 

@@ -1,7 +1,7 @@
 // In-memory sandbox with the same contract as QemuSandbox, for daemon and controller
 // tests that need many sandboxes and exact control over time and failures. Commands are
 // answered by a handler the test supplies; resizes succeed instantly unless told to fail.
-import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import type { ExitStatus, GuestStats } from './agent/index.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
   validateSpec, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxMetrics,

@@ -7,8 +7,8 @@ import * as net from 'node:net';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AccelChoice } from './accel.ts';
-import { AgentClient } from './agent/client.ts';
-import type { GuestStats } from './agent/protocol.ts';
+import { AgentClient } from './agent/index.ts';
+import type { GuestStats } from './agent/index.ts';
 import type { Cgroup, CgroupManager } from './cgroup/index.ts';
 import {
   validateSpec, type Accelerator, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox,

@@ -1,9 +1,7 @@
 // Builds (or finds in the cache) the guest image; run by scripts/setup.mjs.
 // LODGER_GUEST_KERNEL: a kernel path, "minimal" (built here from linux-source, the default
 // when the source is installed) or "debian" (the cloud kernel); LODGER_GUEST_MODULES: its modules.
-import { defaultHostPaths } from '../sandbox-runtime/host.ts';
-import { ensureGuestImage } from '../sandbox-runtime/image/index.ts';
-import { ensureMinimalKernel } from '../sandbox-runtime/image/kernel.ts';
+import { defaultHostPaths, ensureGuestImage, ensureMinimalKernel } from '../sandbox-runtime/index.ts';
 
 const quiet = process.argv.includes('--quiet');
 const log = (m: string): void => { if (!quiet) console.error(`[setup] ${m}`); };

@@ -3,8 +3,7 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
-import { QemuRuntime, SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
+import { encodeFrame, FrameType, QemuRuntime, SandboxError, VmmExitedError, type QemuSandbox } from '../sandbox-runtime/index.ts';
 import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
 
 let rt: TestRuntime;

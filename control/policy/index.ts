@@ -7,6 +7,9 @@ import { extname, join } from 'node:path';
 import { Ajv } from 'ajv';
 import { parseValidated, YamlSchemaError } from './yaml.ts';
 
+// lodgerd's config file is read the same way.
+export { parseValidated, YamlSchemaError, type LocatedDocument } from './yaml.ts';
+
 const SCHEMA_PATH = new URL('../../policies/schema.json', import.meta.url);
 export const POLICY_SCHEMA = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
 

@@ -1,0 +1,2 @@
+// Public door of the pure QoS controller.
+export * from './decide.ts';
