@@ -31,6 +31,10 @@ export default tseslint.config(
     rules: imports(layer(['sandbox-runtime', 'native'], 'control/ decides and never imports sandbox-runtime/ or native/: the actuator is handed anything that fits the sandbox contract')),
   },
   {
+    files: ['lib/**'],
+    rules: imports(layer(['control', 'daemon', 'sandbox-runtime', 'native'], 'lib/ holds utilities every part may use: it imports none of them')),
+  },
+  {
     files: ['sandbox-runtime/**'],
     rules: imports(layer(['daemon', 'control'], 'sandbox-runtime/ knows nothing of jobs, SLOs or policies: it never imports daemon/ or control/')),
   },

@@ -21,6 +21,8 @@ const forbidden: [file: string, code: string, why: RegExp][] = [
   ['control/monitor/snippet.ts', "import { probeKvm } from '../../native/index.ts';", /never imports sandbox-runtime\/ or native\//],
   ['sandbox-runtime/snippet.ts', "import type { Decision } from '../control/index.ts';", /never imports daemon\/ or control\//],
   ['sandbox-runtime/cgroup/snippet.ts', "import { Lodgerd } from '../../daemon/index.ts';", /never imports daemon\/ or control\//],
+  ['lib/snippet.ts', "import { Sandbox } from '../sandbox-runtime/index.ts';", /imports none of them/],
+  ['sandbox-runtime/snippet.ts', "import { SerialQueue } from '../lib/serial-queue.ts';", /only through its index\.ts/],
 ];
 for (const [file, code, why] of forbidden) {
   test(`forbidden in ${file}: ${code}`, async (t) => {
@@ -35,6 +37,7 @@ const legal: [file: string, code: string][] = [
   ['daemon/cli/snippet.ts', "import { loadApi } from '../api.ts';\nimport { ControlLoop } from '../../control/index.ts';"],
   ['control/snippet.ts', "import { decide } from './controller/index.ts';"],
   ['control/monitor/snippet.test.ts', "import { ServiceMonitor } from './service.ts';\nimport { decide } from '../controller/index.ts';"],
+  ['sandbox-runtime/cgroup/snippet.ts', "import { SerialQueue } from '../../lib/index.ts';"],
   ['sandbox-runtime/image/snippet.ts', "import { SandboxError } from '../errors.ts';\nimport { probeKvm } from '../../native/index.ts';"],
   ['test/snippet.test.ts', "import { startNginx } from '../bench/index.ts';\nimport { Lodgerd } from '../daemon/index.ts';"],
 ];

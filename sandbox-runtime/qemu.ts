@@ -20,6 +20,7 @@ import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
 import type { HostPaths } from './host.ts';
 import type { GuestImage } from './image/index.ts';
 import { QmpClient, type CpuInfoFast, type HotpluggableCpu, type MemoryDeviceInfo, type StatusInfo } from './qmp.ts';
+import { SerialQueue } from '../lib/index.ts';
 
 const MiB = 1048576;
 export const AGENT_PORT = 'org.lodger.agent';
@@ -223,7 +224,7 @@ export class QemuSandbox implements Sandbox {
   /** An ACPI vCPU unplug happened (TCG then cannot plug again). */
   private acpiUnplugged = false;
   /** update() calls run one at a time. */
-  private updating: Promise<unknown> = Promise.resolve();
+  private readonly updating = new SerialQueue();
 
   /** Growth caps: the booted maximum, or less once a job claimed the sandbox. */
   private limits: { maxVcpus: number; maxMemoryMiB: number };
@@ -515,9 +516,7 @@ export class QemuSandbox implements Sandbox {
     // Host-side knobs are the fast path: they must not wait behind a vCPU or memory
     // step of hundreds of milliseconds, so a knobs-only update skips the queue.
     if (req.vcpus === undefined && req.memoryMiB === undefined) return this.doUpdate(req);
-    const next = this.updating.then(() => this.doUpdate(req));
-    this.updating = next.catch(() => {});
-    return next;
+    return this.updating.run(() => this.doUpdate(req));
   }
 
   private async doUpdate(req: ResourceUpdate): Promise<UpdateReport> {
