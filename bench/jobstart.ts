@@ -6,9 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { WarmPool } from '../daemon/pool.ts';
-import { Scheduler, type JobStartEvent } from '../daemon/scheduler.ts';
-import { JobStore, type JobSpec } from '../daemon/store.ts';
+import { JobStore, Scheduler, WarmPool, type JobSpec, type JobStartEvent } from '../daemon/index.ts';
 import { openRuntime } from '../sandbox-runtime/index.ts';
 import { percentile as pct } from './services.ts';
 

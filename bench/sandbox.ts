@@ -6,8 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ensureGuestImage, openRuntime, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
-import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../sandbox-runtime/image/cpio.ts';
+import { ensureGuestImage, openRuntime, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
 
 const { values } = parseArgs({
   options: {

@@ -4,9 +4,7 @@
 // so often each setting is handed down again so the cgroup layer can check it against the
 // kernel and rewrite a drifted one. Structural steps run behind, one per sandbox at a
 // time, without holding up the next round. Reports what it changed and how long it took.
-import type { Action, Desired, Plan } from './controller/decide.ts';
-import type { KnobSettings } from './controller/knobs.ts';
-import { expandCpus } from './controller/knobs.ts';
+import { expandCpus, type Action, type Desired, type KnobSettings, type Plan } from './controller/index.ts';
 
 /** The part of the sandbox contract the actuator uses (sandbox-runtime's Sandbox fits it). */
 export interface ActuatedSandbox {

@@ -7,10 +7,9 @@
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
-import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/decide.ts';
+import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
 import type { StateStore } from './state-store.ts';
-import { readMemAvailableBytes, readPsi } from './monitor/host.ts';
-import type { ServiceMonitor, ServiceReading } from './monitor/service.ts';
+import { readMemAvailableBytes, readPsi, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
 
 export interface LoopSandbox extends ActuatedSandbox {
   status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };

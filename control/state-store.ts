@@ -2,7 +2,7 @@
 // directory, replaced atomically. A file that does not parse as a controller state is
 // ignored (the controller starts afresh and clamps again on the next breach) and said so.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
-import type { ControllerState } from './controller/decide.ts';
+import type { ControllerState } from './controller/index.ts';
 
 export interface StateStore {
   load(): ControllerState | null;

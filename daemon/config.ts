@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
-import { parseValidated, YamlSchemaError } from '../control/policy/yaml.ts';
+import { parseValidated, YamlSchemaError } from '../control/index.ts';
 
 export interface LodgerdConfig {
   stateDir: string;

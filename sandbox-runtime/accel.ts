@@ -2,7 +2,7 @@
 // the rule is testable; the probe comes from native/kvm (or /sys/module without it).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { nativeAvailable, probeKvm, type KvmProbe } from '../native/kvm/index.ts';
+import { nativeAvailable, probeKvm, type KvmProbe } from '../native/index.ts';
 import type { Accelerator } from './contract.ts';
 import type { HostPaths } from './host.ts';
 

@@ -2,7 +2,7 @@
 // implements it on real QEMU; FakeSandbox (testing.ts) in memory for daemon tests.
 // Nothing here knows about SLOs or jobs' policies.
 import type { CgroupKnobs } from './cgroup/index.ts';
-import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import type { ExitStatus, GuestStats } from './agent/index.ts';
 import { SandboxError } from './errors.ts';
 
 export type Accelerator = 'kvm' | 'tcg';

@@ -8,7 +8,7 @@ import { decideAccel, probeHost, type AccelRequest } from './accel.ts';
 import { CgroupManager, detectCgroupVersion, V1_CONTROLLERS } from './cgroup/index.ts';
 import type { HostPaths } from './host.ts';
 import { imageHash, resolveInputs, type ImageOptions } from './image/index.ts';
-import { nativeAvailable } from '../native/kvm/index.ts';
+import { nativeAvailable } from '../native/index.ts';
 
 const run = promisify(execFile);
 

@@ -2,7 +2,7 @@
 // for daemon and controller tests that need many sandboxes and exact control over time
 // and failures. Commands are answered by a handler the test supplies; resizes succeed
 // instantly (within the bounds validateUpdate() enforces for every backend) unless told to fail.
-import type { ExitStatus, GuestStats } from './agent/protocol.ts';
+import type { ExitStatus, GuestStats } from './agent/index.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
   validateSpec, validateUpdate, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxInfo, type SandboxLimits,

@@ -8,9 +8,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ServiceMonitor } from '../control/index.ts';
-import { connect } from '../daemon/cli/client.ts';
-import { renderStatus } from '../daemon/cli/jobs.ts';
-import { freePort, runHey, startNginx, type HeyResult, type Nginx } from '../bench/services.ts';
+import { connect, renderStatus } from '../daemon/index.ts';
+import { freePort, runHey, startNginx, type HeyResult, type Nginx } from '../bench/index.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-demo-'));

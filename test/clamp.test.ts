@@ -8,8 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, type ApiClient } from '../daemon/cli/client.ts';
-import { startNginx, type Nginx } from '../bench/services.ts';
+import { connect, type ApiClient } from '../daemon/index.ts';
+import { startNginx, type Nginx } from '../bench/index.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-clamp-'));

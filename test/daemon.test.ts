@@ -5,7 +5,7 @@ import { execSync, spawn, spawnSync, type ChildProcess } from 'node:child_proces
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../bench/services.ts';
+import { freePort } from '../bench/index.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));

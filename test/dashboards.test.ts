@@ -8,7 +8,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../bench/services.ts';
+import { freePort } from '../bench/index.ts';
 
 const root = join(import.meta.dirname, '..');
 const procs: ChildProcess[] = [];

@@ -13,7 +13,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, ProcHostReader, ServiceMonitor, defaultPool, type OnlineServicePolicy } from '../control/index.ts';
 import { testRuntime, type TestRuntime } from './helpers.ts';
-import { runHey, startNginx, type Nginx } from '../bench/services.ts';
+import { runHey, startNginx, type Nginx } from '../bench/index.ts';
 
 // The load: 70% of what nginx serves flat out on its one CPU, measured first. Below about
 // half, CFS gives the sleeping nginx worker the CPU whenever it wakes and the spinning

@@ -3,8 +3,7 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { encodeFrame, FrameType } from '../sandbox-runtime/agent/protocol.ts';
-import { SandboxError, VmmExitedError, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { encodeFrame, FrameType, SandboxError, VmmExitedError, type HostedSandbox } from '../sandbox-runtime/index.ts';
 import { collect, taskCgroups, testRuntime, type TestRuntime } from './helpers.ts';
 
 let rt: TestRuntime;

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type ApiClient } from '../../daemon/cli/client.ts';
+import { connect, type ApiClient } from '../../daemon/index.ts';
 import { openRuntime, type Sandbox } from '../../sandbox-runtime/index.ts';
 
 const CPU_LOOP = 'w(){ while :; do head -c 1048576 /dev/zero | gzip -1 | sha256sum >/dev/null; echo u; done; }; w & w & wait';

@@ -2,7 +2,7 @@
 // into a sliding HDR window, or scrapes of its own Prometheus histogram. Never throws
 // for a bad target: failures become the observation's typed error.
 import type { OnlineServicePolicy } from '../policy/index.ts';
-import type { ServiceObservation } from '../controller/decide.ts';
+import type { ServiceObservation } from '../controller/index.ts';
 import { createProber, type ProbeResult, type Prober } from './probes.ts';
 import { HistogramWindow, parseHistogram } from './prometheus.ts';
 import { LatencyWindow } from './window.ts';

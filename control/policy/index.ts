@@ -7,6 +7,9 @@ import { extname, join } from 'node:path';
 import { Ajv } from 'ajv';
 import { parseValidated, YamlSchemaError } from './yaml.ts';
 
+// lodgerd's config file is read the same way.
+export { parseValidated, YamlSchemaError, type LocatedDocument } from './yaml.ts';
+
 const SCHEMA_PATH = new URL('../../policies/schema.json', import.meta.url);
 export const POLICY_SCHEMA = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
 
@@ -85,6 +88,16 @@ function splitAddress(a: string): { host: string; port: number } {
   return { host: a.slice(0, i), port: Number(a.slice(i + 1)) };
 }
 
+/** Where each parsed BatchPool's document says `kind: BatchPool`: errors about a whole pool point there. */
+const poolAt = new WeakMap<BatchPoolPolicy, { line: number; col: number }>();
+
+/** The controller drives one batch pool: a second is refused rather than silently ignored. */
+function secondPoolError(first: BatchPoolPolicy, second: BatchPoolPolicy): PolicyError {
+  const pos = poolAt.get(second) ?? { line: 1, col: 1 };
+  return new PolicyError(second.source, pos.line, pos.col,
+    `a second BatchPool "${second.name}": only one BatchPool is supported (the first is "${first.name}" in ${first.source})`);
+}
+
 /** Parses one file (several documents allowed). Throws PolicyError on the first problem. */
 export function parsePolicyText(text: string, file: string): PolicySet {
   const set: PolicySet = { services: [], pools: [] };
@@ -128,7 +141,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         throw new PolicyError(file, pos.line, pos.col, `minMemory is above maxMemory`);
       }
       const g = spec.growth;
-      set.pools.push({
+      const pool: BatchPoolPolicy = {
         name: meta.name, source: file,
         reserve: { cpus: spec.reserve.cpus, memoryBytes: parseSizeBytes(spec.reserve.memory) },
         sandbox,
@@ -139,7 +152,10 @@ export function parsePolicyText(text: string, file: string): PolicySet {
           backoffMs: parseDurationMs(g.backoff), maxBackoffMs: parseDurationMs(g.maxBackoff), loadRise: g.loadRise,
           reverseMs: parseDurationMs(g.reverse), cpusetIntervalMs: parseDurationMs(g.cpusetInterval),
         },
-      });
+      };
+      poolAt.set(pool, at(['kind']));
+      if (set.pools[0]) throw secondPoolError(set.pools[0], pool);
+      set.pools.push(pool);
     }
   }
   return set;
@@ -163,7 +179,7 @@ export async function loadPolicyFile(file: string): Promise<PolicySet> {
   return parsePolicyText(text, file);
 }
 
-/** Every *.yaml / *.yml in a directory; names must be unique across files. */
+/** Every *.yaml / *.yml in a directory; names must be unique across files, and at most one BatchPool. */
 export async function loadPolicyDir(dir: string): Promise<PolicySet> {
   const names = (await readdir(dir)).filter((n) => ['.yaml', '.yml'].includes(extname(n))).sort();
   const all: PolicySet = { services: [], pools: [] };
@@ -175,8 +191,7 @@ export async function loadPolicyDir(dir: string): Promise<PolicySet> {
       all.services.push(s);
     }
     for (const p of set.pools) {
-      const dup = all.pools.find((x) => x.name === p.name);
-      if (dup) throw new PolicyError(p.source, 1, 1, `BatchPool "${p.name}" is also defined in ${dup.source}`);
+      if (all.pools[0]) throw secondPoolError(all.pools[0], p);
       all.pools.push(p);
     }
   }

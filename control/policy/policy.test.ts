@@ -87,3 +87,15 @@ apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  sand
   t.deepEqual(set.services[0]!.process, { systemdUnit: 'nginx.service' });
   t.like(set.services[0]!.probe, { intervalMs: 100, timeoutMs: 1000 });
 });
+
+test('a second BatchPool is refused at its line, in one file or across files', async (t) => {
+  const pool = (name: string): string => `apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: ${name} }\nspec:\n  sandbox: { maxVcpus: 2, maxMemory: 1Gi }\n`;
+  t.is(errorOf(`${pool('a')}---\n${pool('b')}`).message,
+    'p.yaml:8:7: a second BatchPool "b": only one BatchPool is supported (the first is "a" in p.yaml)');
+  const dir = mkdtempSync(join(tmpdir(), 'lodger-pol-'));
+  writeFileSync(join(dir, 'a.yaml'), pool('a'));
+  writeFileSync(join(dir, 'b.yaml'), `# another pool\n${pool('b')}`);
+  const e = await t.throwsAsync(loadPolicyDir(dir), { instanceOf: PolicyError });
+  t.is(e?.message, `${join(dir, 'b.yaml')}:3:7: a second BatchPool "b": only one BatchPool is supported (the first is "a" in ${join(dir, 'a.yaml')})`);
+  t.is(e?.code, 'POLICY_INVALID');
+});

@@ -5,6 +5,7 @@
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { SerialQueue } from '../../lib/index.ts';
 import { SandboxError } from '../errors.ts';
 
 export interface IoMax {
@@ -336,14 +337,12 @@ export class CgroupManager {
   }
 
   /** create() calls run one at a time. */
-  private creating: Promise<unknown> = Promise.resolve();
+  private readonly creating = new SerialQueue();
 
   create(name: string): Promise<Cgroup> {
     // Two sandboxes starting together would race on the shared parent: the second could
     // see it before the first copied a v1 cpuset's CPUs into it, and inherit none.
-    const next = this.creating.then(() => this.createNow(name));
-    this.creating = next.catch(() => {});
-    return next;
+    return this.creating.run(() => this.createNow(name));
   }
 
   private async createNow(name: string): Promise<Cgroup> {

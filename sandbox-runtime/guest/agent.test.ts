@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { encodeFrame, FrameType, HEADER_BYTES } from '../agent/protocol.ts';
+import { encodeFrame, FrameType, HEADER_BYTES } from '../agent/index.ts';
 import { defaultHostPaths } from '../host.ts';
 import { hostAgentBinary } from '../image/index.ts';
 

@@ -12,6 +12,10 @@ import { promisify } from 'node:util';
 import { SandboxError } from '../errors.ts';
 import type { HostPaths } from '../host.ts';
 import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry } from './cpio.ts';
+
+// Also the image folder's door: the cpio writer (benches build initramfs variants) and the minimal kernel build.
+export { S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry } from './cpio.ts';
+export { ensureMinimalKernel } from './kernel.ts';
 import { builtMinimalKernel } from './kernel.ts';
 import { extractPvhKernel } from './pvh.ts';
 

@@ -1,7 +1,6 @@
 // What a sandbox needs of its guest agent's channel. The real one is ../agent/client.ts;
 // unit tests pass a fake through QemuRuntimeOptions.agent.
-import { AgentClient } from '../agent/client.ts';
-import type { ExecRequest as AgentExecRequest, GuestStats } from '../agent/protocol.ts';
+import { AgentClient, type ExecRequest as AgentExecRequest, type GuestStats } from '../agent/index.ts';
 import type { ExecHandle } from '../contract.ts';
 
 export interface AgentConnection {

@@ -5,7 +5,7 @@ import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { GuestStats } from '../agent/protocol.ts';
+import type { GuestStats } from '../agent/index.ts';
 import type { ExecHandle } from '../contract.ts';
 import { defaultHostPaths } from '../host.ts';
 import type { AgentConnection } from './agent.ts';

@@ -3,7 +3,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { AccelChoice } from '../accel.ts';
-import type { GuestStats } from '../agent/protocol.ts';
+import type { GuestStats } from '../agent/index.ts';
 import type { CgroupManager } from '../cgroup/index.ts';
 import {
   SANDBOX_ID, validateSpec, type Accelerator, type Sandbox, type SandboxInfo, type SandboxRuntime, type SandboxSpec,

@@ -3,7 +3,7 @@
 // inside its own cgroup from its first instruction. This class sequences the parts in
 // this folder; its lifecycle is the table in states.ts.
 import { mkdir, readFile, rm } from 'node:fs/promises';
-import type { GuestStats } from '../agent/protocol.ts';
+import type { GuestStats } from '../agent/index.ts';
 import type { Cgroup } from '../cgroup/index.ts';
 import type {
   Accelerator, ExecHandle, ExecRequest, ResourceUpdate, SandboxMetrics, SandboxSpec, SandboxStatus, SuspendReport, UpdateReport, VmmExit,

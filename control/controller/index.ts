@@ -1,0 +1,4 @@
+// Public door of the pure QoS controller.
+export * from './decide.ts';
+export { cpuSplit, expandCpus, rankKnobs, type CgroupKnob, type KnobEffects } from './knobs.ts';
+export { serviceSlacks, slack } from './slack.ts';

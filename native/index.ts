@@ -1,0 +1,2 @@
+// Public door of the native addons.
+export * from './kvm/index.ts';
