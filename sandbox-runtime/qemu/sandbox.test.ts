@@ -1,6 +1,6 @@
 // QemuSandbox's lifecycle through fakes of QMP and the agent, with a shell loop standing
 // in for the QEMU process (so pids, identity checks and exits are real).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,11 +12,14 @@ import { canTransition, checkTransition, TRANSITIONS, type Phase } from './state
 
 const spec = { id: 'u1', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 512 };
 
-async function booted(id = 'u1') {
+async function booted(t: ExecutionContext, id = 'u1') {
   const f = fakeQemuOptions();
   const rt = new QemuRuntime(f.opts);
   const sb = await rt.create({ ...spec, id });
   await sb.start();
+  // Whatever the test does, its stand-in VMM does not outlive it.
+  const pid = sb.pid;
+  t.teardown(() => { if (pid) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } } });
   const qmp = f.qmps.at(-1)!;
   // With fakes start() is done at once: wait until the launcher shell has exec'd the stand-in.
   for (let i = 0; i < 400 && readFileSync(`/proc/${sb.pid}/cmdline`, 'utf8').split('\0')[1] !== f.opts.host.qemuBinary; i++) await new Promise((r) => setTimeout(r, 5));
@@ -30,7 +33,7 @@ const killLater = (sb: HostedSandbox): void => {
 };
 
 test('start boots through QMP and the agent; resizes go step by step through the vCPU strategy and virtio-mem', async (t) => {
-  const { sb, agent } = await booted();
+  const { sb, agent } = await booted(t);
   try {
     t.is(sb.status().state, 'running');
     t.truthy(sb.pid);
@@ -50,7 +53,7 @@ test('start boots through QMP and the agent; resizes go step by step through the
 });
 
 test('a resize is refused while the sandbox is being suspended; a failed save puts it back running, as SANDBOX_SUSPEND_FAILED', async (t) => {
-  const { sb, qmp } = await booted();
+  const { sb, qmp } = await booted(t);
   try {
     const suspending = sb.suspend();
     while (sb.status().state !== 'suspending') await new Promise((r) => setTimeout(r, 1));
@@ -70,7 +73,7 @@ test('a resize is refused while the sandbox is being suspended; a failed save pu
 });
 
 test('suspend saves the VM and ends its VMM without ending the sandbox', async (t) => {
-  const { sb, qmp, agent } = await booted();
+  const { sb, qmp, agent } = await booted(t);
   const pid = sb.pid!;
   qmp.migration = { status: 'completed' };
   const rep = await sb.suspend();
@@ -87,7 +90,7 @@ test('suspend saves the VM and ends its VMM without ending the sandbox', async (
 });
 
 test('stop while paused goes straight to QMP quit (a paused guest cannot power off), without waiting out the grace', async (t) => {
-  const { sb, qmp, agent } = await booted();
+  const { sb, qmp, agent } = await booted(t);
   await sb.pause();
   t.is(sb.status().state, 'paused');
   await t.throwsAsync(sb.exec({ argv: ['true'] }), { message: /paused/ });
@@ -103,7 +106,7 @@ test('stop while paused goes straight to QMP quit (a paused guest cannot power o
 });
 
 test('a VMM that dies is the sandbox\'s end: typed error to waiters, state failed, updates refused', async (t) => {
-  const { sb, agent } = await booted();
+  const { sb, agent } = await booted(t);
   process.kill(sb.pid!, 'SIGKILL');
   const exit = await sb.wait();
   t.is(exit.signal, 'SIGKILL');
@@ -131,7 +134,7 @@ test('attach to a dead pid, or to a live process that is not the sandbox\'s QEMU
 });
 
 test('a new owner attaches to a released sandbox: same VMM, paused state kept', async (t) => {
-  const { sb, rt, qmps } = await booted('adopt');
+  const { sb, rt, qmps } = await booted(t, 'adopt');
   await sb.pause();
   sb.release();
   const b = await rt.attach('adopt');
@@ -147,7 +150,7 @@ test('a new owner attaches to a released sandbox: same VMM, paused state kept', 
 });
 
 test('list() tells live VMMs from dead ones and half-started sandboxes; shutdown(id) removes what is left, idempotently', async (t) => {
-  const { sb, rt, opts } = await booted('left');
+  const { sb, rt, opts } = await booted(t, 'left');
   const pid = sb.pid!;
   sb.release(); // the owner crashed
   mkdirSync(join(opts.host.runDir, 'half'), { recursive: true });
@@ -165,7 +168,7 @@ test('list() tells live VMMs from dead ones and half-started sandboxes; shutdown
 });
 
 test('shutdown finds the VMM of a sandbox that had no record yet by its identity', async (t) => {
-  const { sb, rt, opts } = await booted('early');
+  const { sb, rt, opts } = await booted(t, 'early');
   const pid = sb.pid!;
   sb.release();
   const p = sandboxPaths(opts.host.runDir, 'early');
@@ -186,7 +189,7 @@ test('state table: every state is reachable from created, terminal states lead n
   const e = t.throws(() => checkTransition('x', 'stopped', 'running'), { instanceOf: SandboxError });
   t.is(e?.code, 'SANDBOX_BAD_STATE');
   // Through the sandbox: a second start, and pause before start, are refused.
-  const { sb } = await booted('twice');
+  const { sb } = await booted(t, 'twice');
   try {
     t.is((await t.throwsAsync(sb.start(), { instanceOf: SandboxError }))?.code, 'SANDBOX_BAD_STATE');
     const fresh = await new QemuRuntime(fakeQemuOptions().opts).create(spec);
