@@ -4,6 +4,7 @@
 // or pinned to a CPU set) or as jobs under a real lodgerd.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../../daemon/index.ts';
 import { openRuntime, type Sandbox } from '../../sandbox-runtime/index.ts';
@@ -72,7 +73,16 @@ export async function startDirect(dir: string, tag: string): Promise<DirectBatch
   return {
     units,
     vcpus: async () => sandboxes.reduce((n, s) => n + s.status().vcpus, 0),
-    set: async (knobs) => { for (const s of sandboxes) await s.update({ cgroup: knobs }); },
+    // On the batch's parent cgroup as well: cpu.idle on the sandboxes' own groups alone
+    // only ranks them against each other (v1 and v2 alike); it is the parent's that makes
+    // batch yield to the rest of the host. The parent is widened first and narrowed last
+    // (v1 refuses a parent cpuset narrower than a child's).
+    set: async (knobs) => {
+      const parent = await cgroups?.openParent();
+      await parent?.apply({ cpus: `0-${cpus().length - 1}`, cpuIdle: knobs.cpuIdle });
+      for (const s of sandboxes) await s.update({ cgroup: knobs });
+      await parent?.apply({ cpus: knobs.cpus });
+    },
     pause: async () => { for (const s of sandboxes) if (s.status().state === 'running') await s.pause(); },
     resume: async () => { for (const s of sandboxes) if (s.status().state === 'paused') await s.resume(); },
     stop: async () => {

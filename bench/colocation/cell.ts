@@ -18,7 +18,7 @@ export interface Cell {
   batchRelative: number; batchRates: Record<string, number>;
   /** lodger only: clamps in the cell, direction changes and cpuset changes seen, its own CPU use. */
   clamps: number | null; directionChanges: number | null; cpusetChanges: number | null; daemonCpu: number | null;
-  /** solo and static: the p99 lodgerd's probe saw (static's sets lodgerd's target). */
+  /** solo and static: the median 1-s-window p99 lodgerd's probe saw (static's sets lodgerd's target). */
   probeP99Ms: number | null;
   policyTargetMs: number | null;
 }
@@ -35,15 +35,22 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** The probe lodgerd would use, run during solo and static cells: the static p99 sets the policy target. */
+/**
+ * The probe lodgerd would use, run during solo and static cells: the median over the
+ * cell's 1-s windows of their p99 (the statistic the SLO's 1 s window is), which for the
+ * static split sets lodgerd's target.
+ */
 async function probeP99(svc: Service, during: Promise<unknown>): Promise<number> {
   const mon = new ServiceMonitor({ name: svc.name, source: 'bench', slo: { percentile: 99, targetMs: 1000, windowMs: 1000 }, probe: svc.probe, prometheus: null, cpus: null });
-  const lat: number[] = [];
-  mon.onSample = (r) => { if (r.ok) lat.push(r.latencyMs); };
+  const lat: { at: number; ms: number }[] = [];
+  mon.onSample = (r, at) => { if (r.ok) lat.push({ at, ms: r.latencyMs }); };
   mon.start();
   await during;
   mon.stop();
-  return lat.length ? percentile(lat, 99) : NaN;
+  if (!lat.length) return NaN;
+  const t0 = lat[0]!.at;
+  const wins = windowP99s(lat.map((x) => ({ t: x.at - t0, ms: x.ms, ok: true })), Math.floor((lat.at(-1)!.at - t0) / 1000));
+  return wins.length ? percentile(wins, 50) : percentile(lat.map((x) => x.ms), 99);
 }
 
 /** Tightening and loosening in lodgerd's decision reasons (decide.ts words them). */

@@ -9,8 +9,9 @@
 //   idle-all     cpu.idle, batch on every CPU;
 //   unmanaged    batch on every CPU, nothing done;
 //   lodger       the batch jobs under a real lodgerd whose SLO is what the static split
-//                gives: `multiple` x the p99 its probe saw in the latest static cell at
-//                that load (the tail an operator choosing the static split accepts).
+//                gives: `multiple` x the p99 over 1 s its probe saw in a typical second
+//                (the median window) of the latest static cell at that load (the tail an
+//                operator choosing the static split accepts).
 //                lodgerd gets `settle` seconds at a new load before the cell is measured,
 //                as a controller at steady load would have had; load steps are measured
 //                by the step scenario. lodgerd runs on the batch CPUs (housekeeping), as

@@ -14,6 +14,7 @@ export interface Sample {
 }
 
 export interface LoadRun {
+  /** When the first request was due (wall-clock ms): samples' t counts from here. */
   startedAt: number;
   offeredRps: number;
   achievedRps: number;
@@ -45,7 +46,7 @@ function run(cmd: string[], timeoutMs: number): Promise<string> {
 }
 
 export async function load(target: Target, rps: number, seconds: number, cpu: number | null): Promise<LoadRun> {
-  const startedAt = Date.now();
+  let startedAt = Date.now();
   const samples: Sample[] = [];
   if (target.kind === 'nginx') {
     // hey throttles each worker; enough workers keep each one's interval above the latency.
@@ -60,6 +61,8 @@ export async function load(target: Target, rps: number, seconds: number, cpu: nu
     const script = join(import.meta.dirname, 'redis-load.ts');
     const text = await run([...loadGeneratorPrefix(cpu), process.execPath, '--import', 'tsx', script, '--port', String(target.port), '--rate', String(rps), '--seconds', String(seconds)], (seconds + 60) * 1000);
     for (const line of text.split('\n')) {
+      const own = /^# start (\d+)$/.exec(line);
+      if (own) startedAt = Number(own[1]); // the generator's own clock: Node takes a while to start
       if (!line || line.startsWith('#')) continue;
       const [t, ms] = line.split(',');
       samples.push({ t: Number(t), ms: Number(ms), ok: true });

@@ -49,6 +49,7 @@ setup.sock.destroy();
 const conns = await Promise.all(Array.from({ length: nconn }, open));
 const total = Math.round(rate * seconds);
 const start = performance.now();
+const startedAtWall = Date.now();
 let sent = 0;
 await new Promise<void>((resolve) => {
   const timer = setInterval(() => {
@@ -70,4 +71,5 @@ await new Promise<void>((resolve) => {
 const deadline = performance.now() + 2000;
 while (received < sent && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
 for (const c of conns) c.sock.destroy();
-process.stdout.write(`${out.join('\n')}\n# sent ${sent} received ${received}\n`);
+// Its own start, in wall-clock ms: the caller's clock starts before this process is up.
+process.stdout.write(`# start ${startedAtWall}\n${out.join('\n')}\n# sent ${sent} received ${received}\n`);
