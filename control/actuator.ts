@@ -4,6 +4,7 @@
 // so often each setting is handed down again so the cgroup layer can check it against the
 // kernel and rewrite a drifted one. Structural steps run behind, one per sandbox at a
 // time, without holding up the next round. Reports what it changed and how long it took.
+import { SerialQueue } from '../lib/index.ts';
 import { expandCpus, type Action, type Desired, type KnobSettings, type Plan } from './controller/index.ts';
 
 /** The part of the sandbox contract the actuator uses (sandbox-runtime's Sandbox fits it). */
@@ -41,9 +42,8 @@ const errorText = (e: unknown): string => `${(e as { code?: string }).code ?? 'E
 const cpuCount = (k: KnobSettings | undefined): number => (k?.cpus === undefined ? Infinity : expandCpus(k.cpus).length);
 
 export class Actuator {
-  private readonly resizing = new Map<string, Promise<unknown>>();
-  /** Sandboxes with a structural step under way: their updates queue behind it. */
-  private readonly inFlight = new Set<string>();
+  /** Structural steps per sandbox, one at a time; present while any is under way (its updates queue behind them). */
+  private readonly structural = new Map<string, { queue: SerialQueue; pending: number }>();
   /** What was last applied per target, and when. */
   private readonly applied = new Map<string, { key: string; at: number; knobs: KnobSettings }>();
 
@@ -62,7 +62,7 @@ export class Actuator {
     const prev = this.applied.get(id);
     if (!prev || prev.key !== JSON.stringify(knobs)) return true;
     // A re-assertion would wait behind a resize and hold up the round: it can wait.
-    return this.clock() - prev.at >= REASSERT_MS && !this.inFlight.has(id);
+    return this.clock() - prev.at >= REASSERT_MS && !this.structural.has(id);
   }
 
   private async knobs(id: string, knobs: KnobSettings, reason: string, t0: number, write: () => Promise<{ detail: string; steps?: { kind: string; ms: number }[] }>): Promise<ActionResult | null> {
@@ -164,18 +164,13 @@ export class Actuator {
     const t0 = this.clock();
     const fast = await this.converge(plan.desired);
     const structural = Promise.all(plan.actions.map((a) => {
-      const prev = this.resizing.get(a.sandbox) ?? Promise.resolve();
-      this.inFlight.add(a.sandbox);
-      const next = prev.then(() => this.run(a, t0));
-      const settled = next.catch(() => {}).then(() => { if (this.resizing.get(a.sandbox) === settled) { this.resizing.delete(a.sandbox); this.inFlight.delete(a.sandbox); } });
-      this.resizing.set(a.sandbox, settled);
+      const s = this.structural.get(a.sandbox) ?? { queue: new SerialQueue(), pending: 0 };
+      this.structural.set(a.sandbox, s);
+      s.pending++;
+      const next = s.queue.run(() => this.run(a, t0)).finally(() => { if (--s.pending === 0) this.structural.delete(a.sandbox); });
       return next;
     }));
     return { fast, structural };
   }
 
-  /** A resize still under way for this sandbox. */
-  busy(id: string): Promise<unknown> {
-    return this.resizing.get(id) ?? Promise.resolve();
-  }
 }

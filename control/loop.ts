@@ -5,7 +5,7 @@
 // also stored (StateStore) so a restart keeps clamps, breach memory and learned knob
 // effects. It keeps the recent decisions with their reasons and every reaction's time.
 import { EventEmitter } from 'node:events';
-import { availableParallelism } from 'node:os';
+import { cpus } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
 import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
 import type { StateStore } from './state-store.ts';
@@ -19,9 +19,14 @@ export interface HostReader {
   read(): Promise<HostObservation>;
 }
 
+const hostCpus = (): number => cpus().length;
+
 /** Host signals from /proc (injected path). */
 export class ProcHostReader implements HostReader {
-  constructor(private readonly proc = '/proc', private readonly cpus = availableParallelism()) {}
+  // The host's CPUs, not this process's affinity: a lodgerd pinned to housekeeping CPUs
+  // must still split all of them (with availableParallelism() it saw one CPU and put
+  // batch on the service's).
+  constructor(private readonly proc = '/proc', private readonly cpus = hostCpus()) {}
   async read(): Promise<HostObservation> {
     const [psi, mem] = await Promise.all([readPsi(this.proc, 'cpu'), readMemAvailableBytes(this.proc)]);
     return { cpus: this.cpus, cpuPressure: psi?.someAvg10 ?? 0, memAvailableBytes: mem };

@@ -7,7 +7,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
-import { availableParallelism } from 'node:os';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import {
   ControlLoop, FileStateStore, loadPolicyDir, ProcHostReader, ServiceMonitor, type ActuatedPool, type BatchPoolPolicy, type ControllerPolicy, type Decision,
@@ -130,7 +130,7 @@ export class Lodgerd {
       runtime: rt.runtime, size: cfg.warmPoolSize, log,
       shape: () => ({ maxVcpus: this.batchPool().sandbox.maxVcpus, maxMemoryMiB: this.batchPool().sandbox.maxMemoryMiB }),
     }) : null;
-    const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, availableParallelism() - this.batchPool().reserve.cpus);
+    const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, cpus().length - this.batchPool().reserve.cpus);
     const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log });
     const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => this.policySet, loop: () => this.loop }) : null;
     this.p = { store, rt, pool, scheduler, metrics };
