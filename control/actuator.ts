@@ -53,25 +53,21 @@ export class Actuator {
     private readonly pool: ActuatedPool | null = null,
   ) {}
 
-  /** Forgets a target that went away, so it is applied afresh if it comes back. */
-  forget(id: string): void {
-    this.applied.delete(id);
-  }
-
-  private due(id: string, knobs: KnobSettings): boolean {
+  private due(id: string, key: string): boolean {
     const prev = this.applied.get(id);
-    if (!prev || prev.key !== JSON.stringify(knobs)) return true;
+    if (!prev || prev.key !== key) return true;
     // A re-assertion would wait behind a resize and hold up the round: it can wait.
     return this.clock() - prev.at >= REASSERT_MS && !this.structural.has(id);
   }
 
   private async knobs(id: string, knobs: KnobSettings, reason: string, t0: number, write: () => Promise<{ detail: string; steps?: { kind: string; ms: number }[] }>): Promise<ActionResult | null> {
-    if (!this.due(id, knobs)) return null;
-    const changed = this.applied.get(id)?.key !== JSON.stringify(knobs);
+    const key = JSON.stringify(knobs);
+    if (!this.due(id, key)) return null;
+    const changed = this.applied.get(id)?.key !== key;
     const action: Action = { kind: 'knobs', sandbox: id, knobs, reason };
     try {
       const r = await write();
-      this.applied.set(id, { key: JSON.stringify(knobs), at: this.clock(), knobs });
+      this.applied.set(id, { key, at: this.clock(), knobs });
       const wrote = r.detail !== '' && r.detail !== 'no change';
       // A re-assertion that found everything in place is not news.
       if (!changed && !wrote) return null;
@@ -85,6 +81,8 @@ export class Actuator {
   /** Converges the pool and every sandbox to the desired fast-path setting. */
   async converge(desired: Desired): Promise<ActionResult[]> {
     const t0 = this.clock();
+    // A sandbox that went away is forgotten (applied afresh should its id come back).
+    for (const id of this.applied.keys()) if (id !== POOL_TARGET && !desired.sandboxes.some((d) => d.id === id)) this.applied.delete(id);
     const pool = this.pool;
     const poolStep = pool ? (): Promise<ActionResult | null> => this.knobs(POOL_TARGET, desired.pool, desired.reason, t0, async () => ({ detail: (await pool.update(desired.pool)).join(', ') })) : null;
     const sandboxSteps = (): Promise<(ActionResult | null)[]> => Promise.all(desired.sandboxes.map(async (d) => {
