@@ -132,7 +132,7 @@ test('the built-in BatchPool takes its defaults from the policy parser', (t) => 
   t.like(DEFAULT_POOL, {
     name: 'default', source: '(built in)', reserve: { cpus: 1, memoryBytes: 1 << 30 },
     sandbox: { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 },
-    knobs: ['cpuset', 'cpu.idle', 'cpu.weight', 'pause'],
+    knobs: ['cpu.idle', 'cpuset', 'cpu.weight', 'pause'],
     growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
   });
 });

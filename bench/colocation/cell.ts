@@ -55,7 +55,7 @@ async function probeP99(svc: Service, during: Promise<unknown>): Promise<number>
 
 /** Tightening and loosening in lodgerd's decision reasons (decide.ts words them). */
 export function direction(reason: string): 1 | -1 | 0 {
-  if (/: clamp |: pause$/.test(reason)) return -1;
+  if (/: clamp |: pause$|: revert it$/.test(reason)) return -1;
   if (/: release \S+$|: resume$/.test(reason)) return 1;
   return 0;
 }

@@ -41,7 +41,8 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '2' },
     seconds: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '2' },
-    settle: { type: 'string', default: '20' },
+    // A cpuset may change once per 30 s (cpusetInterval): after a clamp, giving it back takes that long.
+    settle: { type: 'string', default: '35' },
     multiple: { type: 'string', default: '1.1' },
     loads: { type: 'string', default: '20,40,60,80' },
     out: { type: 'string', default: join(root, 'docs', 'colocation') },

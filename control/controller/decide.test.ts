@@ -40,9 +40,11 @@ const obsAt = (now: number, latencyMs: number | null, sbs: Sb[], memAvailMiB = 1
 const room = (sbs: Sb[], state: ControllerState): number =>
   sbs.reduce((n, s) => n + s.vcpus * 1000 + s.memoryMiB + (s.paused ? -1e6 : 0) + (s.suspended ? -1e7 : 0), 0) - state.level * 1e5;
 
+const since = (now: number, t: number | null | undefined): number => (t === null || t === undefined ? Infinity : now - t);
+
 const latencies = fc.array(fc.oneof(fc.double({ min: 0.1, max: 6, noNaN: true }), fc.constant(null)), { minLength: 1, maxLength: 400 });
 
-test('never gives batch more while a service is in violation; clamps every knob on the first violating tick; stays in bounds; never resizes a paused guest', (t) => {
+test('never gives batch more while a service is in violation; clamps every knob on the first violating tick (or reverts the release just made); stays in bounds; never resizes a paused guest', (t) => {
   fc.assert(fc.property(latencies, fc.integer({ min: 1, max: 4 }), fc.integer({ min: 4000, max: 20000 }), (lat, startVcpus, memAvail) => {
     const sbs: Sb[] = [{ id: 'a', vcpus: startVcpus, memoryMiB: 512, paused: false, guestMemAvailableMiB: 64 }, { id: 'b', vcpus: 1, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
     let state: ControllerState = INITIAL_STATE;
@@ -55,8 +57,10 @@ test('never gives batch more while a service is in violation; clamps every knob 
       apply(sbs, plan);
       const violating = l !== null && l > service.slo.targetMs;
       if (violating && room(sbs, plan.state) > room(before, state)) return false;
-      if (violating && plan.state.level !== 3) return false;
-      if (violating && plan.desired.sandboxes.some((d) => d.knobs.cpuIdle !== true || d.knobs.cpus !== '1,2,3,4,5,6,7' || d.knobs.cpuWeight !== 1)) return false;
+      const reverting = since(i * TICK, plan.state.revertedAt) < service.slo.windowMs;
+      if (violating && plan.state.level !== 3 && !reverting) return false;
+      if (violating && reverting && plan.state.level < state.level) return false;
+      if (violating && !reverting && plan.desired.sandboxes.some((d) => d.knobs.cpuIdle !== true || d.knobs.cpus !== '1,2,3,4,5,6,7' || d.knobs.cpuWeight !== 1)) return false;
       for (const s of sbs) {
         if (s.vcpus < 1 || s.vcpus > pool.sandbox.maxVcpus) return false;
         if (s.memoryMiB < pool.sandbox.minMemoryMiB || s.memoryMiB > pool.sandbox.maxMemoryMiB) return false;
@@ -217,6 +221,37 @@ test('the knob ranking is learned: a knob whose release cost slack is released l
   t.is(state.order[0], 'cpu.weight', `order ${state.order}`);
   t.true(applied.includes('cpu.weight'), 'the knob that matters stays on');
   t.false(applied.includes('cpuset'), 'those that do not are given back');
+});
+
+test('revert and block: a breach right after a release undoes that release alone and blocks it for the back-off; another SLO forgets it', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
+  const at = (targetMs: number): ControllerPolicy => ({ services: [{ ...service, slo: { ...service.slo, targetMs } }], pool: fast });
+  // The plant: the tail holds while cpu.idle is applied; without it, it breaches.
+  const lat = (applied: string[]): number => (applied.includes('cpu.idle') ? 1 : 3);
+  let state: ControllerState = { ...INITIAL_STATE, level: 3, order: ['cpu.idle', 'cpuset', 'cpu.weight'] };
+  let applied: string[] = ['cpu.idle', 'cpuset', 'cpu.weight'];
+  const levels: number[] = [];
+  let revert: Plan | null = null;
+  for (let now = 0; now < 25_000; now += TICK) {
+    const plan = decide(at(2), obsAt(now, lat(applied), sbs, 16384, 2), state);
+    if (/revert it$/.test(plan.reason)) revert ??= plan;
+    applied = plan.desired.applied;
+    state = plan.state;
+    levels.push(state.level);
+  }
+  t.truthy(revert, 'the breach after releasing cpu.idle was reverted');
+  t.deepEqual(revert!.desired.applied, ['cpu.idle'], 'cpu.idle alone came back: the cpuset stayed given back');
+  t.deepEqual(applied, ['cpu.idle'], 'and it stays so: the release is blocked by the breach memory');
+  t.is(levels.filter((l, i) => i > 0 && l > levels[i - 1]!).length, 1, 'one tightening in 25 s: no flapping');
+  t.true((state.effects['cpu.idle']?.value ?? 0) > 0.5, 'its cost was learnt');
+  // A looser SLO (another cell, another service's target) is not bound by that breach.
+  const loose = decide(at(3), obsAt(25_000, 1, sbs, 16384, 2), state);
+  t.is(loose.state.breach, null);
+  // A release measured across a gap in the loop (a stopped daemon) is not learnt from.
+  let s2: ControllerState = { ...state, breach: null, trial: { knob: 'cpu.idle', at: 30_000, slackBefore: 0.5 }, level: 0, roundAt: 30_000 };
+  s2 = decide(at(3), obsAt(40_000, 2.9, sbs, 16384, 2), s2).state;
+  t.deepEqual(s2.effects, state.effects);
 });
 
 test('pause only when a breach outlasts a whole window with every other knob applied, and only if the policy lists it', (t) => {

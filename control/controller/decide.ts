@@ -92,6 +92,8 @@ export interface Breach {
   /** Knobs that were applied when it happened: giving back down to here is blocked. */
   level: number;
   backoffMs: number;
+  /** The SLO targets (ms per service) it happened under: under a looser or another SLO it is forgotten. */
+  slo?: Record<string, number>;
 }
 
 /** Everything the controller remembers; plain JSON (the daemon stores it in its state directory). */
@@ -118,6 +120,11 @@ export interface ControllerState {
   trial: { knob: CgroupKnob; at: number; slackBefore: number } | null;
   lastResizeAt: number | null;
   lastDirection: 'grow' | 'shrink' | null;
+  /** When the last round ran, and under which SLO targets: a release measured across a gap or an SLO change is not learnt from. */
+  roundAt?: number | null;
+  slo?: Record<string, number>;
+  /** A release undone because the breach followed it: no clamp-all for a window while the revert shows. */
+  revertedAt?: number | null;
 }
 
 export interface Plan {
@@ -136,7 +143,7 @@ export interface Plan {
 export const INITIAL_STATE: ControllerState = {
   level: 0, order: [], paused: false, clampedAt: null, releasedAt: null, cpusetChangedAt: null,
   highSince: null, lowSince: null, violatingSince: null, breach: null, loadBaseline: null, loadAt: null,
-  effects: {}, trial: null, lastResizeAt: null, lastDirection: null,
+  effects: {}, trial: null, lastResizeAt: null, lastDirection: null, roundAt: null, slo: {}, revertedAt: null,
 };
 
 export interface ControllerPolicy {
@@ -152,9 +159,18 @@ const STALE_BASELINE_MS = 2000;
 const MIN_STEP_CPUS = 0.05;
 /** Load must fall this far below a breach's before its level may be given back early. */
 const LOAD_FALL = 0.85;
+/** A breach is remembered under SLO targets up to this much looser than its own. */
+const SLO_SAME = 1.1;
 
 const fmt = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
-const since = (now: number, t: number | null): number => (t === null ? Infinity : now - t);
+const since = (now: number, t: number | null | undefined): number => (t === null || t === undefined ? Infinity : now - t);
+
+/** Whether a breach seen under SLO `then` still speaks for SLO `now`: the same services, none looser by more than SLO_SAME. */
+function sameSlo(then: Record<string, number> | undefined, now: Record<string, number>): boolean {
+  if (!then) return true; // a state from before SLOs were recorded
+  const names = Object.keys(now);
+  return names.length === Object.keys(then).length && names.every((n) => then[n] !== undefined && now[n]! <= then[n]! * SLO_SAME);
+}
 
 /** A state from an older daemon or another policy, made consistent with this policy. */
 export function reconcileState(prev: ControllerState, policy: ControllerPolicy): ControllerState {
@@ -173,6 +189,16 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const s = serviceSlacks(policy.services, obs.services);
   const violating = s.min < 0;
   const windowMs = Math.max(...policy.services.map((x) => x.slo.windowMs), 0);
+  const slo = Object.fromEntries(policy.services.map((x) => [x.name, x.slo.targetMs]));
+  // Across a gap (a stopped loop) or an SLO change, the slack before and after a release
+  // are not comparable (they were confounded so across the benchmark's cells), and a
+  // breach under another SLO says nothing about this one.
+  const gap = since(now, prev.roundAt) > STALE_BASELINE_MS;
+  const sloChanged = prev.slo !== undefined && JSON.stringify(prev.slo) !== JSON.stringify(slo) && Object.keys(prev.slo).length > 0;
+  state.roundAt = now;
+  state.slo = slo;
+  if ((gap || sloChanged) && prev.trial) state.trial = null;
+  if (prev.breach && !sameSlo(prev.breach.slo, slo)) state.breach = null;
 
   // Leading indicators: the services' own CPU use and run delay, when their processes are known.
   const uses = obs.services.map((o) => o.cpuUse).filter((x): x is number => typeof x === 'number');
@@ -191,22 +217,45 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   // Bands: growth only above minSlack held for a cool-down; below shrinkSlack, shrink.
   // Unknown latency never justifies growth; it does not clamp either (the service may be
   // down for reasons of its own), so it holds.
+  // "Since when" needs an unbroken run of rounds: a gap starts them again.
   const comfortable = s.unknown.length === 0 && s.min >= g.minSlack;
-  state.highSince = comfortable ? (prev.highSince ?? now) : null;
-  state.lowSince = s.min < g.shrinkSlack ? (prev.lowSince ?? now) : null;
-  state.violatingSince = violating ? (prev.violatingSince ?? now) : null;
+  const held = (t: number | null): number => (gap || t === null ? now : t);
+  state.highSince = comfortable ? held(prev.highSince) : null;
+  state.lowSince = s.min < g.shrinkSlack ? held(prev.lowSince) : null;
+  state.violatingSince = violating ? held(prev.violatingSince) : null;
 
   // A release under evaluation: its cost is the slack it lost, measured once the window
   // has refreshed (or at once, if it led to danger).
-  if (prev.trial && Number.isFinite(s.min) && (violating || rising || now - prev.trial.at >= Math.max(windowMs, 1000))) {
-    state.effects = learnEffect(prev.effects, prev.trial.knob, prev.trial.slackBefore - s.min);
+  const trial = state.trial;
+  if (trial && Number.isFinite(s.min) && (violating || rising || now - trial.at >= Math.max(windowMs, 1000))) {
+    state.effects = learnEffect(prev.effects, trial.knob, trial.slackBefore - s.min);
     state.trial = null;
   }
+  const breachAt = (level: number, backoffFrom: Breach | null): Breach => {
+    const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
+    return { at: now, load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
+  };
 
   let why = '';
   let tightened = false;
   const danger = violating || (rising && K > 0);
-  if (danger && prev.level < K) {
+  // PARTIES' revert: a breach within a window of a release, with no load step, was that
+  // release's doing; undo it alone (a setting known to hold) and block it.
+  const revertible = violating && !rising && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= 2 * Math.max(windowMs, 1000);
+  const showingRevert = violating && !rising && since(now, prev.revertedAt) < Math.max(windowMs, 1000);
+  if (revertible) {
+    state.level = prev.level + 1;
+    // Re-rank among the applied knobs only (the set applied does not change), so the
+    // knob just measured to matter is not the next one given back.
+    const ranked = rankKnobs(pool.knobs, state.effects);
+    const on = prev.order.slice(0, state.level);
+    state.order = [...ranked.filter((k) => on.includes(k)), ...prev.order.slice(state.level)];
+    state.clampedAt = now;
+    state.revertedAt = now;
+    tightened = true;
+    state.breach = breachAt(prev.level, state.breach);
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
+  } else if (danger && prev.level < K && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
     state.order = rankKnobs(pool.knobs, state.effects);
     state.level = K;
@@ -214,18 +263,14 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     tightened = true;
     why = violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`;
     why += `: clamp ${state.order.join(', ')}`;
-    const repeat = prev.breach !== null && now - prev.breach.at < 4 * prev.breach.backoffMs;
-    state.breach = {
-      at: now, load, level: prev.level,
-      backoffMs: repeat ? Math.min(2 * prev.breach!.backoffMs, g.maxBackoffMs) : g.backoffMs,
-    };
-  } else if (violating && pool.knobs.includes('pause') && !prev.paused && since(now, prev.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
+    state.breach = breachAt(prev.level, state.breach);
+  } else if (violating && prev.level >= K && pool.knobs.includes('pause') && !prev.paused && since(now, prev.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
     state.paused = true;
     state.clampedAt = now;
     tightened = true;
     why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, prev.violatingSince))} ms with ${state.order.join(', ') || 'no knob'} applied: pause`;
   } else if (violating) {
-    why = `breach: ${s.worst} (slack ${fmt(s.min)}) with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
+    why = `breach: ${s.worst} (slack ${fmt(s.min)})${showingRevert ? ' after a revert' : ''} with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
   } else if (prev.paused || prev.level > 0) {
     const release = releaseGate(policy, prev, state, now, load, runDelay);
     if (release.ok && prev.paused) {
@@ -272,7 +317,7 @@ function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: Cont
   if (runDelay !== null && runDelay >= g.maxCpuPressure) return { ok: false, why: `services waited ${runDelay.toFixed(0)}% of the time for a CPU` };
   const releasing = prev.paused ? null : prev.order[prev.level - 1];
   if (releasing === 'cpuset' && since(now, prev.cpusetChangedAt) < g.cpusetIntervalMs) return { ok: false, why: `cpuset changed less than ${g.cpusetIntervalMs / 1000} s ago` };
-  const b = prev.breach;
+  const b = next.breach;
   if (b && !prev.paused && prev.level - 1 <= b.level) {
     const fell = load !== null && b.load !== null && load < b.load * LOAD_FALL;
     const waited = now - b.at >= b.backoffMs;

@@ -16,7 +16,7 @@ test('the shipped example policies load into typed values', async (t) => {
   const pool = set.pools[0]!;
   t.deepEqual(pool.sandbox, { minVcpus: 1, maxVcpus: 4, minMemoryMiB: 256, maxMemoryMiB: 4096 });
   t.is(pool.reserve.memoryBytes, 2 * 1024 ** 3);
-  t.deepEqual(pool.knobs, ['cpuset', 'cpu.idle', 'cpu.weight', 'pause']);
+  t.deepEqual(pool.knobs, ['cpu.idle', 'cpuset', 'cpu.weight', 'pause']);
 });
 
 function errorOf(text: string): PolicyError {
@@ -78,7 +78,7 @@ apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: b }\nspec:\n  sand
   const bp = schema.definitions.batchPool.properties;
   const pool = set.pools[0]!;
   t.deepEqual(pool.knobs, bp.knobs.default);
-  t.deepEqual(pool.knobs, ['cpuset', 'cpu.idle', 'cpu.weight', 'pause']);
+  t.deepEqual(pool.knobs, ['cpu.idle', 'cpuset', 'cpu.weight', 'pause']);
   t.is(pool.growth.minSlack, bp.growth.properties.minSlack.default);
   t.is(pool.growth.backoffMs, 30_000);
   t.is(pool.growth.cpusetIntervalMs, 30_000);
