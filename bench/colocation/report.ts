@@ -30,7 +30,7 @@ const FIXED: Scenario[] = ['static', 'static-idle', 'idle-all', 'unmanaged'];
 
 export async function report(r: {
   cells: Cell[]; steps: StepResult[]; capacities: Record<string, Capacity>; alone: Record<string, number>;
-  loads: number[]; rounds: number; seconds: number; warmup: number; settle: number; multiple: number; services: string[];
+  loads: number[]; rounds: number; seconds: number; warmup: number; settle: number; multiple: number; sloMultiple: number; services: string[];
   durationSeconds: number; out: string; docs: string | null; say(m: string): void;
 }): Promise<void> {
   const scenarios = [...new Set(r.cells.map((c) => c.scenario))];
@@ -78,7 +78,7 @@ export async function report(r: {
   const date = new Date().toISOString();
   const host = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '', memGiB: Math.round(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0) / 1048576) };
   const result = {
-    date, host, accel, rounds: r.rounds, secondsPerCell: r.seconds, warmupSeconds: r.warmup, lodgerSettleSeconds: r.settle, multiple: r.multiple, loads: r.loads,
+    date, host, accel, rounds: r.rounds, secondsPerCell: r.seconds, warmupSeconds: r.warmup, lodgerSettleSeconds: r.settle, multiple: r.multiple, sloMultiple: r.sloMultiple, loads: r.loads,
     capacities: r.capacities, batchAlone: r.alone, cells: med, verdicts, steps: r.steps, runs: r.cells, durationSeconds: r.durationSeconds,
   };
   writeFileSync(join(r.out, 'colocation.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -100,7 +100,7 @@ export async function report(r: {
     '',
     `Capacity (where p99 bends, generator on the service's CPU): ${r.services.map((s) => `${s} ${r.capacities[s]!.capacityRps} req/s (closed-loop ceiling ${r.capacities[s]!.ceilingRps.toFixed(0)})`).join('; ')}.`,
     `Batch alone: ${JOBS.map((j) => `${j.name} ${(r.alone[j.name] ?? NaN).toFixed(2)} units/s`).join(', ')}. Every figure is the median over the rounds; "p99" is the whole cell's, "windows" the median`,
-    `of its 1-s windows' p99; "windows over target": over ${r.multiple} × solo p99 (the load generator's). lodgerd's SLO (p99 over 1 s): ${r.multiple} × the 1-s p99 its probe saw in a typical second (median window) of the latest static cell at`,
+    `of its 1-s windows' p99; "windows over target": over ${r.multiple} × solo p99 (the load generator's). lodgerd's SLO (p99 over 1 s): ${r.sloMultiple} × the p99 its probe saw over the latest static cell at`,
     `that load (what an operator who would otherwise pick the static split accepts); lodgerd ran on the batch CPUs and had ${r.settle} s at each new load before its cell was measured.`,
     'cpu.idle in the fixed settings is set on the batch parent cgroup too (on the sandboxes\' own groups alone it only ranks them against each other), as lodgerd sets it.',
     '',
@@ -120,13 +120,14 @@ export async function report(r: {
       return `| ${v.service} | ${v.loadPct}% | ${f2(v.p99VsStatic)} | ${f2(v.batchVsStatic)} | ${f2(v.batchVsUnmanaged)} | ${v.best ?? '–'} | ${f2(v.p99VsBest)} | ${f2(v.batchVsBest)} | ${ok ? 'met' : `missed: ${miss}`} |`;
     }),
     '',
-    `Load step 40% → 80% → 40% (one SLO for the step, lodgerd's and the report's: ${r.multiple} × the static split's higher p99 of the two loads):`,
+    `Load step 40% → 80% → 40% (one SLO for the step: lodgerd's ${r.sloMultiple} × its probe's, the report's ${r.multiple} × the generator's higher static p99 of the two loads):`,
     '',
     '| service | scenario | bad windows 40% / 80% / 40% | every knob applied at the step | step → first clamp | step → back under target |',
     '|---|---|---|---|---|---|',
     ...r.steps.map((s) => `| ${s.service} | ${s.scenario} | ${s.phases.map((p) => `${p.badWindows}/${p.windows}`).join(' · ')} | ${s.clampedAtStep === null ? '–' : s.clampedAtStep ? 'yes' : 'no'} | ${s.scenario === 'static' ? '–' : s.firstClampMs === null ? (s.clampedAtStep ? 'none needed' : 'none') : `${s.firstClampMs.toFixed(0)} ms`} | ${s.backUnderMs === null ? 'not within the phase' : `${s.backUnderMs.toFixed(0)} ms`} |`),
     '',
     `- Step → first clamp: median ${clampTimes.length ? `${percentile(clampTimes, 50).toFixed(0)} ms over ${clampTimes.length} step(s) that needed one` : 'n/a (no step needed a clamp)'} (target ≤ 200 ms).`,
+    `- What lodgerd held at the end of each of its cells (rounds in order): ${r.services.flatMap((sv) => r.loads.map((l) => `${sv} ${l}%: ${r.cells.filter((c) => c.scenario === 'lodger' && c.service === sv && c.loadPct === l).map((c) => `[${c.appliedAtEnd?.join(', ') ?? '?'}]`).join(' ')}`)).join('; ')}.`,
     `- lodgerd's own CPU (probes every 20 ms = 50/s per service, 100 ms rounds): median ${pct(median(lodgerCells.map((c) => c.daemonCpu ?? NaN)))} of a core per cell, highest ${pct(Math.max(...r.cells.filter((c) => c.scenario === 'lodger').map((c) => c.daemonCpu ?? 0)))} (target ≤ 7%).`,
     `- Flapping under steady load: ${lodgerCells.reduce((a, c) => a + (c.directionChanges ?? 0), 0)} changes of direction and ${lodgerCells.reduce((a, c) => a + (c.cpusetChanges ?? 0), 0)} cpuset changes (seen in the kernel) in ${r.cells.filter((c) => c.scenario === 'lodger').length} lodger cells of ${r.seconds + r.warmup} s (limits: one direction change per 10 s, one cpuset change per 30 s).`,
     '',
