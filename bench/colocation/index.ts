@@ -157,7 +157,7 @@ try {
           const key = `${svc.name}/${l}`;
           const decisionsFrom = daemon?.decisions.length ?? 0;
           if (scenario === 'lodger') {
-            daemon!.thaw();
+            await daemon!.thaw();
             daemon!.setPolicy(policyYaml(svc, policyTarget(key)));
             await sleep(1500); // lodgerd reloads on change
             await runLoad(svc.target, rps(svc, l), SETTLE, LOAD_CPU);
@@ -190,7 +190,7 @@ try {
       const reportTarget = MULTIPLE * Math.max(...cells.filter((c) => c.service === svc.name && c.scenario === 'static' && (c.loadPct === 40 || c.loadPct === 80)).map((c) => c.p99Ms));
       for (const scenario of ['lodger', 'static'] as const) {
         if (scenario === 'lodger') {
-          daemon.thaw();
+          await daemon.thaw();
           daemon.setPolicy(policyYaml(svc, target));
           await sleep(1500);
         } else {

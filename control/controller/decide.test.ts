@@ -254,6 +254,25 @@ test('revert and block: a breach right after a release undoes that release alone
   t.deepEqual(s2.effects, state.effects);
 });
 
+test('a breach that shows only after the release was measured (but within two windows) still reverts that release alone', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
+  let state: ControllerState = { ...INITIAL_STATE, level: 1, order: ['cpu.idle', 'cpuset', 'cpu.weight'] };
+  let releasedAt: number | null = null;
+  const reasons: string[] = [];
+  for (let now = 0; now < 8000; now += TICK) {
+    // The tail holds for 1.5 s after cpu.idle goes, then breaks (the window filling late).
+    const lat = releasedAt !== null && now - releasedAt >= 1500 && state.level === 0 ? 3 : 1;
+    const plan = decide({ services: [service], pool: fast }, obsAt(now, lat, sbs, 16384, 2), state);
+    if (plan.state.level === 0 && state.level === 1) releasedAt = now;
+    reasons.push(plan.reason);
+    state = plan.state;
+  }
+  t.true(reasons.some((r) => /after releasing cpu\.idle: revert it$/.test(r)), reasons.filter((r) => /breach/.test(r)).join('\n'));
+  t.false(reasons.some((r) => /: clamp /.test(r)), 'no clamp of every knob');
+  t.deepEqual(state.order.slice(0, state.level), ['cpu.idle']);
+});
+
 test('pause only when a breach outlasts a whole window with every other knob applied, and only if the policy lists it', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
   let state = INITIAL_STATE;

@@ -117,7 +117,8 @@ export interface ControllerState {
   loadAt: number | null;
   effects: KnobEffects;
   /** A release whose cost is being measured. */
-  trial: { knob: CgroupKnob; at: number; slackBefore: number } | null;
+  /** A release: its cost is learnt once the window has refreshed (`learnt`); a breach within two windows of it is its doing. */
+  trial: { knob: CgroupKnob; at: number; slackBefore: number; learnt?: boolean } | null;
   lastResizeAt: number | null;
   lastDirection: 'grow' | 'shrink' | null;
   /** When the last round ran, and under which SLO targets: a release measured across a gap or an SLO change is not learnt from. */
@@ -156,7 +157,7 @@ const BASELINE_TAU_MS = 5000;
 /** Older than this, the baseline is not compared with (the loop was not running). */
 const STALE_BASELINE_MS = 2000;
 /** A rise counts as a load step only above this many CPUs too (noise at low load). */
-const MIN_STEP_CPUS = 0.05;
+const MIN_STEP_CPUS = 0.02;
 /** Load must fall this far below a breach's before its level may be given back early. */
 const LOAD_FALL = 0.85;
 /** A breach is remembered under SLO targets up to this much looser than its own. */
@@ -227,10 +228,13 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   // A release under evaluation: its cost is the slack it lost, measured once the window
   // has refreshed (or at once, if it led to danger).
   const trial = state.trial;
-  if (trial && Number.isFinite(s.min) && (violating || rising || now - trial.at >= Math.max(windowMs, 1000))) {
+  const win = Math.max(windowMs, 1000);
+  // A breach after the cost was learnt is learnt too: it is the cost that counts.
+  if (trial && Number.isFinite(s.min) && (!trial.learnt || violating) && (violating || rising || now - trial.at >= win)) {
     state.effects = learnEffect(prev.effects, trial.knob, trial.slackBefore - s.min);
-    state.trial = null;
+    state.trial = { ...trial, learnt: true };
   }
+  if (state.trial && (now - state.trial.at > 2 * win || (state.trial.learnt && violating))) state.trial = null;
   const breachAt = (level: number, backoffFrom: Breach | null): Breach => {
     const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
     return { at: now, load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
@@ -241,7 +245,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const danger = violating || (rising && K > 0);
   // PARTIES' revert: a breach within a window of a release, with no load step, was that
   // release's doing; undo it alone (a setting known to hold) and block it.
-  const revertible = violating && !rising && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= 2 * Math.max(windowMs, 1000);
+  const revertible = violating && !rising && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= 2 * win;
   const showingRevert = violating && !rising && since(now, prev.revertedAt) < Math.max(windowMs, 1000);
   if (revertible) {
     state.level = prev.level + 1;
