@@ -234,7 +234,9 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.effects = learnEffect(prev.effects, trial.knob, trial.slackBefore - s.min);
     state.trial = { ...trial, learnt: true };
   }
-  if (state.trial && (now - state.trial.at > 2 * win || (state.trial.learnt && violating))) state.trial = null;
+  // A release answers for what follows it until the next release could come.
+  const blame = Math.max(2 * win, g.cooldownMs);
+  if (state.trial && (now - state.trial.at > blame || (state.trial.learnt && violating))) state.trial = null;
   const breachAt = (level: number, backoffFrom: Breach | null): Breach => {
     const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
     return { at: now, load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
@@ -243,10 +245,11 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   let why = '';
   let tightened = false;
   const danger = violating || (rising && K > 0);
-  // PARTIES' revert: a breach within a window of a release, with no load step, was that
-  // release's doing; undo it alone (a setting known to hold) and block it.
-  const revertible = violating && !rising && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= 2 * win;
-  const showingRevert = violating && !rising && since(now, prev.revertedAt) < Math.max(windowMs, 1000);
+  // PARTIES' revert: danger soon after a release was that release's doing (a breach, or
+  // the service's CPU use jumping: under interference it works harder per request); undo
+  // it alone (a setting known to hold) and block it.
+  const revertible = danger && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= blame;
+  const showingRevert = danger && since(now, prev.revertedAt) < win;
   if (revertible) {
     state.level = prev.level + 1;
     // Re-rank among the applied knobs only (the set applied does not change), so the
@@ -258,7 +261,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.revertedAt = now;
     tightened = true;
     state.breach = breachAt(prev.level, state.breach);
-    why = `breach: ${s.worst} (slack ${fmt(s.min)}) ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
+    why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
   } else if (danger && prev.level < K && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
     state.order = rankKnobs(pool.knobs, state.effects);
