@@ -72,24 +72,41 @@ export interface CellOptions {
   policyTargetMs?: number;
   /** Index into the daemon's decisions where its settle time began. */
   decisionsFrom?: number;
+  /** Seconds of load before the warm-up, for lodgerd to settle; `started` runs once the load has begun. */
+  settle?: number;
+  started?: () => Promise<void>;
+}
+
+function daemonCpu(d: DaemonBatch | null, from: { at: number; s: number } | null): number | null {
+  return d && from ? (cpuSeconds(d.pid) - from.s) / ((Date.now() - from.at) / 1000) : null;
 }
 
 export async function measureCell(o: CellOptions): Promise<Cell> {
   const d = o.daemon;
-  const cpu0 = d ? { at: Date.now(), s: cpuSeconds(d.pid) } : null;
+  // lodger: one unbroken load from before lodgerd is continued through its settle time to
+  // the cell's end. A gap in the load (between two generator runs) is a load step to a
+  // controller that watches the service's CPU use, and the 2026-12-02 trial runs spent
+  // their settle times on clamps for exactly that.
+  const lead = (o.settle ?? 0) + o.warmup;
   const decisionsBefore = d?.decisions.length ?? 0;
-  const cpusetSeen: string[] = [];
-  const sampler = d ? setInterval(() => { const c = d.cpusets().join(' '); if (cpusetSeen.at(-1) !== c) cpusetSeen.push(c); }, 200) : null;
-  const running = load(o.svc.target, o.rps, o.warmup + o.seconds, o.loadCpu);
+  const cpusetSeen: { t: number; c: string }[] = [];
+  const sampler = d ? setInterval(() => { const c = d.cpusets().join(' '); if (cpusetSeen.at(-1)?.c !== c) cpusetSeen.push({ t: Date.now(), c }); }, 200) : null;
+  const running = load(o.svc.target, o.rps, lead + o.seconds, o.loadCpu);
+  await o.started?.();
+  let cpu0: { at: number; s: number } | null = null;
+  const cpuMark = d ? setTimeout(() => { cpu0 = { at: Date.now(), s: cpuSeconds(d.pid) }; }, lead * 1000) : null;
   const probe = o.scenario === 'solo' || o.scenario === 'static' ? probeP99(o.svc, running) : Promise.resolve(null);
   const r = await running;
   if (sampler) clearInterval(sampler);
-  const measuredFrom = r.startedAt + o.warmup * 1000;
-  const samples = r.samples.filter((s) => s.t >= o.warmup * 1000).map((s) => ({ ...s, t: s.t - o.warmup * 1000 }));
+  if (cpuMark) clearTimeout(cpuMark);
+  const measuredFrom = r.startedAt + lead * 1000;
+  const samples = r.samples.filter((s) => s.t >= lead * 1000).map((s) => ({ ...s, t: s.t - lead * 1000 }));
   const sum = summarise(samples);
   const wins = windowP99s(samples, o.seconds);
   const rates = o.batch ? o.batch.units.rates(measuredFrom, measuredFrom + o.seconds * 1000) : {};
   const batchRelative = o.batch ? JOBS.reduce((a, j) => a + (rates[j.name] ?? 0) / (o.alone[j.name] || 1), 0) / JOBS.length : 0;
+  // cpuset changes while measured: the setting at the start, then each one seen after it.
+  const cpusetsMeasured = cpusetSeen.filter((x, i) => x.t >= measuredFrom || cpusetSeen[i + 1] === undefined || cpusetSeen[i + 1]!.t > measuredFrom);
   let dirs: number | null = null;
   let clamps: number | null = null;
   if (d) {
@@ -105,8 +122,8 @@ export async function measureCell(o: CellOptions): Promise<Cell> {
     } : {}),
     service: o.svc.name, scenario: o.scenario, loadPct: o.loadPct, round: o.round, rps: o.rps, achievedRps: Math.round(r.achievedRps),
     p50Ms: sum.p50Ms, p99Ms: sum.p99Ms, errors: sum.errors, windowP99Ms: wins, windowMedianMs: wins.length ? percentile(wins, 50) : NaN,
-    batchRelative, batchRates: rates, clamps, directionChanges: dirs, cpusetChanges: d ? Math.max(0, cpusetSeen.length - 1) : null,
-    daemonCpu: cpu0 && d ? (cpuSeconds(d.pid) - cpu0.s) / ((Date.now() - cpu0.at) / 1000) : null,
+    batchRelative, batchRates: rates, clamps, directionChanges: dirs, cpusetChanges: d ? Math.max(0, cpusetsMeasured.length - 1) : null,
+    daemonCpu: daemonCpu(d, cpu0),
     probeCellP99Ms: (await probe)?.cell ?? null, probeP99Ms: (await probe)?.window ?? null, policyTargetMs: o.policyTargetMs ?? null,
   };
 }

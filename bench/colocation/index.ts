@@ -31,7 +31,7 @@ import { parseArgs } from 'node:util';
 import { startNginx, startRedis } from '../services.ts';
 import { JOBS, startDaemon, startDirect, type DaemonBatch, type DirectBatch } from './batch.ts';
 import { measureCell, type Cell, type Scenario, type Service } from './cell.ts';
-import { load as runLoad, measureCapacity, type Capacity } from './load.ts';
+import { measureCapacity, type Capacity } from './load.ts';
 import { report, type StepResult } from './report.ts';
 import { loadStep } from './step.ts';
 
@@ -110,6 +110,14 @@ const services: Service[] = [];
 let direct: DirectBatch | null = null;
 let daemon: DaemonBatch | null = null;
 let failed = false;
+const cleanup = async (): Promise<void> => {
+  await daemon?.stop().catch(() => {});
+  await direct?.stop().catch(() => {});
+  await Promise.all(services.map((s) => s.stop().catch(() => {})));
+  rmSync(dir, { recursive: true, force: true });
+};
+// Stopped early (Ctrl-C, a timeout), everything it started is still stopped by pid.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { console.error(`${sig}: stopping`); void cleanup().finally(() => process.exit(130)); });
 try {
   const wanted = values.services.split(',');
   if (wanted.includes('nginx')) {
@@ -156,19 +164,16 @@ try {
         for (const scenario of ['solo' as const, ...order]) {
           const key = `${svc.name}/${l}`;
           const decisionsFrom = daemon?.decisions.length ?? 0;
-          if (scenario === 'lodger') {
-            await daemon!.thaw();
-            daemon!.setPolicy(policyYaml(svc, policyTarget(key)));
-            await sleep(1500); // lodgerd reloads on change
-            await runLoad(svc.target, rps(svc, l), SETTLE, LOAD_CPU);
-          } else if (scenario !== 'solo') {
+          // lodgerd is continued once the cell's load runs, and reloads the new policy then.
+          if (scenario === 'lodger') daemon!.setPolicy(policyYaml(svc, policyTarget(key)));
+          else if (scenario !== 'solo') {
             await direct.set(FIXED[scenario]);
             await direct.resume();
           }
           const c = await measureCell({
             svc, scenario, loadPct: l, round, rps: rps(svc, l), seconds: SECONDS, warmup: WARMUP, loadCpu: LOAD_CPU,
             batch: scenario === 'solo' ? null : scenario === 'lodger' ? daemon : direct, daemon: scenario === 'lodger' ? daemon : null, alone,
-            ...(scenario === 'lodger' ? { policyTargetMs: policyTarget(key), decisionsFrom } : {}),
+            ...(scenario === 'lodger' ? { policyTargetMs: policyTarget(key), decisionsFrom, settle: SETTLE, started: () => daemon!.thaw() } : {}),
           });
           if (scenario === 'solo') soloProbe[key] = c.probeCellP99Ms!;
           if (scenario === 'static') staticProbe[key] = c.probeCellP99Ms!;
@@ -190,14 +195,15 @@ try {
       const reportTarget = MULTIPLE * Math.max(...cells.filter((c) => c.service === svc.name && c.scenario === 'static' && (c.loadPct === 40 || c.loadPct === 80)).map((c) => c.p99Ms));
       for (const scenario of ['lodger', 'static'] as const) {
         if (scenario === 'lodger') {
-          await daemon.thaw();
           daemon.setPolicy(policyYaml(svc, target));
-          await sleep(1500);
         } else {
           await direct.set(FIXED.static);
           await direct.resume();
         }
-        const s = await loadStep({ svc, scenario, rps: (l) => rps(svc, l), loadCpu: LOAD_CPU, targetMs: reportTarget, daemon: scenario === 'lodger' ? daemon : null });
+        const s = await loadStep({
+          svc, scenario, rps: (l) => rps(svc, l), loadCpu: LOAD_CPU, targetMs: reportTarget, daemon: scenario === 'lodger' ? daemon : null,
+          ...(scenario === 'lodger' ? { settle: SETTLE, started: () => daemon!.thaw() } : {}),
+        });
         if (scenario === 'lodger') daemon.freeze();
         else await direct.pause();
         steps.push(s);
@@ -211,10 +217,7 @@ try {
   failed = true;
   console.error(`colocation benchmark failed: ${(e as Error).stack}`);
 } finally {
-  await daemon?.stop().catch(() => {});
-  await direct?.stop().catch(() => {});
-  await Promise.all(services.map((s) => s.stop().catch(() => {})));
-  rmSync(dir, { recursive: true, force: true });
+  await cleanup();
 }
 if (failed) process.exit(1);
 mkdirSync(values.out, { recursive: true });

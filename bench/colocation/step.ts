@@ -33,7 +33,11 @@ export function backUnder(samples: { at: number; ms: number }[], from: number, u
   return null;
 }
 
-export async function loadStep(o: { svc: Service; scenario: 'lodger' | 'static'; rps: (loadPct: number) => number; loadCpu: number | null; targetMs: number; daemon: DaemonBatch | null }): Promise<StepResult> {
+export async function loadStep(o: {
+  svc: Service; scenario: 'lodger' | 'static'; rps: (loadPct: number) => number; loadCpu: number | null; targetMs: number; daemon: DaemonBatch | null;
+  /** lodger: seconds of the first phase's load before it counts, to settle; `started` runs once it has begun. */
+  settle?: number; started?: () => Promise<void>;
+}): Promise<StepResult> {
   const all: { at: number; ms: number }[] = [];
   const phases: StepResult['phases'] = [];
   let stepAt = 0;
@@ -43,10 +47,13 @@ export async function loadStep(o: { svc: Service; scenario: 'lodger' | 'static';
       const st = o.daemon.controllerState();
       clampedAtStep = st ? st.level >= st.order.length && st.order.length > 0 : null;
     }
-    const r = await load(o.svc.target, o.rps(p.loadPct), p.seconds, o.loadCpu);
+    const lead = i === 0 ? (o.settle ?? 0) : 0;
+    const running = load(o.svc.target, o.rps(p.loadPct), lead + p.seconds, o.loadCpu);
+    if (i === 0) await o.started?.();
+    const r = await running;
     if (i === 1) stepAt = r.startedAt;
-    const samples: Sample[] = r.samples;
-    for (const s of samples) all.push({ at: r.startedAt + s.t, ms: s.ok ? s.ms : Infinity });
+    const samples: Sample[] = r.samples.filter((s) => s.t >= lead * 1000).map((s) => ({ ...s, t: s.t - lead * 1000 }));
+    for (const s of samples) all.push({ at: r.startedAt + lead * 1000 + s.t, ms: s.ok ? s.ms : Infinity });
     const wins = windowP99s(samples, p.seconds);
     const ok = samples.filter((s) => s.ok).map((s) => s.ms);
     phases.push({ loadPct: p.loadPct, seconds: p.seconds, windows: wins.length, badWindows: wins.filter((w) => w > o.targetMs).length, p99Ms: ok.length ? percentile(ok, 99) : NaN });

@@ -9,6 +9,8 @@
 // PARTIES' revert-and-block):
 // - danger (slack below 0, or the service's own CPU use stepping up: the leading
 //   indicator, seen before the latency window fills) clamps every cgroup knob at once;
+//   danger soon after a release is that release's doing: it alone is reverted, the
+//   applied knobs re-ranked, and the release blocked by breach memory;
 // - with every knob applied and the breach going on for a whole window, pause (if the
 //   policy lists it);
 // - knobs are given back one at a time, the least valuable first (ranking learned from
@@ -16,7 +18,8 @@
 //   sooner than `reverse` after a clamp, the cpuset at most once per `cpusetInterval`;
 // - breach memory: after a breach at some level and load, that level is not given back
 //   until the load has fallen well below the breach's or a back-off (doubling on each
-//   repeat) has passed.
+//   repeat) has passed; it holds under the same SLO only (another service's or a looser
+//   target forgets it), and nothing is learnt across a gap in the rounds or an SLO change.
 import type { BatchPoolPolicy, OnlineServicePolicy } from '../policy/index.ts';
 import { cpuSplit, isCgroupKnob, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
 import { serviceSlacks } from './slack.ts';
