@@ -237,12 +237,14 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.effects = learnEffect(prev.effects, trial.knob, trial.slackBefore - s.min);
     state.trial = { ...trial, learnt: true };
   }
-  // A release answers for what follows it until the next release could come.
-  const blame = Math.max(2 * win, g.cooldownMs);
+  // The latest release is the suspect for danger that follows, until the next change
+  // replaces it (a release, a clamp) or two cool-downs have passed.
+  const blame = Math.max(2 * win, 2 * g.cooldownMs);
   if (state.trial && (now - state.trial.at > blame || (state.trial.learnt && violating))) state.trial = null;
   const breachAt = (level: number, backoffFrom: Breach | null): Breach => {
     const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
-    return { at: now, load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
+    // The breach's load is the baseline (the load it happened at), not a reading that jumped.
+    return { at: now, load: baseline ?? load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
   };
 
   let why = '';
@@ -262,6 +264,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.order = [...ranked.filter((k) => on.includes(k)), ...prev.order.slice(state.level)];
     state.clampedAt = now;
     state.revertedAt = now;
+    state.trial = null;
     tightened = true;
     state.breach = breachAt(prev.level, state.breach);
     why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
@@ -270,6 +273,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.order = rankKnobs(pool.knobs, state.effects);
     state.level = K;
     state.clampedAt = now;
+    state.trial = null;
     tightened = true;
     why = violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`;
     why += `: clamp ${state.order.join(', ')}`;
