@@ -78,6 +78,8 @@ export class ControlLoop extends EventEmitter {
   private readonly actuator: Actuator;
   private readonly clock: () => number;
   readonly decisions: Decision[] = [];
+  /** The latest round's reason, also when it changed nothing ("steady: ... (breach memory: ...)"). */
+  lastReason = '';
   readonly reactions: Reaction[] = [];
   lastReadings: ServiceReading[] = [];
 
@@ -175,6 +177,7 @@ export class ControlLoop extends EventEmitter {
     this.lastReadings = readings;
     const plan = decide(this.policy, obs, this.state);
     this.state = plan.state;
+    this.lastReason = plan.reason;
     this.save(plan.tightened);
     const { fast, structural } = await this.actuator.apply(plan);
     if (plan.tightened && fast.length) {

@@ -144,6 +144,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
         }),
         decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
         jobsByState: store.counts(),
+        controllerReason: loop?.lastReason ?? '',
       };
     }),
     ValidatePolicy: unary<{ fileName?: string; content?: string }>((req) => {

@@ -100,6 +100,8 @@ export interface DaemonBatch extends Batch {
   pid: number;
   /** The controller's stored state (level, order, breach memory). */
   controllerState(): { level: number; order: string[]; paused: boolean } | null;
+  /** Why lodgerd's controller holds what it holds now (its latest round's reason). */
+  reason(): Promise<string>;
   /** The sandboxes' cpuset as the kernel has it now. */
   cpusets(): string[];
   /** SIGSTOP / SIGCONT of lodgerd and its VMMs, by pid: nothing of them runs while another scenario does. */
@@ -180,6 +182,7 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
           return null;
         }
       },
+      reason: async () => (await client.call<{ controllerReason?: string }>('GetStatus', {}).catch(() => ({ controllerReason: '?' }))).controllerReason ?? '',
       cpusets: () => live().map((p) => {
         const line = readFileSync(`/proc/${p}/cgroup`, 'utf8').split('\n').find((l) => /:cpuset:|^0::/.test(l)) ?? '';
         const path = line.split(':').slice(2).join(':');

@@ -24,6 +24,8 @@ export interface Cell {
   policyTargetMs: number | null;
   /** lodger only: what lodgerd did from its settle time to the cell's end (s from the measured start), and the knobs it held at the end. */
   timeline?: { s: number; reason: string }[];
+  /** lodger only: its controller's reason each second, numbers and all (why it held what it held). */
+  reasons?: { s: number; reason: string }[];
   appliedAtEnd?: string[] | null;
 }
 
@@ -92,12 +94,16 @@ export async function measureCell(o: CellOptions): Promise<Cell> {
   const cpusetSeen: { t: number; c: string }[] = [];
   const sampler = d ? setInterval(() => { const c = d.cpusets().join(' '); if (cpusetSeen.at(-1)?.c !== c) cpusetSeen.push({ t: Date.now(), c }); }, 200) : null;
   const running = load(o.svc.target, o.rps, lead + o.seconds, o.loadCpu);
+  const t0 = Date.now();
+  const reasons: { s: number; reason: string }[] = [];
+  const asker = d ? setInterval(() => { void d.reason().then((reason) => reasons.push({ s: Date.now() - t0, reason })); }, 1000) : null;
   await o.started?.();
   let cpu0: { at: number; s: number } | null = null;
   const cpuMark = d ? setTimeout(() => { cpu0 = { at: Date.now(), s: cpuSeconds(d.pid) }; }, lead * 1000) : null;
   const probe = o.scenario === 'solo' || o.scenario === 'static' ? probeP99(o.svc, running) : Promise.resolve(null);
   const r = await running;
   if (sampler) clearInterval(sampler);
+  if (asker) clearInterval(asker);
   if (cpuMark) clearTimeout(cpuMark);
   const measuredFrom = r.startedAt + lead * 1000;
   const samples = r.samples.filter((s) => s.t >= lead * 1000).map((s) => ({ ...s, t: s.t - lead * 1000 }));
@@ -118,6 +124,7 @@ export async function measureCell(o: CellOptions): Promise<Cell> {
   return {
     ...(d ? {
       timeline: d.decisions.slice(o.decisionsFrom ?? decisionsBefore).slice(-40).map((x) => ({ s: Math.round(x.at - measuredFrom) / 1000, reason: x.reason })),
+      reasons: reasons.map((x) => ({ s: Math.round(t0 + x.s - measuredFrom) / 1000, reason: x.reason })),
       appliedAtEnd: st ? st.order.slice(0, st.level).concat(st.paused ? ['pause'] : []) : null,
     } : {}),
     service: o.svc.name, scenario: o.scenario, loadPct: o.loadPct, round: o.round, rps: o.rps, achievedRps: Math.round(r.achievedRps),

@@ -183,6 +183,10 @@ try {
           say(`round ${round} ${svc.name} ${String(l).padStart(2)}% ${scenario.padEnd(11)}: ${c.rps} req/s, p99 ${c.p99Ms.toFixed(2)} ms (windows: median ${c.windowMedianMs.toFixed(2)}), batch ${(c.batchRelative * 100).toFixed(0)}%` +
             (c.daemonCpu !== null ? `, lodgerd ${(c.daemonCpu * 100).toFixed(1)}% of a CPU, ${c.clamps} clamps, ${c.directionChanges} direction / ${c.cpusetChanges} cpuset changes, holding [${c.appliedAtEnd?.join(', ') ?? '?'}]` : ''));
           if (c.timeline?.length) say(`  lodgerd: ${c.timeline.map((x) => `${x.s.toFixed(1)} s ${x.reason}`).join(' | ')}`);
+          // Why it held: each kind of reason once (numbers aside), where it was first given.
+          const kinds = new Map<string, string>();
+          for (const x of c.reasons ?? []) { const k = x.reason.replace(/[\d.]+/g, '#'); if (!kinds.has(k)) kinds.set(k, `${x.s.toFixed(0)} s ${x.reason}`); }
+          if (kinds.size) say(`  lodgerd said: ${[...kinds.values()].join(' | ')}`);
         }
       }
     }

@@ -273,6 +273,22 @@ test('a breach that shows only after the release was measured (but within two wi
   t.deepEqual(state.order.slice(0, state.level), ['cpu.idle']);
 });
 
+test('after a gap in the rounds, latency is not acted on for a window (probes in flight timed the gap), then it is', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+  let state: ControllerState = { ...INITIAL_STATE, level: 1, order: ['cpu.idle', 'cpuset', 'cpu.weight'], roundAt: 0 };
+  const first = decide(noPause, obsAt(60_000, 3, sbs, 16384, 2), state);
+  t.false(first.tightened);
+  t.regex(first.reason, /resumed after a gap/);
+  state = first.state;
+  for (let now = 60_100; now < 61_000; now += TICK) {
+    const p = decide(noPause, obsAt(now, 0.1, sbs, 16384, 2), state);
+    t.is(p.state.level, 1, 'nor released on it');
+    state = p.state;
+  }
+  const later = decide(noPause, obsAt(61_000, 3, sbs, 16384, 2), state);
+  t.true(later.tightened, 'a breach a window after the gap is acted on');
+});
+
 test('pause only when a breach outlasts a whole window with every other knob applied, and only if the policy lists it', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
   let state = INITIAL_STATE;

@@ -129,6 +129,8 @@ export interface ControllerState {
   slo?: Record<string, number>;
   /** A release undone because the breach followed it: no clamp-all for a window while the revert shows. */
   revertedAt?: number | null;
+  /** The first round after a gap in the rounds (a stopped or restarted daemon). */
+  resumedAt?: number | null;
 }
 
 export interface Plan {
@@ -147,7 +149,7 @@ export interface Plan {
 export const INITIAL_STATE: ControllerState = {
   level: 0, order: [], paused: false, clampedAt: null, releasedAt: null, cpusetChangedAt: null,
   highSince: null, lowSince: null, violatingSince: null, breach: null, loadBaseline: null, loadAt: null,
-  effects: {}, trial: null, lastResizeAt: null, lastDirection: null, roundAt: null, slo: {}, revertedAt: null,
+  effects: {}, trial: null, lastResizeAt: null, lastDirection: null, roundAt: null, slo: {}, revertedAt: null, resumedAt: null,
 };
 
 export interface ControllerPolicy {
@@ -191,13 +193,17 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const state: ControllerState = { ...prev };
   const K = prev.order.length;
   const s = serviceSlacks(policy.services, obs.services);
-  const violating = s.min < 0;
   const windowMs = Math.max(...policy.services.map((x) => x.slo.windowMs), 0);
   const slo = Object.fromEntries(policy.services.map((x) => [x.name, x.slo.targetMs]));
   // Across a gap (a stopped loop) or an SLO change, the slack before and after a release
   // are not comparable (they were confounded so across the benchmark's cells), and a
   // breach under another SLO says nothing about this one.
-  const gap = since(now, prev.roundAt) > STALE_BASELINE_MS;
+  const gap = prev.roundAt !== null && prev.roundAt !== undefined && now - prev.roundAt > STALE_BASELINE_MS;
+  // For a window after a gap, latency is not acted on either way: probes in flight across
+  // it timed the gap (and lodgerd's own catching up), not the service.
+  state.resumedAt = gap ? now : (prev.resumedAt ?? null);
+  const settling = since(now, state.resumedAt) < Math.max(windowMs, 1000);
+  const violating = s.min < 0 && !settling;
   const sloChanged = prev.slo !== undefined && JSON.stringify(prev.slo) !== JSON.stringify(slo) && Object.keys(prev.slo).length > 0;
   state.roundAt = now;
   state.slo = slo;
@@ -222,7 +228,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   // Unknown latency never justifies growth; it does not clamp either (the service may be
   // down for reasons of its own), so it holds.
   // "Since when" needs an unbroken run of rounds: a gap starts them again.
-  const comfortable = s.unknown.length === 0 && s.min >= g.minSlack;
+  const comfortable = s.unknown.length === 0 && s.min >= g.minSlack && !settling;
   const held = (t: number | null): number => (gap || t === null ? now : t);
   state.highSince = comfortable ? held(prev.highSince) : null;
   state.lowSince = s.min < g.shrinkSlack ? held(prev.lowSince) : null;
@@ -304,6 +310,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   } else {
     why = s.unknown.length ? `holding: no latency for ${s.unknown.join(', ')}` : `steady: slack ${fmt(s.min)}, nothing clamped`;
   }
+  if (settling && !tightened) why += ' (rounds resumed after a gap: latency not acted on for a window)';
   const applied = state.order.slice(0, state.level);
   if (applied.includes('cpuset') !== prev.order.slice(0, prev.level).includes('cpuset')) state.cpusetChangedAt = now;
 

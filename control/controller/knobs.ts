@@ -62,19 +62,26 @@ export type KnobEffects = Partial<Record<CgroupKnob, { value: number; n: number 
 /** A running mean over the last this many measurements: hosts and loads change. */
 const EFFECT_MEMORY = 5;
 /** The prior's weight, in measurements, and the slack it says the first knob holds. */
-const PRIOR_WEIGHT = 1;
+const PRIOR_WEIGHT = 2;
 const PRIOR_TOP = 0.5;
+/**
+ * One measurement counts for at most this much slack either way: a breach that happened
+ * to follow a release (slack -15 on a probe timeout) would otherwise outweigh everything
+ * (the 2026-12-02 run: one such release put the cpuset first for good).
+ */
+const SAMPLE_CLIP = 1;
 
 /** Adds one measurement of a knob's effect. */
 export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: number): KnobEffects {
   const prev = effects[knob] ?? { value: 0, n: 0 };
   const n = Math.min(prev.n + 1, EFFECT_MEMORY);
-  return { ...effects, [knob]: { value: prev.value + (sample - prev.value) / n, n: prev.n + 1 } };
+  const x = Math.max(-SAMPLE_CLIP, Math.min(SAMPLE_CLIP, sample));
+  return { ...effects, [knob]: { value: prev.value + (x - prev.value) / n, n: prev.n + 1 } };
 }
 
 /**
  * The cgroup knobs from most to least valuable: the learned effects blended with the
- * policy's order as a prior worth one measurement (the first knob "holds" 0.5 slack,
+ * policy's order as a prior worth two measurements (the first knob "holds" 0.5 slack,
  * falling linearly), so one lucky measurement does not overturn it. Released from the end.
  */
 export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects): CgroupKnob[] {

@@ -130,6 +130,7 @@ interface ApiStatus {
   sandboxes: { id: string; jobId: string; state: string; vcpus: number; memoryMib: number; maxVcpus: number; maxMemoryMib: number }[];
   decisions: { atMs: number; reason: string; actions: string[] }[];
   jobsByState: Record<string, number>;
+  controllerReason?: string;
 }
 
 export function renderStatus(s: ApiStatus): string {
@@ -144,6 +145,7 @@ export function renderStatus(s: ApiStatus): string {
     lines.push(`${b.id.padEnd(32)} ${b.jobId.padEnd(20)} ${b.state.padEnd(10)} ${`${b.vcpus}/${b.maxVcpus}`.padEnd(7)} ${b.memoryMib}/${b.maxMemoryMib} MiB`);
   }
   if (!s.sandboxes.length) lines.push('(no sandboxes)');
+  lines.push('', `CONTROLLER       ${s.controllerReason || '-'}`);
   lines.push('', 'RECENT DECISIONS');
   for (const d of s.decisions.slice(-8)) lines.push(`${new Date(d.atMs).toISOString().slice(11, 23)} ${d.reason}`);
   if (!s.decisions.length) lines.push('(none yet)');
