@@ -32,7 +32,7 @@ const service: OnlineServicePolicy = {
   name: 'svc', source: 'bench', slo: { percentile: 99, targetMs: 20, windowMs: 300 }, prometheus: null, cpus: null,
   probe: { kind: 'http', url, method: 'GET', intervalMs: 10, timeoutMs: 200 },
 };
-const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 1, maxMemory: 256Mi }, knobs: [cpu.idle], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms }', 'p');
+const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 1, maxMemory: 256Mi }, knobs: [cpu.idle], keepApplied: [], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms }', 'p');
 const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb], tickMs: 100 });
 const fromObservation: number[] = [];
 const fromStep: number[] = [];

@@ -3,13 +3,14 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { defaultPool, type OnlineServicePolicy } from '../policy/index.ts';
-import { decide, INITIAL_STATE, type ControllerPolicy, type ControllerState, type Observations, type Plan } from './decide.ts';
+import { decide, INITIAL_STATE, reconcileState, type ControllerPolicy, type ControllerState, type Observations, type Plan } from './decide.ts';
 
 const service: OnlineServicePolicy = {
   name: 'web', source: 't', slo: { percentile: 99, targetMs: 2, windowMs: 1000 },
   probe: { kind: 'tcp', host: '127.0.0.1', port: 1, intervalMs: 100, timeoutMs: 500 }, prometheus: null, cpus: null,
 };
-const pool = defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 2Gi }, knobs: [cpu.idle, cpuset, cpu.weight, pause]');
+// Nothing kept applied: these tests are about giving every knob back (keepApplied has its own test).
+const pool = defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 2Gi }, knobs: [cpu.idle, cpuset, cpu.weight, pause], keepApplied: []');
 const policy: ControllerPolicy = { services: [service], pool };
 const noPause: ControllerPolicy = { services: [service], pool: { ...pool, knobs: ['cpuset', 'cpu.idle', 'cpu.weight'] } };
 const TICK = 100;
@@ -225,7 +226,7 @@ test('the knob ranking is learned: a knob whose release cost slack is released l
 
 test('revert and block: a breach right after a release undoes that release alone and blocks it for the back-off; another SLO forgets it', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
-  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
   const at = (targetMs: number): ControllerPolicy => ({ services: [{ ...service, slo: { ...service.slo, targetMs } }], pool: fast });
   // The plant: the tail holds while cpu.idle is applied; without it, it breaches.
   const lat = (applied: string[]): number => (applied.includes('cpu.idle') ? 1 : 3);
@@ -256,7 +257,7 @@ test('revert and block: a breach right after a release undoes that release alone
 
 test('a breach that shows only after the release was measured (but within two windows) still reverts that release alone', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
-  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
   let state: ControllerState = { ...INITIAL_STATE, level: 1, order: ['cpu.idle', 'cpuset', 'cpu.weight'] };
   let releasedAt: number | null = null;
   const reasons: string[] = [];
@@ -287,6 +288,33 @@ test('after a gap in the rounds, latency is not acted on for a window (probes in
   }
   const later = decide(noPause, obsAt(61_000, 3, sbs, 16384, 2), state);
   t.true(later.tightened, 'a breach a window after the gap is acted on');
+});
+
+test('keepApplied: the work-conserving knobs are applied from the first round and never given back; only the cpuset is released, and clamped again on danger', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+  const kept = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpuset, cpu.idle, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
+  t.deepEqual(kept.keepApplied, ['cpu.idle', 'cpu.weight'], 'the schema\'s default');
+  const pol: ControllerPolicy = { services: [service], pool: kept };
+  let state = INITIAL_STATE;
+  let plan = decide(pol, obsAt(0, 1, sbs, 16384, 2), state);
+  t.deepEqual(plan.desired.applied, ['cpu.idle', 'cpu.weight'], 'applied at once, though nothing is wrong');
+  t.like(plan.desired.pool, { cpuIdle: true, cpus: '0-1' });
+  state = plan.state;
+  plan = decide(pol, obsAt(100, 3, sbs, 16384, 2), state);
+  t.true(plan.desired.applied.includes('cpuset'), 'a breach clamps the cpuset too');
+  state = plan.state;
+  // The breach memory holds the cpuset for its 30 s back-off, then it goes.
+  for (let now = 200; now < 40_000; now += TICK) {
+    plan = decide(pol, obsAt(now, 1, sbs, 16384, 2), state);
+    state = plan.state;
+    t.true(plan.desired.applied.includes('cpu.idle') && plan.desired.applied.includes('cpu.weight'), `kept at ${now} ms`);
+    if (now < 30_000) t.true(plan.desired.applied.includes('cpuset'), `cpuset held by the breach memory at ${now} ms`);
+  }
+  t.deepEqual([...plan.desired.applied].sort(), ['cpu.idle', 'cpu.weight'], 'the cpuset alone was given back');
+  t.regex(plan.reason, /only cpu\.idle, cpu\.weight \(kept applied\)/);
+  // A state from before keepApplied, with nothing applied, comes back with the kept knobs on.
+  const old = reconcileState({ ...INITIAL_STATE, order: ['cpuset', 'cpu.idle', 'cpu.weight'], level: 1 }, pol);
+  t.deepEqual(old.order.slice(0, old.level).sort(), ['cpu.idle', 'cpu.weight', 'cpuset'], 'what was applied stays applied, and the kept ones join it');
 });
 
 test('pause only when a breach outlasts a whole window with every other knob applied, and only if the policy lists it', (t) => {

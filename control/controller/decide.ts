@@ -21,7 +21,7 @@
 //   repeat) has passed; it holds under the same SLO only (another service's or a looser
 //   target forgets it), and nothing is learnt across a gap in the rounds or an SLO change.
 import type { BatchPoolPolicy, OnlineServicePolicy } from '../policy/index.ts';
-import { cpuSplit, isCgroupKnob, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
+import { cpuSplit, isCgroupKnob, keptKnobs, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
 import { serviceSlacks } from './slack.ts';
 import { structuralActions } from './structural.ts';
 
@@ -181,9 +181,15 @@ function sameSlo(then: Record<string, number> | undefined, now: Record<string, n
 /** A state from an older daemon or another policy, made consistent with this policy. */
 export function reconcileState(prev: ControllerState, policy: ControllerPolicy): ControllerState {
   const ks = policy.pool.knobs.filter(isCgroupKnob);
-  const order = [...prev.order.filter((k) => ks.includes(k)), ...rankKnobs(policy.pool.knobs, prev.effects).filter((k) => !prev.order.includes(k))];
-  return { ...INITIAL_STATE, ...prev, order, level: Math.min(Math.max(0, prev.level), ks.length), paused: prev.paused && policy.pool.knobs.includes('pause') };
+  const keep = keptKnobs(policy.pool);
+  const known = [...prev.order.filter((k) => ks.includes(k)), ...rankKnobs(policy.pool.knobs, prev.effects, keep).filter((k) => !prev.order.includes(k))];
+  // Kept knobs first; whatever was applied stays applied (a reorder may only tighten).
+  const order = [...known.filter((k) => keep.includes(k)), ...known.filter((k) => !keep.includes(k))];
+  const wasOn = prev.order.slice(0, Math.max(0, prev.level)).filter((k) => ks.includes(k));
+  const level = Math.min(Math.max(keep.length, ...wasOn.map((k) => order.indexOf(k) + 1)), ks.length);
+  return { ...INITIAL_STATE, ...prev, order, level, paused: prev.paused && policy.pool.knobs.includes('pause') };
 }
+
 
 export function decide(policy: ControllerPolicy, obs: Observations, prevIn: ControllerState): Plan {
   const { pool } = policy;
@@ -265,7 +271,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.level = prev.level + 1;
     // Re-rank among the applied knobs only (the set applied does not change), so the
     // knob just measured to matter is not the next one given back.
-    const ranked = rankKnobs(pool.knobs, state.effects);
+    const ranked = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool));
     const on = prev.order.slice(0, state.level);
     state.order = [...ranked.filter((k) => on.includes(k)), ...prev.order.slice(state.level)];
     state.clampedAt = now;
@@ -276,7 +282,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
   } else if (danger && prev.level < K && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
-    state.order = rankKnobs(pool.knobs, state.effects);
+    state.order = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool));
     state.level = K;
     state.clampedAt = now;
     state.trial = null;
@@ -291,7 +297,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, prev.violatingSince))} ms with ${state.order.join(', ') || 'no knob'} applied: pause`;
   } else if (violating) {
     why = `breach: ${s.worst} (slack ${fmt(s.min)})${showingRevert ? ' after a revert' : ''} with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
-  } else if (prev.paused || prev.level > 0) {
+  } else if (prev.paused || prev.level > keptKnobs(policy.pool).length) {
     const release = releaseGate(policy, prev, state, now, load, runDelay);
     if (release.ok && prev.paused) {
       state.paused = false;
@@ -308,7 +314,8 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
       why = `steady: slack ${fmt(s.min)}, ${state.order.slice(0, state.level).join(', ')}${prev.paused ? ', paused' : ''} applied${release.why ? ` (${release.why})` : ''}`;
     }
   } else {
-    why = s.unknown.length ? `holding: no latency for ${s.unknown.join(', ')}` : `steady: slack ${fmt(s.min)}, nothing clamped`;
+    const kept = state.order.slice(0, state.level);
+    why = s.unknown.length ? `holding: no latency for ${s.unknown.join(', ')}` : `steady: slack ${fmt(s.min)}, ${kept.length ? `only ${kept.join(', ')} (kept applied)` : 'nothing clamped'}`;
   }
   if (settling && !tightened) why += ' (rounds resumed after a gap: latency not acted on for a window)';
   const applied = state.order.slice(0, state.level);

@@ -56,6 +56,11 @@ export function settingsFor(policyKnobs: Knob[], on: ReadonlySet<Knob>, split: {
   return s;
 }
 
+/** The pool's knobs that are never given back (its `keepApplied`, those its `knobs` list). */
+export function keptKnobs(pool: { knobs: Knob[]; keepApplied?: CgroupKnob[] }): CgroupKnob[] {
+  return (pool.keepApplied ?? []).filter((k) => pool.knobs.includes(k));
+}
+
 /** Per knob: the slack it was measured to hold (slack lost when it was released), averaged. */
 export type KnobEffects = Partial<Record<CgroupKnob, { value: number; n: number }>>;
 
@@ -82,9 +87,10 @@ export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: numb
 /**
  * The cgroup knobs from most to least valuable: the learned effects blended with the
  * policy's order as a prior worth two measurements (the first knob "holds" 0.5 slack,
- * falling linearly), so one lucky measurement does not overturn it. Released from the end.
+ * falling linearly), so one lucky measurement does not overturn it; the knobs in `keep`
+ * first whatever their worth. Released from the end.
  */
-export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects): CgroupKnob[] {
+export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects, keep: readonly CgroupKnob[] = []): CgroupKnob[] {
   const ks = policyKnobs.filter(isCgroupKnob);
   const score = (k: CgroupKnob, i: number): number => {
     const prior = (PRIOR_TOP * (ks.length - i)) / ks.length;
@@ -92,5 +98,7 @@ export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects): CgroupKnob
     const n = Math.min(e?.n ?? 0, EFFECT_MEMORY);
     return (prior * PRIOR_WEIGHT + (e?.value ?? 0) * n) / (PRIOR_WEIGHT + n) + (ks.length - i) * 1e-6; // position breaks ties
   };
-  return ks.map((k, i) => ({ k, s: score(k, i) })).sort((a, b) => b.s - a.s).map((x) => x.k);
+  // Knobs kept applied come first, so that they are never the next one given back.
+  const kept = (k: CgroupKnob): number => (keep.includes(k) ? 1 : 0);
+  return ks.map((k, i) => ({ k, s: score(k, i) })).sort((a, b) => kept(b.k) - kept(a.k) || b.s - a.s).map((x) => x.k);
 }

@@ -2,6 +2,7 @@
 // Slow (tens of ms to seconds), so it moves only while the fast path holds still, and
 // changing direction waits twice as long as continuing: no oscillation around the target.
 import type { Action, ControllerPolicy, ControllerState, Observations } from './decide.ts';
+import { keptKnobs } from './knobs.ts';
 
 const fmt = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 
@@ -29,7 +30,7 @@ export function structuralActions(
       actions.push({ kind: 'resize', sandbox: victim.id, vcpus: victim.vcpus - 1,
         reason: `slack ${fmt(s.minSlack)} < ${g.shrinkSlack} for ${Math.round(now - state.lowSince)} ms: ${victim.vcpus} -> ${victim.vcpus - 1} vCPUs` });
     }
-  } else if (state.level === 0 && !state.paused && state.highSince !== null && now - state.highSince >= g.cooldownMs && cooled('grow') &&
+  } else if (state.level <= keptKnobs(policy.pool).length && !state.paused && state.highSince !== null && now - state.highSince >= g.cooldownMs && cooled('grow') &&
              cpuBusy < g.maxCpuPressure && !memPressure) {
     const used = running.reduce((n, x) => n + x.vcpus, 0);
     const spare = obs.host.cpus - pool.reserve.cpus - used;

@@ -44,6 +44,8 @@ export interface BatchPoolPolicy {
   reserve: { cpus: number; memoryBytes: number };
   sandbox: { minVcpus: number; maxVcpus: number; minMemoryMiB: number; maxMemoryMiB: number };
   knobs: Knob[];
+  /** Knobs applied always (work-conserving: giving them back gains batch nothing the services leave idle). */
+  keepApplied: Exclude<Knob, 'pause'>[];
   growth: {
     cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number; maxCpuPressure: number;
     backoffMs: number; maxBackoffMs: number; loadRise: number; reverseMs: number; cpusetIntervalMs: number;
@@ -146,6 +148,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         reserve: { cpus: spec.reserve.cpus, memoryBytes: parseSizeBytes(spec.reserve.memory) },
         sandbox,
         knobs: spec.knobs,
+        keepApplied: spec.keepApplied.filter((k: Knob) => spec.knobs.includes(k)),
         growth: {
           cooldownMs: parseDurationMs(g.cooldown), minSlack: g.minSlack, shrinkSlack: g.shrinkSlack,
           memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep) / 1048576), maxCpuPressure: g.maxCpuPressure,
