@@ -2,11 +2,11 @@
 // cgroup (runsc and everything it forks are born there; runsc itself touches no
 // cgroup). Resizing is the host's: vCPUs are CPU bandwidth (cpu.max = n CPUs), memory is
 // memory.max/high; the controller's knobs are the same cgroup files as for QEMU.
-import { copyFile, cp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFile, cp, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import type { Cgroup, CgroupKnobs } from '../cgroup/index.ts';
 import {
-  validateUpdate, type ExecHandle, type ExecRequest, type ResourceUpdate, type SandboxLimits, type SandboxMetrics, type SandboxSpec,
+  validateUpdate, type ExecHandle, type Sandbox, type ExecRequest, type ResourceUpdate, type SandboxLimits, type SandboxMetrics, type SandboxSpec,
   type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type UpdateStep, type VmmExit,
 } from '../contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from '../errors.ts';
@@ -46,7 +46,7 @@ export function sizeKnobs(vcpus: number, memoryMiB: number): CgroupKnobs {
   };
 }
 
-export class GvisorSandbox {
+export class GvisorSandbox implements Sandbox {
   readonly id: string;
   readonly paths: GvisorPaths;
   private state: SandboxState = 'created';
@@ -337,7 +337,7 @@ export class GvisorSandbox {
     this.pidValue = null;
     this.to('suspended');
     let bytes = 0;
-    for (const f of await readdir(this.paths.checkpoint)) bytes += (await import('node:fs')).statSync(`${this.paths.checkpoint}/${f}`).size;
+    for (const f of await readdir(this.paths.checkpoint)) bytes += statSync(`${this.paths.checkpoint}/${f}`).size;
     return { bytes, ms: performance.now() - t0 };
   }
 
@@ -362,7 +362,6 @@ export class GvisorSandbox {
       await mkdir(dest, { recursive: true });
       const names = (await readdir(this.paths.output, { withFileTypes: true })).filter((d) => d.isFile() || d.isDirectory()).map((d) => d.name);
       await cp(this.paths.output, dest, { recursive: true, force: true, filter: async (src) => {
-        const { lstat } = await import('node:fs/promises');
         const st = await lstat(src);
         return st.isFile() || st.isDirectory();
       } });
