@@ -2,7 +2,7 @@
 // subcommand (runsc refuses `start` without the --network=none that `create` had), each
 // call bounded in time and its failure a SandboxError naming the subcommand.
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError, type SandboxErrorCode } from '../errors.ts';
 
@@ -24,7 +24,7 @@ export interface RunOptions {
   code?: SandboxErrorCode;
   /** cgroup.procs files the runsc process joins first: its sandbox and gofer are born there. */
   cgroupProcs?: string[];
-  /** stderr appended here (the sandbox's log) rather than kept in memory. */
+  /** stderr also appended here (the sandbox's log, read for a VmmExitedError's detail). */
   log?: string;
 }
 
@@ -32,31 +32,34 @@ export interface RunOptions {
 export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<string> {
   const argv = [...globalFlags(r), ...args];
   const procs = o.cgroupProcs ?? [];
-  // stdio must not be a regular file: runsc's output then overwrites it from offset 0.
   const script = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
   return new Promise((resolve, reject) => {
-    const errFd = o.log ? openSync(o.log, 'a') : null;
+    // Pipes, never a regular file (runsc's output overwrote one from offset 0). The
+    // container's processes inherit them, so the end is 'exit', not the pipes closing.
     const child = spawn('/bin/sh', ['-c', script, 'lodger-runsc', r.binary, ...argv], {
       env: { ...process.env, LODGER_CGROUP_PROCS: procs.join(' ') },
-      stdio: ['ignore', 'pipe', errFd ?? 'pipe'],
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    if (errFd !== null) closeSync(errFd);
     let out = '';
     let err = '';
     child.stdout!.on('data', (c: Buffer) => { if (out.length < 1 << 20) out += c.toString(); });
-    child.stderr?.on('data', (c: Buffer) => { err = (err + c.toString()).slice(-4096); });
+    child.stderr!.on('data', (c: Buffer) => { err = (err + c.toString()).slice(-4096); });
     const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 30_000);
     child.on('error', (e) => {
       clearTimeout(timer);
       reject(new SandboxError('SANDBOX_RUNSC_FAILED', `runsc ${args[0]}: ${e.message}`, { cause: e }));
     });
-    child.on('close', (code, signal) => {
+    child.on('exit', (code, signal) => {
       clearTimeout(timer);
-      if (code === 0) return resolve(out);
-      let why = err;
-      if (!why && o.log) { try { why = readFileSync(o.log, 'utf8').slice(-4096); } catch { /* gone */ } }
-      const how = signal === 'SIGKILL' ? `timed out after ${o.timeoutMs ?? 30_000} ms` : code === 125 ? 'could not join its cgroup' : `exit ${code ?? signal}`;
-      reject(new SandboxError(o.code ?? 'SANDBOX_RUNSC_FAILED', `runsc ${args.join(' ')}: ${how}: ${why.trim().split('\n').slice(-3).join(' | ')}`));
+      // What was written before the exit is read by now or in the next turn.
+      setImmediate(() => {
+        child.stdout!.destroy();
+        child.stderr!.destroy();
+        if (o.log && err) { try { appendFileSync(o.log, `runsc ${args[0]}: ${err}\n`); } catch { /* run dir gone */ } }
+        if (code === 0) return resolve(out);
+        const how = signal === 'SIGKILL' ? `timed out after ${o.timeoutMs ?? 30_000} ms` : code === 125 ? 'could not join its cgroup' : `exit ${code ?? signal}`;
+        reject(new SandboxError(o.code ?? 'SANDBOX_RUNSC_FAILED', `runsc ${args.join(' ')}: ${how}: ${err.trim().split('\n').slice(-3).join(' | ')}`));
+      });
     });
   });
 }
