@@ -89,7 +89,6 @@ maybe('resize up and down is the host cgroup: cpu.max bandwidth and the memory l
   t.true(up.totalMs < 100, `resize took ${up.totalMs} ms`);
   t.is(quota(), '200000');
   t.is(limit(), (512 + 64) * 1048576);
-  // From inside: two spinning processes get about two CPUs' worth of time.
   const down = await sb.update({ vcpus: 1, memoryMiB: 256 });
   t.like(down, { vcpus: 1, memoryMiB: 256 });
   t.is(quota(), '100000');

@@ -386,10 +386,15 @@ export class GvisorSandbox implements Sandbox {
     if (!this.exitInfo) {
       if (this.state !== 'failed') this.state = 'stopping';
       this.intent = 'stop';
-      if (this.pidValue !== null && graceMs > 0 && this.state !== 'suspended') {
-        await runsc(this.rs, ['kill', '--all', this.id, 'TERM'], { timeoutMs: 5000 }).catch(() => {});
+      if (this.pidValue !== null && this.state !== 'suspended') {
+        // Commands still running get SIGTERM and graceMs to end; then the init is killed, which ends the sandbox.
+        if (graceMs > 0 && this.execs.size) {
+          await runsc(this.rs, ['kill', '--all', this.id, 'TERM'], { timeoutMs: 5000 }).catch(() => {});
+          for (let i = 0; i < graceMs / 20 && this.execs.size; i++) await new Promise((r) => setTimeout(r, 20));
+        }
+        await runsc(this.rs, ['kill', this.id, 'KILL'], { timeoutMs: 5000 }).catch(() => {});
       }
-      await this.killSandbox(graceMs);
+      await this.killSandbox(1000);
       this.finish({ code: 0, signal: null, expected: true });
     }
     await this.exited;
