@@ -6,7 +6,7 @@ import { decideBackend } from '../open.ts';
 
 test('a command script passes argv and environment verbatim (a real sh runs it)', (t) => {
   const script = commandScript({ argv: ['printf', '%s|', "it's", '$HOME', '`x`', ''], env: { A_1: "v'$" }, cwd: '/' });
-  const out = execFileSync('/bin/sh', ['-c', `${script.replace(/^exec /m, '')}; printf '%s' "$A_1"`], { encoding: 'utf8' });
+  const out = execFileSync('/bin/sh', ['-c', `${script.replace(/^exec /m, '')}printf '%s' "$A_1"`], { encoding: 'utf8' });
   t.is(out, "it's|$HOME|`x`||v'$");
   t.throws(() => commandScript({ argv: ['x'], env: { 'A;rm': '1' } }), { message: /not valid/ });
   t.is(shQuote("a'b"), `'a'\\''b'`);

@@ -384,9 +384,11 @@ export class GvisorSandbox implements Sandbox {
 
   private async doStop(graceMs: number): Promise<void> {
     if (!this.exitInfo) {
+      // A suspended sandbox has no process: its checkpoint goes with the run directory.
+      const suspended = this.state === 'suspended';
       if (this.state !== 'failed') this.state = 'stopping';
       this.intent = 'stop';
-      if (this.pidValue !== null && this.state !== 'suspended') {
+      if (this.pidValue !== null && !suspended) {
         // Commands still running get SIGTERM and graceMs to end; then the init is killed, which ends the sandbox.
         if (graceMs > 0 && this.execs.size) {
           await runsc(this.rs, ['kill', '--all', this.id, 'TERM'], { timeoutMs: 5000 }).catch(() => {});
