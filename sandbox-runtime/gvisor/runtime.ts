@@ -12,7 +12,8 @@ import { SandboxError } from '../errors.ts';
 import type { HostPaths } from '../host.ts';
 import { gvisorPaths } from './bundle.ts';
 import { isSandboxProcess, runsc, type GvisorPlatform } from './runsc.ts';
-import { GvisorSandbox, gvisorCgroupName, readGvisorRecord } from './sandbox.ts';
+import { gvisorCgroupName, readGvisorRecord } from './record.ts';
+import { GvisorSandbox } from './sandbox.ts';
 
 const run = promisify(execFile);
 

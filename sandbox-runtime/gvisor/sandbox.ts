@@ -2,6 +2,7 @@
 // cgroup (runsc and everything it forks are born there; runsc itself touches no
 // cgroup). Resizing is the host's: vCPUs are CPU bandwidth (cpu.max = n CPUs), memory is
 // memory.max/high; the controller's knobs are the same cgroup files as for QEMU.
+import { spawn } from 'node:child_process';
 import { copyFile, cp, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import type { Cgroup, CgroupKnobs } from '../cgroup/index.ts';
@@ -12,39 +13,10 @@ import {
 import { ResizeError, SandboxError, VmmExitedError } from '../errors.ts';
 import { commandScript, gvisorPaths, ociConfig, RUNNER, IN_CMD, IN_SH, type GvisorPaths } from './bundle.ts';
 import { FileExec } from './exec.ts';
-import { isSandboxProcess, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
+import { globalFlags, isSandboxProcess, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
 import type { GvisorRuntimeOptions } from './runtime.ts';
+import { gvisorCgroupName, readGvisorRecord, sizeKnobs, type GvisorRecord } from './record.ts';
 
-/** What a later process needs to take the sandbox up again (sandbox.json). */
-export interface GvisorRecord {
-  spec: SandboxSpec;
-  limits: SandboxLimits;
-  pid: number | null;
-  state: 'running' | 'paused' | 'suspended';
-  vcpus: number;
-  memoryMiB: number;
-  nextExec: number;
-  pausedWhenSuspended: boolean;
-}
-
-export function readGvisorRecord(path: string): GvisorRecord | Error {
-  try { return JSON.parse(readFileSync(path, 'utf8')) as GvisorRecord; } catch (e) { return e as Error; }
-}
-
-export const gvisorCgroupName = (id: string): string => `gv-${id}`;
-
-/** The sentry's own memory is charged to the cgroup too: memory.max leaves it this much room above the job's. */
-const SENTRY_HEADROOM_MIB = 64;
-const PERIOD_US = 100_000;
-
-/** Host knobs for a size: n vCPUs is n CPUs of bandwidth; memory.high is the size, memory.max adds the sentry's room. */
-export function sizeKnobs(vcpus: number, memoryMiB: number): CgroupKnobs {
-  return {
-    cpuMax: { quotaUs: vcpus * PERIOD_US, periodUs: PERIOD_US },
-    memoryHighBytes: memoryMiB * 1048576,
-    memoryMaxBytes: (memoryMiB + SENTRY_HEADROOM_MIB) * 1048576,
-  };
-}
 
 export class GvisorSandbox implements Sandbox {
   readonly id: string;
@@ -260,9 +232,18 @@ export class GvisorSandbox implements Sandbox {
     const n = this.nextExec++;
     this.record();
     await writeFile(`${this.paths.cmd}/${n}.sh`, script);
-    // --detach: runsc returns once the runner runs; nothing of the command hangs on this process.
-    await runsc(this.rs, ['exec', '--detach', this.id, IN_SH, 'sh', `${IN_CMD}/run.sh`, String(n)], { timeoutMs: 20_000, code: 'SANDBOX_AGENT_ERROR' })
-      .catch((e: unknown) => { throw this.exitInfo ? this.exitError() : e; });
+    // `runsc exec --detach` exited 128 here without a word, so the exec client runs in a
+    // session of its own, outliving this process; the command's output goes to files.
+    const client = spawn(this.opts.runscBinary, [...globalFlags(this.rs), 'exec', this.id, IN_SH, 'sh', `${IN_CMD}/run.sh`, String(n)], { stdio: 'ignore', detached: true });
+    let failed: number | null = null;
+    client.on('exit', (code) => { if (code !== 0) failed = code ?? -1; });
+    client.on('error', () => { failed = -1; });
+    client.unref();
+    for (let i = 0; !existsSync(`${this.paths.io}/${n}.pid`); i++) {
+      if (this.exitInfo) throw this.exitError();
+      if (failed !== null || i > 1000) throw new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: runsc exec of command ${n} ${failed !== null ? `exited ${failed}` : 'did not start it in 20 s'}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
     return this.handle(n);
   }
 
