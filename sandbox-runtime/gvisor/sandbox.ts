@@ -325,7 +325,9 @@ export class GvisorSandbox implements Sandbox {
   private async restore(): Promise<void> {
     this.to('resuming');
     try {
-      await this.boot(['restore', `--bundle=${this.paths.bundle}`, `--image-path=${this.paths.checkpoint}`, '--detach', this.id]);
+      // runsc restores into a created container: create, then restore into it.
+      await this.boot(['create', `--bundle=${this.paths.bundle}`, this.id]);
+      await runsc(this.rs, ['restore', `--bundle=${this.paths.bundle}`, `--image-path=${this.paths.checkpoint}`, '--detach', this.id], { timeoutMs: 60_000, code: 'SANDBOX_RESUME_FAILED', log: this.paths.log });
       if (this.pausedWhenSuspended) await runsc(this.rs, ['pause', this.id], { timeoutMs: 10_000 });
     } catch (e) {
       this.state = 'suspended';
