@@ -7,6 +7,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ensureGuestImage, openRuntime, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { backendTable, benchBackends } from './backends.ts';
 
 const { values } = parseArgs({
   options: {
@@ -198,4 +199,8 @@ const result = {
   initramfsMiB: round(image.bytes / 1048576),
 };
 await runtime.opts.cgroups?.removeParents();
+// Each backend in the same run (bench/backends.ts): the backend column of docs/BENCHMARKS.md.
+const backends = await benchBackends({ log: values.json ? undefined : say });
+say(backendTable(backends.rows));
+Object.assign(result, { backends });
 console.log(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));

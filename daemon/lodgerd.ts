@@ -14,7 +14,7 @@ import {
   type HostReader, type KnobSettings, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
 import {
-  openRuntime, type AccelChoice, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
+  chooseBackend, openGvisorRuntime, openRuntime, type Accelerator, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
 } from '../sandbox-runtime/index.ts';
 import type { LodgerdConfig } from './config.ts';
 import { DEFAULT_POOL } from './default-pool.ts';
@@ -29,7 +29,7 @@ import { watchSettled, type Watcher } from './watch.ts';
 /** What start() needs of a sandbox runtime: the runtime, why it runs on its accelerator, and the sandboxes' parent cgroup. */
 export interface OpenedRuntime {
   runtime: SandboxRuntime;
-  accel: Pick<AccelChoice, 'accel' | 'reason'>;
+  accel: { accel: Accelerator; reason: string };
   /** The parent of the sandbox cgroups: pool-wide clamps go there; removed on a stop that stops the sandboxes. */
   cgroups: Pick<CgroupManager, 'openParent' | 'removeParents'> | null;
 }
@@ -57,7 +57,14 @@ const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', impo
 // the same type (a renamed or retyped knob on either side fails the type check here).
 export const knobsFit = (k: Required<KnobSettings>): Pick<Required<CgroupKnobs>, keyof KnobSettings> => k satisfies Pick<Required<CgroupKnobs>, keyof KnobSettings>;
 
-async function qemuRuntime(cfg: LodgerdConfig, log: (m: string) => void): Promise<OpenedRuntime> {
+/** The configured backend (`runtime`; auto decides per host, with its reason in the log). */
+async function configuredRuntime(cfg: LodgerdConfig, log: (m: string) => void): Promise<OpenedRuntime> {
+  const choice = await chooseBackend(cfg.runtime, { accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel });
+  log(`runtime ${choice.backend}: ${choice.reason}`);
+  if (choice.backend === 'gvisor') {
+    const { runtime, cgroups } = await openGvisorRuntime({ host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR }, cgroupParent: cfg.cgroupParent, log });
+    return { runtime, accel: { accel: runtime.accel, reason: choice.reason }, cgroups };
+  }
   const { runtime, accel, cgroups } = await openRuntime({
     host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
     accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
@@ -124,7 +131,7 @@ export class Lodgerd {
     const log = this.log;
     mkdirSync(cfg.stateDir, { recursive: true });
     const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
-    const rt = await (this.o.openRuntime ?? qemuRuntime)(cfg, log);
+    const rt = await (this.o.openRuntime ?? configuredRuntime)(cfg, log);
     log(`accelerator ${rt.accel.accel}: ${rt.accel.reason}`);
     const pool = cfg.warmPoolSize > 0 ? new WarmPool({
       runtime: rt.runtime, size: cfg.warmPoolSize, log,

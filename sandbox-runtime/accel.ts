@@ -3,13 +3,14 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { nativeAvailable, probeKvm, type KvmProbe } from '../native/index.ts';
-import type { Accelerator } from './contract.ts';
 import type { HostPaths } from './host.ts';
 
-export type AccelRequest = 'auto' | Accelerator;
+/** QEMU's accelerators (gVisor's platform is its own choice). */
+export type QemuAccel = 'kvm' | 'tcg';
+export type AccelRequest = 'auto' | QemuAccel;
 
 export interface AccelChoice {
-  accel: Accelerator;
+  accel: QemuAccel;
   reason: string;
 }
 

@@ -5,7 +5,10 @@ import type { CgroupKnobs } from './cgroup/index.ts';
 import type { ExitStatus, GuestStats } from './agent/index.ts';
 import { SandboxError } from './errors.ts';
 
-export type Accelerator = 'kvm' | 'tcg';
+/** QEMU's accelerator, or the gVisor platform a sandbox runs on. */
+export type Accelerator = 'kvm' | 'tcg' | 'systrap' | 'ptrace';
+/** Which implementation of this contract runs a sandbox. */
+export type Backend = 'qemu' | 'gvisor';
 
 export interface SandboxSpec {
   id: string;
@@ -158,6 +161,7 @@ export interface Sandbox {
 }
 
 export interface SandboxRuntime {
+  readonly backend: Backend;
   readonly accel: Accelerator;
   create(spec: SandboxSpec): Promise<Sandbox>;
   /**

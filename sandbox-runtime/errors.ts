@@ -18,7 +18,8 @@ export type SandboxErrorCode =
   | 'QMP_CLOSED'
   | 'CGROUP_ERROR'
   | 'IMAGE_BUILD_FAILED'
-  | 'HOST_TOOL_FAILED';
+  | 'HOST_TOOL_FAILED'
+  | 'SANDBOX_RUNSC_FAILED';
 
 export class SandboxError extends Error {
   constructor(readonly code: SandboxErrorCode, message: string, options?: { cause?: unknown }) {
@@ -27,11 +28,11 @@ export class SandboxError extends Error {
   }
 }
 
-/** The VMM process went away (crash, kill -9, guest poweroff) while we needed it. */
+/** The VMM process (QEMU, or gVisor's runsc sandbox) went away (crash, kill -9, guest poweroff) while we needed it. */
 export class VmmExitedError extends SandboxError {
-  constructor(readonly sandboxId: string, readonly exitCode: number | null, readonly signal: string | null, detail = '') {
+  constructor(readonly sandboxId: string, readonly exitCode: number | null, readonly signal: string | null, detail = '', vmm = 'QEMU') {
     super('SANDBOX_VMM_EXITED',
-      `sandbox ${sandboxId}: QEMU exited (${signal ? `signal ${signal}` : `code ${exitCode}`})${detail ? `: ${detail}` : ''}`);
+      `sandbox ${sandboxId}: ${vmm} exited (${signal ? `signal ${signal}` : `code ${exitCode}`})${detail ? `: ${detail}` : ''}`);
     this.name = 'VmmExitedError';
   }
 }

@@ -1,10 +1,13 @@
-// One call that assembles a QEMU runtime for this host: guest image, accelerator
-// decision (with the reason), cgroup manager.
+// Assembles a runtime for this host: QEMU (guest image, accelerator decision with the
+// reason, cgroup manager) or gVisor (runsc, the default busybox root); and the backend
+// choice `auto` makes, with its reason.
 import { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './accel.ts';
 import { CgroupManager, detectCgroupVersion } from './cgroup/index.ts';
 import { defaultHostPaths, type HostPaths } from './host.ts';
 import { ensureGuestImage, type ImageOptions } from './image/index.ts';
 import { QemuRuntime, type HostedRuntime } from './qemu/index.ts';
+import { ensureBusyboxRoot, GvisorRuntime, probeRunsc, type GvisorPlatform } from './gvisor/index.ts';
+import type { Backend } from './contract.ts';
 
 export interface OpenRuntimeOptions {
   host?: Partial<HostPaths>;
@@ -35,4 +38,59 @@ export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime
   }
   const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, detachVmm: o.detachVmm, log: o.log });
   return { runtime, accel, host, cgroups };
+}
+
+export type RuntimeRequest = 'auto' | Backend;
+
+export interface BackendChoice {
+  backend: Backend;
+  reason: string;
+}
+
+/**
+ * auto: QEMU where KVM boots a stock guest; else gVisor where runsc runs a sandbox
+ * (near-native compute on hosts without nested virtualization); else QEMU under TCG.
+ * Pure over the two probes, so the rule is unit-tested.
+ */
+export function decideBackend(requested: RuntimeRequest, accel: AccelChoice, runscProbe: { ok: boolean; detail: string } | null): BackendChoice {
+  if (requested === 'qemu') return { backend: 'qemu', reason: `QEMU requested (${accel.accel}: ${accel.reason})` };
+  if (requested === 'gvisor') return { backend: 'gvisor', reason: `gVisor requested${runscProbe && !runscProbe.ok ? ` although ${runscProbe.detail}` : ''}` };
+  if (accel.accel === 'kvm') return { backend: 'qemu', reason: `auto: QEMU with KVM (${accel.reason})` };
+  if (runscProbe?.ok) return { backend: 'gvisor', reason: `auto: no KVM for a stock guest (${accel.reason}); ${runscProbe.detail}` };
+  return { backend: 'qemu', reason: `auto: QEMU under TCG (${accel.reason}; gVisor unusable: ${runscProbe?.detail ?? 'not probed'})` };
+}
+
+export interface OpenGvisorOptions {
+  host?: Partial<HostPaths>;
+  runscBinary?: string;
+  platform?: GvisorPlatform;
+  busybox?: string;
+  cgroupParent?: string;
+  log?: (msg: string) => void;
+}
+
+/** A gVisor runtime for this host: the default busybox root and the cgroup manager. */
+export async function openGvisorRuntime(o: OpenGvisorOptions = {}): Promise<{ runtime: GvisorRuntime; host: HostPaths; cgroups: CgroupManager | null }> {
+  const host = defaultHostPaths(o.host);
+  const busybox = o.busybox ?? '/bin/busybox';
+  const defaultRoot = await ensureBusyboxRoot(host.cacheDir, busybox);
+  let cgroups = detectCgroupVersion(host.cgroupRoot) ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent }) : null;
+  const why = cgroups ? cgroups.whyNotWritable() : `no cgroup filesystem at ${host.cgroupRoot}`;
+  if (why) {
+    (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
+    cgroups = null;
+  }
+  const runtime = new GvisorRuntime({
+    host, runscBinary: o.runscBinary ?? process.env.LODGER_RUNSC ?? 'runsc', platform: o.platform ?? 'systrap', busybox, defaultRoot, cgroups, log: o.log,
+  });
+  return { runtime, host, cgroups };
+}
+
+/** Which backend `requested` means on this host, with the reason (doctor, lodgerd, the colocation bench). */
+export async function chooseBackend(requested: RuntimeRequest, o: { host?: Partial<HostPaths>; accel?: AccelRequest; pvmGuestKernel?: boolean; runscBinary?: string } = {}): Promise<BackendChoice> {
+  const host = defaultHostPaths(o.host);
+  const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);
+  const probe = requested === 'qemu' || (requested === 'auto' && accel.accel === 'kvm') ? null
+    : await probeRunsc(o.runscBinary ?? process.env.LODGER_RUNSC ?? 'runsc', host.cacheDir);
+  return decideBackend(requested, accel, probe);
 }

@@ -193,6 +193,8 @@ export class FakeSandbox implements Sandbox {
 
 export class FakeRuntime implements SandboxRuntime {
   readonly accel = 'tcg' as const;
+  /** The fake stands in for the default backend. */
+  readonly backend = 'qemu' as const;
   readonly sandboxes: FakeSandbox[] = [];
   constructor(private readonly opts: FakeOptions = {}) {}
 

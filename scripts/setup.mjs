@@ -4,9 +4,10 @@
 // packages, the native addon, and the guest image (rebuilt only when its inputs change).
 // Plain JavaScript with no dependencies, because it runs before `npm install`.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, statSync, readdirSync } from 'node:fs';
+import { existsSync, statSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { backportsEntry } from './backports.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const quiet = process.argv.includes('--quiet');
@@ -62,6 +63,56 @@ function ensureDebianPackages() {
   execFileSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: quiet ? 'ignore' : 'inherit', env });
 }
 
+// gVisor's runsc: bookworm's own (0.0~20221219) breaks coreutils inside the sandbox
+// (statx), backports' (0.0~20240729) works. The contract suite runs on it and `auto` picks
+// it on hosts without a usable KVM, so setup installs it from backports, whose entry is
+// derived from the host's configured Debian mirror. A failure is a warning: the gVisor
+// tests then skip and say why.
+const RUNSC_MIN_VERSION = '0.0~20240729';
+const BACKPORTS_FILE = '/etc/apt/sources.list.d/lodger-backports.sources';
+
+function runscVersionOk() {
+  const r = spawnSync('dpkg-query', ['-W', '-f=${Status} ${Version}', 'runsc'], { encoding: 'utf8' });
+  if (r.status !== 0 || !r.stdout.includes('install ok installed')) return false;
+  const version = r.stdout.trim().split(' ').pop();
+  return spawnSync('dpkg', ['--compare-versions', version, 'ge', RUNSC_MIN_VERSION]).status === 0;
+}
+
+function aptSourceFiles() {
+  const files = [];
+  if (existsSync('/etc/apt/sources.list')) files.push({ name: 'sources.list', text: readFileSync('/etc/apt/sources.list', 'utf8') });
+  const dir = '/etc/apt/sources.list.d';
+  for (const name of existsSync(dir) ? readdirSync(dir).sort() : []) {
+    if (name.endsWith('.list') || name.endsWith('.sources')) files.push({ name, text: readFileSync(join(dir, name), 'utf8') });
+  }
+  return files;
+}
+
+function ensureRunsc() {
+  if (!existsSync('/usr/bin/dpkg-query') || process.env.LODGER_SKIP_RUNSC) return;
+  if (runscVersionOk()) return;
+  const codename = /^VERSION_CODENAME=(\w+)$/m.exec(existsSync('/etc/os-release') ? readFileSync('/etc/os-release', 'utf8') : '')?.[1];
+  const entry = codename ? backportsEntry(aptSourceFiles(), codename) : null;
+  if (!entry) {
+    console.error(`[setup] gVisor: no Debian mirror configured for ${codename ?? 'this release'}; install runsc >= ${RUNSC_MIN_VERSION} yourself (gVisor tests will skip)`);
+    return;
+  }
+  const cmd = `apt-get update && apt-get install -y --no-install-recommends -t ${codename}-backports runsc`;
+  if (process.getuid?.() !== 0) {
+    console.error(`[setup] gVisor (runsc >= ${RUNSC_MIN_VERSION}) not installed; as root write ${BACKPORTS_FILE}:\n${entry}\nthen:\n  ${cmd}`);
+    return;
+  }
+  log(`installing runsc from ${codename}-backports`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  try {
+    writeFileSync(BACKPORTS_FILE, entry);
+    execFileSync('apt-get', ['update'], { stdio: quiet ? 'ignore' : 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '--no-install-recommends', '-t', `${codename}-backports`, 'runsc'], { stdio: quiet ? 'ignore' : 'inherit', env });
+  } catch (e) {
+    console.error(`[setup] gVisor: installing runsc failed (${e.message}); gVisor tests will skip`);
+  }
+}
+
 function mtime(p) {
   try { return statSync(p).mtimeMs; } catch { return 0; }
 }
@@ -106,6 +157,7 @@ function ensureGuestImage() {
 }
 
 ensureDebianPackages();
+ensureRunsc();
 ensureNpmPackages();
 ensureNativeAddon();
 ensureGuestImage();

@@ -1,10 +1,14 @@
-import { defaultHostPaths, runDoctor, type AccelRequest } from '../../sandbox-runtime/index.ts';
+import { chooseBackend, defaultHostPaths, runDoctor, type AccelRequest, type Check, type RuntimeRequest } from '../../sandbox-runtime/index.ts';
 
-export async function doctorCommand(opts: { json: boolean; accel: AccelRequest }): Promise<number> {
+export async function doctorCommand(opts: { json: boolean; accel: AccelRequest; runtime?: RuntimeRequest }): Promise<number> {
   const checks = await runDoctor(defaultHostPaths(), {
     accel: opts.accel,
     image: { kernel: process.env.LODGER_GUEST_KERNEL || undefined },
   });
+  // Which backend the runtime setting picks here, and why (auto probes runsc with a real sandbox).
+  const choice = await chooseBackend(opts.runtime ?? 'auto', { accel: opts.accel });
+  const runtimeCheck: Check = { name: 'runtime', ok: true, required: false, detail: `${choice.backend}: ${choice.reason}` };
+  checks.unshift(runtimeCheck);
   const failed = checks.some((c) => c.required && !c.ok);
   if (opts.json) {
     console.log(JSON.stringify({ ok: !failed, checks }, null, 2));

@@ -104,6 +104,7 @@ program.command('run')
   .option('-e, --env <KEY=VALUE...>', 'environment for the command', [])
   .option('-w, --cwd <dir>', 'working directory in the guest', '/')
   .addOption(new Option('--accel <accel>', 'accelerator').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .addOption(new Option('--runtime <backend>', 'sandbox backend (auto: QEMU with KVM, else gVisor where runsc works, else QEMU/TCG)').choices(['auto', 'qemu', 'gvisor']).default('qemu'))
   .option('--guest-kernel <file>', 'guest kernel (e.g. a PVM guest kernel); default: the Debian cloud kernel')
   .option('--pvm', 'the guest kernel is PVM-enlightened (lets auto use a kvm_pvm /dev/kvm)', false)
   .option('-v, --verbose', 'say what the runtime does', false)
@@ -116,6 +117,7 @@ program.command('doctor')
   .description('check this host: accelerator and why, cgroups, QEMU, guest image, PSI, resctrl')
   .option('--json', 'machine-readable output', false)
   .addOption(new Option('--accel <accel>', 'accelerator to evaluate').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .addOption(new Option('--runtime <backend>', 'sandbox backend to evaluate').choices(['auto', 'qemu', 'gvisor']).default('auto'))
   .action(async (opts) => {
     process.exitCode = await doctorCommand(opts);
   });

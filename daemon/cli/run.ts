@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { constants } from 'node:os';
-import { openRuntime, SandboxError, type AccelRequest, type Sandbox } from '../../sandbox-runtime/index.ts';
+import { chooseBackend, openGvisorRuntime, openRuntime, SandboxError, type AccelRequest, type RuntimeRequest, type Sandbox, type SandboxRuntime } from '../../sandbox-runtime/index.ts';
 
 export interface RunOptions {
   vcpus: number;
@@ -14,6 +14,8 @@ export interface RunOptions {
   env: string[];
   cwd: string;
   accel: AccelRequest;
+  /** Sandbox backend; the same command line runs on both (a job without a root gets the same busybox root). */
+  runtime: RuntimeRequest;
   guestKernel?: string;
   pvm: boolean;
   verbose: boolean;
@@ -44,10 +46,16 @@ export async function runCommand(cmd: string[], o: RunOptions): Promise<number> 
   process.on('SIGTERM', onSignal);
   try {
     const env = parseEnv(o.env);
-    const { runtime, accel } = await openRuntime({
-      accel: o.accel, pvmGuestKernel: o.pvm, image: { kernel: o.guestKernel }, log,
-    });
-    log?.(`accelerator ${accel.accel}: ${accel.reason}`);
+    const choice = await chooseBackend(o.runtime ?? 'qemu', { accel: o.accel, pvmGuestKernel: o.pvm });
+    log?.(`runtime ${choice.backend}: ${choice.reason}`);
+    let runtime: SandboxRuntime;
+    if (choice.backend === 'gvisor') {
+      runtime = (await openGvisorRuntime({ log })).runtime;
+    } else {
+      const q = await openRuntime({ accel: o.accel, pvmGuestKernel: o.pvm, image: { kernel: o.guestKernel }, log });
+      log?.(`accelerator ${q.accel.accel}: ${q.accel.reason}`);
+      runtime = q.runtime;
+    }
     sandbox = await runtime.create({
       id: `run-${randomBytes(4).toString('hex')}`,
       vcpus: o.vcpus,

@@ -71,6 +71,7 @@ export interface HostedRuntime extends SandboxRuntime {
 }
 
 export class QemuRuntime implements HostedRuntime {
+  readonly backend = 'qemu' as const;
   constructor(readonly opts: QemuRuntimeOptions) {}
 
   get accel(): Accelerator {

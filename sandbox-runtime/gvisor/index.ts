@@ -1,0 +1,4 @@
+// Door of the gVisor backend. Only the runtime package (open.ts, index.ts) imports it.
+export { GvisorRuntime, ensureBusyboxRoot, type GvisorRuntimeOptions } from './runtime.ts';
+export type { GvisorSandbox } from './sandbox.ts';
+export { probeRunsc, type GvisorPlatform } from './runsc.ts';

@@ -1,0 +1,37 @@
+// A gVisor sandbox's record (sandbox.json: what a later process needs to take it up
+// again), its cgroup's name, and the host knobs a size means.
+import { readFileSync } from 'node:fs';
+import type { CgroupKnobs } from '../cgroup/index.ts';
+import type { SandboxLimits, SandboxSpec } from '../contract.ts';
+
+/** What a later process needs to take the sandbox up again (sandbox.json). */
+export interface GvisorRecord {
+  spec: SandboxSpec;
+  limits: SandboxLimits;
+  pid: number | null;
+  state: 'running' | 'paused' | 'suspended';
+  vcpus: number;
+  memoryMiB: number;
+  nextExec: number;
+  pausedWhenSuspended: boolean;
+}
+
+export function readGvisorRecord(path: string): GvisorRecord | Error {
+  try { return JSON.parse(readFileSync(path, 'utf8')) as GvisorRecord; } catch (e) { return e as Error; }
+}
+
+export const gvisorCgroupName = (id: string): string => `gv-${id}`;
+
+/** The sentry's own memory is charged to the cgroup too: memory.max leaves it this much room above the job's. */
+const SENTRY_HEADROOM_MIB = 64;
+const PERIOD_US = 100_000;
+
+/** Host knobs for a size: n vCPUs is n CPUs of bandwidth; memory.high is the size, memory.max adds the sentry's room. */
+export function sizeKnobs(vcpus: number, memoryMiB: number): CgroupKnobs {
+  return {
+    cpuMax: { quotaUs: vcpus * PERIOD_US, periodUs: PERIOD_US },
+    memoryHighBytes: memoryMiB * 1048576,
+    memoryMaxBytes: (memoryMiB + SENTRY_HEADROOM_MIB) * 1048576,
+  };
+}
+
