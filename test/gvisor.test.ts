@@ -100,9 +100,9 @@ maybe('resize up and down is the host cgroup: cpu.max bandwidth and the memory l
   t.is((err as SandboxError).code, 'SANDBOX_BAD_SPEC');
 });
 
-maybe('pause stops the job, resume continues it; suspend to disk and restore lose no work', async (t) => {
+maybe('pause stops the job and resume continues it, losing no output', async (t) => {
   const sb = await boot('gv-pause');
-  const h = await sb.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo $i; sleep 0.1; done'] });
+  const h = await sb.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo $i; sleep 0.1; done'] });
   let out = '';
   h.onStdout((b) => { out += b.toString(); });
   await new Promise((r) => setTimeout(r, 800));
@@ -113,7 +113,20 @@ maybe('pause stops the job, resume continues it; suspend to disk and restore los
   await new Promise((r) => setTimeout(r, 500));
   t.is(out, frozen, 'no output while paused');
   await sb.resume();
-  await new Promise((r) => setTimeout(r, 500));
+  t.like(await h.wait(), { code: 0 });
+  t.is(out, Array.from({ length: 20 }, (_, i) => `${i + 1}\n`).join(''), 'every line, once, in order');
+});
+
+// Known broken: runsc 0.0~20240729 checkpoints, but its restore panics in its urpc handler
+// on this host (plain restore and create-then-restore alike). ava counts this as an
+// expected failure; it turns red the day restore works, so the marker cannot go stale.
+const knownBroken = runscOk ? test.serial.failing : test.skip;
+knownBroken('suspend to disk and restore lose no work', async (t) => {
+  const sb = await boot('gv-suspend');
+  const h = await sb.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i; sleep 0.1; done'] });
+  let out = '';
+  h.onStdout((b) => { out += b.toString(); });
+  await new Promise((r) => setTimeout(r, 800));
   const rep = await sb.suspend();
   t.is(sb.status().state, 'suspended');
   t.is(sb.status().pid, null);
@@ -121,7 +134,7 @@ maybe('pause stops the job, resume continues it; suspend to disk and restore los
   await sb.resume();
   t.is(sb.status().state, 'running');
   t.like(await h.wait(), { code: 0 });
-  t.is(out, Array.from({ length: 40 }, (_, i) => `${i + 1}\n`).join(''), 'every line, once, in order');
+  t.is(out, Array.from({ length: 30 }, (_, i) => `${i + 1}\n`).join(''), 'every line, once, in order');
 });
 
 maybe('kill -9 of the runsc sandbox process surfaces as SANDBOX_VMM_EXITED; a new owner reattaches by the state dir', async (t) => {
