@@ -13,6 +13,7 @@ import type { HostPaths } from '../host.ts';
 import type { GuestImage } from '../image/index.ts';
 import type { AgentConnection, AgentFactory } from './agent.ts';
 import type { VmmMemory } from './args.ts';
+import type { JailOptions } from './jail.ts';
 import type { QmpFactory } from './qmp.ts';
 import { cgroupName, readRecord, sandboxPaths } from './record.ts';
 import { QemuSandbox } from './sandbox.ts';
@@ -27,6 +28,8 @@ export interface QemuRuntimeOptions {
   cgroups: CgroupManager | null;
   bootTimeoutMs?: number;
   seccomp?: boolean;
+  /** Each VMM in a jail of its own (jail.ts); absent or null: VMMs run as this process. */
+  jail?: JailOptions | null;
   tbSizeMiB?: number;
   tcgThread?: 'multi' | 'single';
   /** How vCPUs are taken away; default 'acpi' under KVM, 'offline' under TCG. */

@@ -6,6 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
+import { jailedLaunch } from './jail.ts';
 import { tail } from './wait.ts';
 
 export interface ProcessExit {
@@ -34,6 +35,8 @@ export interface SpawnOptions extends VmmIdentity {
   /** The host's /sys: the VMM may run on every online CPU (its cgroup's cpuset narrows that). */
   sys: string;
   detached: boolean;
+  /** Run QEMU in its jail (jail.ts); null: as this process's user, in its namespaces. */
+  jail: Parameters<typeof jailedLaunch>[2] | null;
 }
 
 /** `pid` is alive (not a zombie) and is the QEMU of sandbox `id`: its -name says so. A pid alone may have been reused. */
@@ -79,8 +82,9 @@ export class VmmProcess {
     let cpus = '';
     try { cpus = readFileSync(join(o.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
     const errFd = openSync(o.vmmLog, 'a');
-    const child = spawn('/bin/sh', ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], {
-      env: { ...process.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus },
+    const launch = o.jail ? jailedLaunch(o.qemuBinary, o.args, o.jail) : { argv: ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], env: {} };
+    const child = spawn('/bin/sh', launch.argv, {
+      env: { ...(o.jail ? {} : process.env), ...launch.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus },
       stdio: ['ignore', 'ignore', errFd],
       detached: o.detached,
     });
@@ -138,6 +142,7 @@ export class VmmProcess {
   exitError(exit: { code: number | null; signal: string | null }): VmmExitedError {
     let log = '';
     try { log = readFileSync(this.who.vmmLog, 'utf8').slice(-8192); } catch { /* removed with the run directory */ }
-    return new VmmExitedError(this.who.id, exit.code, exit.signal, exit.code === 125 ? 'could not join its cgroup' : tail(log + this.stderrTail, 5));
+    return new VmmExitedError(this.who.id, exit.code, exit.signal, exit.code === 125 ? 'could not join its cgroup'
+      : exit.code === 124 ? `could not set up its jail: ${tail(log, 3)}` : tail(log + this.stderrTail, 5));
   }
 }
