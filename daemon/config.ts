@@ -24,6 +24,10 @@ export interface LodgerdConfig {
   tlsCert: string;
   tlsKey: string;
   tlsClientCa: string;
+  jail: boolean;
+  jailUidBase: number;
+  jailUidCount: number;
+  jobLogMaxBytes: number;
 }
 
 export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; description: string; schema: Record<string, unknown> }> = {
@@ -43,6 +47,10 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   tlsCert: { default: '', description: 'PEM certificate chain of the TCP listener', schema: { type: 'string' } },
   tlsKey: { default: '', description: 'PEM private key of the TCP listener', schema: { type: 'string' } },
   tlsClientCa: { default: '', description: 'PEM CA bundle that client certificates must chain to', schema: { type: 'string' } },
+  jail: { default: true, description: 'run each VMM jailed: own uid/gid, namespaces, chroot, no capabilities, rlimits (needs root)', schema: { type: 'boolean' } },
+  jailUidBase: { default: 3000000, description: 'first uid (and gid) handed to jailed VMMs, one per live sandbox', schema: { type: 'integer', minimum: 1000, maximum: 4000000000 } },
+  jailUidCount: { default: 100000, description: 'how many uids from jailUidBase the jails may use', schema: { type: 'integer', minimum: 1, maximum: 10000000 } },
+  jobLogMaxBytes: { default: 104857600, description: 'stdout+stderr stored per job; past it output is dropped with a marker in the log and a reason on the job', schema: { type: 'integer', minimum: 4096 } },
 };
 
 const PATH_KEYS: (keyof LodgerdConfig)[] = ['stateDir', 'socket', 'policyDir', 'tlsCert', 'tlsKey', 'tlsClientCa'];

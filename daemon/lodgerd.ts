@@ -5,7 +5,7 @@
 // daemon runs on the fake runtime in unit tests.
 import type * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -62,6 +62,7 @@ async function qemuRuntime(cfg: LodgerdConfig, log: (m: string) => void): Promis
     host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
     accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
     image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
+    jail: cfg.jail ? { uidBase: cfg.jailUidBase, uidCount: cfg.jailUidCount } : false,
   });
   return { runtime, accel, cgroups };
 }
@@ -122,7 +123,9 @@ export class Lodgerd {
   async start(): Promise<void> {
     const cfg = this.config;
     const log = this.log;
-    mkdirSync(cfg.stateDir, { recursive: true });
+    // Only lodgerd reads its state: a VMM that left its jail, under its own uid, finds nothing here.
+    mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
+    chmodSync(cfg.stateDir, 0o700);
     const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
     const rt = await (this.o.openRuntime ?? qemuRuntime)(cfg, log);
     log(`accelerator ${rt.accel.accel}: ${rt.accel.reason}`);

@@ -220,3 +220,25 @@ export function sandboxJail(p: { jailRoot: string; socketDir: string; console: s
   const fsizeBytes = Math.max(64, s.outputDiskMiB ?? 0) * 1048576;
   return { root: p.jailRoot, id, ro, rw, groups: deviceGroups(devices), fsizeBytes };
 }
+
+/** Every Lodger VMM on the host with its jail as /proc shows it (for `lodger doctor`). */
+export function jailReport(proc: string): { pid: number; id: string; summary: string; violation: string | null }[] {
+  const out: { pid: number; id: string; summary: string; violation: string | null }[] = [];
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    let id: string | undefined;
+    try {
+      id = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0').find((a) => a.startsWith('lodger-') && a.endsWith(',debug-threads=on'));
+    } catch { continue; }
+    if (!id) continue;
+    try {
+      const s = readJailStatus(proc, Number(name));
+      const violation = jailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! }, true) ?? (s.uid[0] === 0 ? 'runs as root' : null);
+      out.push({
+        pid: Number(name), id: id.slice('lodger-'.length, -',debug-threads=on'.length), violation,
+        summary: `uid ${s.uid[0]} gid ${s.gid[0]}, root ${s.root}, own ns ${s.ownNamespaces.join(',') || 'none'}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
+      });
+    } catch { /* exited */ }
+  }
+  return out;
+}

@@ -94,7 +94,7 @@ export class QemuSandbox implements HostedSandbox {
     const t0 = performance.now();
     try {
       await rm(this.paths.runDir, { recursive: true, force: true });
-      await mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
+      await mkdir(this.paths.socketDir, { recursive: true, mode: 0o700 });
       if (this.opts.cgroups) {
         this.cgroup = await this.opts.cgroups.create(cgroupName(this.id));
         if (this.spec.cgroup) await this.cgroup.apply(this.spec.cgroup);
