@@ -41,7 +41,7 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   guestKernel: { default: 'minimal', description: 'guest kernel: minimal (built by setup), debian, or a path', schema: { type: 'string', minLength: 1 } },
   pvmGuestKernel: { default: false, description: 'the guest kernel is PVM-enlightened (lets auto use a kvm_pvm /dev/kvm)', schema: { type: 'boolean' } },
   cgroupParent: { default: 'lodger', description: 'cgroup below lodgerd\'s own that holds the sandboxes', schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' } },
-  onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep sandboxes running for the next start, or stop them', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
+  onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep job sandboxes running for the next start, or stop them (warm-pool sandboxes are always stopped; lodger shutdown stops everything)', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
   maxRunningJobs: { default: 0, description: 'jobs running at once; 0: as many as the batch budget allows', schema: { type: 'integer', minimum: 0 } },
   tcpAddress: { default: '', description: 'host:port where the API also listens over TCP, always with mutual TLS; empty: unix socket only', schema: { type: 'string', pattern: '^$|^[^\\s]+:[0-9]{1,5}$' } },
   tlsCert: { default: '', description: 'PEM certificate chain of the TCP listener', schema: { type: 'string' } },

@@ -26,6 +26,8 @@ export interface JobStartEvent {
 
 interface Running {
   job: JobRecord;
+  /** run() of this job, settled when its outcome is stored. */
+  done?: Promise<void>;
   sandbox: Sandbox | null;
   exec: ExecHandle | null;
   cancel: { state: JobState; reason: string } | null;
@@ -64,6 +66,8 @@ export class Scheduler extends EventEmitter {
   private timer: NodeJS.Timeout | null = null;
   private pumping = false;
   private stopped = false;
+  /** No new job starts (a drain); running ones go on. */
+  private held = false;
 
   constructor(private readonly o: SchedulerOptions) {
     super();
@@ -90,7 +94,7 @@ export class Scheduler extends EventEmitter {
 
   /** Starts what the budget allows. */
   async pump(): Promise<void> {
-    if (this.pumping || this.stopped) return;
+    if (this.pumping || this.stopped || this.held) return;
     this.pumping = true;
     try {
       for (const job of this.o.store.queued()) {
@@ -106,9 +110,10 @@ export class Scheduler extends EventEmitter {
   private launch(job: JobRecord, adopt: AttachInfo | null): void {
     const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
     this.running.set(job.id, r);
-    void this.run(r, adopt).finally(() => {
+    r.done = this.run(r, adopt).catch((e: unknown) => this.o.log?.(`job ${job.id}: ${(e as Error).message}`)).finally(() => {
       if (r.timer) clearTimeout(r.timer);
       this.running.delete(job.id);
+      this.emit('idle-check');
       void this.pump();
     });
   }
@@ -243,10 +248,23 @@ export class Scheduler extends EventEmitter {
     });
   }
 
-  /** Stops taking jobs. With `stopSandboxes`, also stops the running ones' sandboxes. */
-  async stop(stopSandboxes: boolean): Promise<void> {
+  /** Starts no more jobs; resolves when none runs (a drain). */
+  async drain(): Promise<void> {
+    this.held = true;
+    while (this.running.size) await new Promise((r) => this.once('idle-check', r));
+  }
+
+  /**
+   * Stops taking jobs. With `stopSandboxes`, also stops the running ones' sandboxes, with
+   * `why` as the jobs' reason, and waits until each job's outcome is stored.
+   */
+  async stop(stopSandboxes: boolean, why = 'lodgerd stopped with its sandboxes'): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (stopSandboxes) await Promise.all([...this.running.values()].map((r) => r.sandbox?.stop({ graceMs: 0 }).catch(() => {})));
+    if (!stopSandboxes) return;
+    const running = [...this.running.values()];
+    for (const r of running) r.cancel ??= { state: 'failed', reason: why };
+    await Promise.all(running.map((r) => r.sandbox?.stop({ graceMs: 0 }).catch(() => {})));
+    await Promise.all(running.map((r) => r.done));
   }
 }

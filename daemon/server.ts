@@ -19,6 +19,8 @@ export interface ApiContext {
   loop: () => ControlLoop | null;
   /** Re-emits 'decision' and 'reaction' of whichever control loop runs (a policy reload makes a new one). */
   loopEvents: EventEmitter;
+  /** `lodger shutdown`: begins stopping everything (answered at once; the daemon exits when done). */
+  shutdown?: (drain: boolean) => void;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
@@ -126,6 +128,12 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       ctx.loopEvents.on('reaction', onReaction);
       call.on('cancelled', () => { scheduler.off('job', onJob); ctx.loopEvents.off('decision', onDecision); ctx.loopEvents.off('reaction', onReaction); });
     },
+    Shutdown: unary<{ drain?: boolean }>((req) => {
+      if (!ctx.shutdown) throw new InvalidRequest('this lodgerd cannot be shut down over its API');
+      const running = scheduler.sandboxes().length;
+      ctx.shutdown(!!req.drain);
+      return { runningJobs: running };
+    }),
     GetStatus: unary<unknown>(() => {
       const loop = ctx.loop();
       const pol = ctx.policies();

@@ -59,6 +59,23 @@ export function findSandboxVmm(proc: string, id: string, qmpSocket: string): num
   return null;
 }
 
+/**
+ * Sandbox ids of the VMMs running from this run directory, found by their command line
+ * alone: they are found even when their run files were removed (a state directory deleted
+ * under a stopped lodgerd).
+ */
+export function vmmsUnder(proc: string, socketOf: (id: string) => string): string[] {
+  const ids: string[] = [];
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    let argv: string[];
+    try { argv = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0'); } catch { continue; }
+    const id = argv.find((a) => a.startsWith('lodger-') && a.endsWith(',debug-threads=on'))?.slice(7, -17);
+    if (id && argv.some((a) => a.includes(`path=${socketOf(id)},`)) && isSandboxVmm(proc, Number(name), id)) ids.push(id);
+  }
+  return ids;
+}
+
 export class VmmProcess {
   private intent: Intent = 'run';
   private stderrTail = '';
