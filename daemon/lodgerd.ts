@@ -134,7 +134,7 @@ export class Lodgerd {
       shape: () => ({ maxVcpus: this.batchPool().sandbox.maxVcpus, maxMemoryMiB: this.batchPool().sandbox.maxMemoryMiB }),
     }) : null;
     const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, cpus().length - this.batchPool().reserve.cpus);
-    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log });
+    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log, logLimitBytes: cfg.jobLogMaxBytes });
     const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => this.policySet, loop: () => this.loop }) : null;
     this.p = { store, rt, pool, scheduler, metrics };
     await this.recoverOrphans();

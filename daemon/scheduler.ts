@@ -14,6 +14,8 @@ export interface SchedulerOptions {
   maxRunning: () => number;
   /** Pre-booted sandboxes; jobs that fit start in one of them. */
   pool?: WarmPool | null;
+  /** Output stored per job attempt (stdout and stderr together); past it, dropped with a marker. Default: no limit. */
+  logLimitBytes?: number;
   log?: (m: string) => void;
 }
 
@@ -32,6 +34,10 @@ interface Running {
   exec: ExecHandle | null;
   cancel: { state: JobState; reason: string } | null;
   timer: NodeJS.Timeout | null;
+  /** Output stored for this attempt, and what was dropped past the limit. */
+  logBytes: number;
+  droppedBytes: number;
+  logFull: boolean;
 }
 
 /**
@@ -108,7 +114,7 @@ export class Scheduler extends EventEmitter {
   }
 
   private launch(job: JobRecord, adopt: AttachInfo | null): void {
-    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
+    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false };
     this.running.set(job.id, r);
     r.done = this.run(r, adopt).catch((e: unknown) => this.o.log?.(`job ${job.id}: ${(e as Error).message}`)).finally(() => {
       if (r.timer) clearTimeout(r.timer);
@@ -174,8 +180,12 @@ export class Scheduler extends EventEmitter {
       }
       const exec = r.exec as ExecHandle | null;
       if (!exec) throw new Error('no command was started');
-      exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
-      exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
+      if (adopt) {
+        r.logBytes = store.logBytes(r.job.id, adopt.logSeq).reduce((a, b) => a + b, 0);
+        r.logFull = r.logBytes >= (this.o.logLimitBytes ?? Infinity); // the marker is stored already
+      }
+      exec.onStdout((b) => this.output(r, 'stdout', b));
+      exec.onStderr((b) => this.output(r, 'stderr', b));
       const exit = await exec.wait();
       const code = exit.code ?? 128 + (exit.signal ?? 0);
       // Stored before the guest is told it may forget the exit status (on a later tick).
@@ -200,10 +210,38 @@ export class Scheduler extends EventEmitter {
       return;
     }
     if (FINAL_STATES.has(store.get(r.job.id).state)) return;
+    if (r.logFull) {
+      const why = `SANDBOX_OUTPUT_LIMIT: output past ${this.o.logLimitBytes} bytes dropped (${r.droppedBytes} bytes)`;
+      outcome = { ...outcome, reason: `${outcome.reason}; ${why}`, error: outcome.error ? `${outcome.error}\n${why}` : why };
+    }
     this.move(r.job.id, outcome.state, outcome.reason, { exitCode: outcome.exitCode, error: outcome.error ?? '', attach: null });
   }
 
-  private output(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
+  /**
+   * Stores a job's output up to the log limit (a guest that floods its stdout must not fill
+   * the store); the first byte past it stores a marker instead, and the rest is counted,
+   * acknowledged to the guest (so the job runs on) and dropped.
+   */
+  private output(r: Running, stream: 'stdout' | 'stderr', data: Buffer): void {
+    const limit = this.o.logLimitBytes ?? Infinity;
+    if (r.logFull) {
+      r.droppedBytes += data.length;
+      return;
+    }
+    const room = limit - r.logBytes;
+    if (data.length <= room) {
+      r.logBytes += data.length;
+      return this.append(r.job.id, stream, data);
+    }
+    if (room > 0) this.append(r.job.id, stream, data.subarray(0, room));
+    r.logBytes = limit;
+    r.logFull = true;
+    r.droppedBytes += data.length - Math.max(0, room);
+    this.append(r.job.id, 'stderr', Buffer.from(`\n[lodger: output limit of ${limit} bytes reached (jobLogMaxBytes); further output of this job is dropped]\n`));
+    this.o.log?.(`job ${r.job.id}: output limit of ${limit} bytes reached; dropping the rest`);
+  }
+
+  private append(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
     const seq = this.o.store.appendLog(id, stream, data);
     this.emit(`log:${id}`, { seq, stream, data, at: Date.now() });
   }
