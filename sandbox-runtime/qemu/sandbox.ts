@@ -54,7 +54,7 @@ export class QemuSandbox implements HostedSandbox {
     this.exited = new Promise((r) => { this.resolveExit = r; });
     this.res = new Resources(spec, opts.vcpuUnplug ?? (this.accel === 'kvm' ? 'acpi' : 'offline'), this.accel);
     this.snapshot = new Snapshot(this.paths.savedState, this.paths.migrateOut, this.paths.migrateIn, () => this.jailId);
-    this.output = new OutputDisk(this.paths.outputImage, spec.id);
+    this.output = new OutputDisk(this.paths.outputImage, spec.id, (m) => this.log(m));
   }
 
   get accel(): Accelerator {
