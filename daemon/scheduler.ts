@@ -38,6 +38,7 @@ interface Running {
   logBytes: number;
   droppedBytes: number;
   logFull: boolean;
+  storeFailed: boolean;
 }
 
 /**
@@ -114,7 +115,7 @@ export class Scheduler extends EventEmitter {
   }
 
   private launch(job: JobRecord, adopt: AttachInfo | null): void {
-    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false };
+    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false, storeFailed: false };
     this.running.set(job.id, r);
     r.done = this.run(r, adopt).catch((e: unknown) => this.o.log?.(`job ${job.id}: ${(e as Error).message}`)).finally(() => {
       if (r.timer) clearTimeout(r.timer);
@@ -224,7 +225,7 @@ export class Scheduler extends EventEmitter {
    */
   private output(r: Running, stream: 'stdout' | 'stderr', data: Buffer): void {
     const limit = this.o.logLimitBytes ?? Infinity;
-    if (r.logFull) {
+    if (r.logFull || r.storeFailed) {
       r.droppedBytes += data.length;
       return;
     }
@@ -241,8 +242,24 @@ export class Scheduler extends EventEmitter {
     this.o.log?.(`job ${r.job.id}: output limit of ${limit} bytes reached; dropping the rest`);
   }
 
+  /**
+   * A store that cannot take the output (its disk is full) fails the job, naming the cause:
+   * what was stored stays, and the error must not escape into the agent's socket handler.
+   */
   private append(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
-    const seq = this.o.store.appendLog(id, stream, data);
+    let seq: number;
+    try {
+      seq = this.o.store.appendLog(id, stream, data);
+    } catch (e) {
+      const r = this.running.get(id);
+      if (r && !r.cancel) {
+        const why = `output not stored: ${(e as { code?: string }).code ?? 'STORE_ERROR'}: ${(e as Error).message}`;
+        this.o.log?.(`job ${id}: ${why}`);
+        r.storeFailed = true; // store nothing more of it
+        void this.cancel(id, why, 'failed').catch((c: unknown) => this.o.log?.(`job ${id}: not cancelled: ${(c as Error).message}`));
+      }
+      return;
+    }
     this.emit(`log:${id}`, { seq, stream, data, at: Date.now() });
   }
 

@@ -11,5 +11,5 @@ export { DEFAULT_JAIL, readJailStatus } from './qemu/index.ts';
 export { openRuntime, type OpenRuntimeOptions } from './open.ts';
 export type { GuestStats, ExitStatus } from './agent/index.ts';
 // For suites that speak the agent's wire protocol to a real guest.
-export { encodeFrame, FrameType } from './agent/index.ts';
+export { AgentClient, encodeFrame, FrameType } from './agent/index.ts';
 export { runDoctor, type Check } from './doctor.ts';

@@ -254,7 +254,8 @@ export function decodeError(p: Buffer): { errno: number; message: string } {
 }
 
 export function guestText(b: Buffer, max = 512): string {
-  const s = b.subarray(0, max * 4).toString('utf8').replace(/[\u0000-\u001f\u007f]/g, '?');
+  // Control characters (terminal escapes, line breaks that forge log lines) become '?'.
+  const s = [...b.subarray(0, max * 4).toString('utf8')].map((c) => (c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? '?' : c)).join('');
   return s.length > max ? `${s.slice(0, max)}...` : s;
 }
 
