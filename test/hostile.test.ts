@@ -133,10 +133,26 @@ test.serial('10,000 malformed agent frames (fast-check) on a real socket: the ho
   }
 });
 
-test.serial('10,000 malformed API requests and policy files (fast-check): each is refused with its typed error, none crashes the parser', (t) => {
+test.serial('10,000 malformed API requests and policy files (fast-check): each is refused with its typed error or accepted within bounds, none crashes the parser', (t) => {
   let refused = 0;
-  fc.assert(fc.property(fc.anything({ maxDepth: 3 }), (v) => {
-    try { toJobSpec(v as never); } catch (e) { if (!(e instanceof InvalidRequest)) throw e; refused++; }
+  // Requests as gRPC decodes them (typed fields), with hostile values.
+  const u32 = fc.oneof(fc.constant(0), fc.nat(300), fc.constant(2 ** 32 - 1));
+  const text = fc.oneof(fc.string({ maxLength: 40 }), fc.constantFrom('', '/', '\0', '../../etc', '/proc/self/root', 'a'.repeat(5000)));
+  const request = fc.record({
+    name: text, command: fc.array(text, { maxLength: 5 }), env: fc.dictionary(text, text, { maxKeys: 3 }), rootfs: text, outputDir: text,
+    vcpus: fc.option(fc.record({ min: u32, max: u32 })), memoryMib: fc.option(fc.record({ min: u32, max: u32 })),
+    priority: fc.integer(), timeoutSeconds: u32, retries: u32,
+  }, { requiredKeys: [] });
+  fc.assert(fc.property(request, (v) => {
+    try {
+      const spec = toJobSpec(v);
+      // What is accepted is within the bounds the scheduler and the runtime rely on.
+      if (spec.vcpus.max > 64 || spec.vcpus.min > spec.vcpus.max || spec.memoryMiB.min < 128 || spec.timeoutSeconds > 2_147_483) throw new Error(`accepted ${JSON.stringify(spec)}`);
+      if (!spec.command[0] || [...spec.command, ...Object.values(spec.env)].some((c) => c.includes('\0'))) throw new Error('accepted a NUL byte');
+    } catch (e) {
+      if (!(e instanceof InvalidRequest)) throw e;
+      refused++;
+    }
   }), { numRuns: 5000, seed: 14 });
   const yamlish = fc.oneof(fc.string({ maxLength: 200 }),
     fc.record({ apiVersion: fc.constantFrom('lodger.dev/v1', 'x'), kind: fc.constantFrom('OnlineService', 'BatchPool', 'Nope'), metadata: fc.anything({ maxDepth: 2 }), spec: fc.anything({ maxDepth: 3 }) })
@@ -144,7 +160,8 @@ test.serial('10,000 malformed API requests and policy files (fast-check): each i
   fc.assert(fc.property(yamlish, (text) => {
     try { parsePolicyText(text, 'fuzz.yaml'); } catch (e) { if (!(e instanceof PolicyError)) throw e; t.regex(e.message, /^fuzz\.yaml:\d+:\d+: /); }
   }), { numRuns: 5000, seed: 14 });
-  t.true(refused > 4000, `${refused} API requests refused`);
+  t.true(refused > 1000, `${refused} of 5000 API requests refused`);
+  t.log(`${refused} of 5000 API requests refused`);
 });
 
 test.serial('in the guest, kill -9 and SIGSTOP of the agent (PID 1) do nothing: the kernel protects init, the agent answers', async (t) => {
