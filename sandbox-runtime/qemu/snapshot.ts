@@ -89,10 +89,18 @@ export class Snapshot {
     const t0 = performance.now();
     try {
       h.spawnVmm(['-S', '-incoming', 'defer']);
+      // Until the VM is loaded, the new QEMU's death is a failed restore, not the sandbox's end: the saved state is intact.
+      const vmm = h.vmm()!;
+      vmm.expect('retire');
+      const died = vmm.gone.then((e) => { throw new SandboxError('SANDBOX_VMM_EXITED', `the restoring QEMU exited (${e.signal ?? `code ${e.code}`})`); });
+      died.catch(() => {});
+      const loading = <T>(p: Promise<T>): Promise<T> => Promise.race([p, died]);
       const qmp = h.connectQmp();
-      await h.raceExit(qmp.connect(10_000));
+      await loading(qmp.connect(10_000));
       h.checkJail();
-      await this.load(qmp);
+      await loading(this.load(qmp));
+      vmm.expect('run');
+      if (!vmm.alive()) throw new SandboxError('SANDBOX_VMM_EXITED', 'the restoring QEMU exited');
       await qmp.cont();
       await h.raceExit(h.agent().reconnect(30_000));
       if (this.pausedWhenSaved) await qmp.stop();

@@ -139,8 +139,8 @@ export class VmmProcess {
     return this.pid !== null && isSandboxVmm(this.who.proc, this.pid, this.who.id, this.who.qmpSocket);
   }
 
-  /** The coming exit is one we ask for: 'stop' ends the sandbox as expected, 'retire' does not end it. */
-  expect(intent: 'stop' | 'retire'): void {
+  /** The coming exit is one we ask for: 'stop' ends the sandbox as expected, 'retire' does not end it; 'run': any exit ends it again. */
+  expect(intent: 'stop' | 'retire' | 'run'): void {
     if (this.intent !== 'release') this.intent = intent;
   }
 
