@@ -47,11 +47,14 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
   const mmax = s.memoryMib?.max || mmin;
   if (mmin < 128 || mmax < mmin) throw new InvalidRequest(`spec.memory ${mmin}:${mmax} MiB: min must be >= 128 and max >= min`);
   if ((mmax - mmin) % 2 !== 0) throw new InvalidRequest('spec.memory: max - min must be a multiple of 2 MiB');
+  // A timer longer than 2^31 - 1 ms fires at once in Node: such a timeout would fail the job on start.
+  if ((s.timeoutSeconds ?? 0) > 2_147_483) throw new InvalidRequest(`spec.timeout_seconds ${s.timeoutSeconds}: at most 2147483 (24 days)`);
   for (const [k, p] of [['rootfs', s.rootfs], ['output_dir', s.outputDir]] as const) {
     if (p && !p.startsWith('/')) throw new InvalidRequest(`spec.${k} must be an absolute path (got ${JSON.stringify(p)})`);
   }
-  for (const k of Object.keys(s.env ?? {})) {
+  for (const [k, v] of Object.entries(s.env ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`spec.env: ${JSON.stringify(k)} is not a variable name`);
+    if (v.includes('\0')) throw new InvalidRequest(`spec.env: the value of ${k} contains a NUL byte`);
   }
   return {
     name: s.name || command[0]!.split('/').pop()!,

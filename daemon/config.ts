@@ -25,6 +25,10 @@ export interface LodgerdConfig {
   tlsCert: string;
   tlsKey: string;
   tlsClientCa: string;
+  jail: boolean;
+  jailUidBase: number;
+  jailUidCount: number;
+  jobLogMaxBytes: number;
 }
 
 export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; description: string; schema: Record<string, unknown> }> = {
@@ -40,12 +44,16 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   guestKernel: { default: 'minimal', description: 'guest kernel: minimal (built by setup), debian, or a path', schema: { type: 'string', minLength: 1 } },
   pvmGuestKernel: { default: false, description: 'the guest kernel is PVM-enlightened (lets auto use a kvm_pvm /dev/kvm)', schema: { type: 'boolean' } },
   cgroupParent: { default: 'lodger', description: 'cgroup below lodgerd\'s own that holds the sandboxes', schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' } },
-  onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep sandboxes running for the next start, or stop them', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
+  onSigterm: { default: 'keep-sandboxes', description: 'on SIGTERM keep job sandboxes running for the next start, or stop them (warm-pool sandboxes are always stopped; lodger shutdown stops everything)', schema: { enum: ['keep-sandboxes', 'stop-sandboxes'] } },
   maxRunningJobs: { default: 0, description: 'jobs running at once; 0: as many as the batch budget allows', schema: { type: 'integer', minimum: 0 } },
   tcpAddress: { default: '', description: 'host:port where the API also listens over TCP, always with mutual TLS; empty: unix socket only', schema: { type: 'string', pattern: '^$|^[^\\s]+:[0-9]{1,5}$' } },
   tlsCert: { default: '', description: 'PEM certificate chain of the TCP listener', schema: { type: 'string' } },
   tlsKey: { default: '', description: 'PEM private key of the TCP listener', schema: { type: 'string' } },
   tlsClientCa: { default: '', description: 'PEM CA bundle that client certificates must chain to', schema: { type: 'string' } },
+  jail: { default: true, description: 'run each VMM jailed: own uid/gid, namespaces, chroot, no capabilities, rlimits (needs root)', schema: { type: 'boolean' } },
+  jailUidBase: { default: 3000000, description: 'first uid (and gid) handed to jailed VMMs, one per live sandbox', schema: { type: 'integer', minimum: 1000, maximum: 4000000000 } },
+  jailUidCount: { default: 100000, description: 'how many uids from jailUidBase the jails may use', schema: { type: 'integer', minimum: 1, maximum: 10000000 } },
+  jobLogMaxBytes: { default: 104857600, description: 'stdout+stderr stored per job; past it output is dropped with a marker in the log and a reason on the job', schema: { type: 'integer', minimum: 4096 } },
 };
 
 const PATH_KEYS: (keyof LodgerdConfig)[] = ['stateDir', 'socket', 'policyDir', 'tlsCert', 'tlsKey', 'tlsClientCa'];

@@ -7,3 +7,5 @@ export { WarmPool, POOL_BASE_MEMORY_MIB } from './pool.ts';
 export { Scheduler, type JobEvent, type JobStartEvent } from './scheduler.ts';
 export { JobStore, StoreError, FINAL_STATES, JOB_STATES, type JobRecord, type JobSpec, type JobState } from './store.ts';
 export * from './cli/index.ts';
+// The API's request validation, for suites that fuzz it.
+export { InvalidRequest, toJobSpec } from './api.ts';

@@ -136,3 +136,34 @@ test('the built-in BatchPool takes its defaults from the policy parser', (t) => 
     growth: { cooldownMs: 5000, minSlack: 0.3, shrinkSlack: 0.1, memoryStepMiB: 256, maxCpuPressure: 50 },
   });
 });
+
+test('the API flooded: 1,000 concurrent submits and 100 watchers all answered, every job stored once and run, the daemon serves on, no listener left', async (t) => {
+  const { config, make } = setup();
+  const d = make();
+  await d.start();
+  const client = connect(config.socket);
+  const base = d.scheduler.listenerCount('job');
+  const watchers = Array.from({ length: 100 }, () => {
+    const s = client.stream('WatchEvents', {});
+    let n = 0;
+    s.on('data', () => { n++; });
+    s.on('error', () => {});
+    return { s, seen: () => n };
+  });
+  try {
+    const ids = await Promise.all(Array.from({ length: 1000 }, (_, i) =>
+      client.call<{ id: string }>('SubmitJob', { id: `flood-${i}`, spec: { command: ['echo', String(i)] } }, 60_000).then((j) => j.id)));
+    t.is(new Set(ids).size, 1000);
+    await Promise.all(ids.map((id) => d.scheduler.waitFinal(id)));
+    t.is(d.store.list(['succeeded'], 5000).length, 1000, 'each ran once, to its exit');
+    const st = await client.call<{ jobsByState: Record<string, number> }>('GetStatus', {});
+    t.is(st.jobsByState.succeeded, 1000);
+    t.true(watchers.every((w) => w.seen() > 0), 'every watcher heard events');
+  } finally {
+    for (const w of watchers) w.s.cancel();
+    await new Promise((r) => setTimeout(r, 200));
+    t.is(d.scheduler.listenerCount('job'), base, 'no watcher listener left');
+    client.close();
+    await d.stop();
+  }
+});

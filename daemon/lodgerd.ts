@@ -5,7 +5,7 @@
 // daemon runs on the fake runtime in unit tests.
 import type * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -69,6 +69,7 @@ async function configuredRuntime(cfg: LodgerdConfig, log: (m: string) => void): 
     host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
     accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
     image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
+    jail: cfg.jail ? { uidBase: cfg.jailUidBase, uidCount: cfg.jailUidCount } : false,
   });
   return { runtime, accel, cgroups };
 }
@@ -129,7 +130,9 @@ export class Lodgerd {
   async start(): Promise<void> {
     const cfg = this.config;
     const log = this.log;
-    mkdirSync(cfg.stateDir, { recursive: true });
+    // Only lodgerd reads its state: a VMM that left its jail, under its own uid, finds nothing here.
+    mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
+    chmodSync(cfg.stateDir, 0o700);
     const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
     const rt = await (this.o.openRuntime ?? configuredRuntime)(cfg, log);
     log(`accelerator ${rt.accel.accel}: ${rt.accel.reason}`);
@@ -138,7 +141,7 @@ export class Lodgerd {
       shape: () => ({ maxVcpus: this.batchPool().sandbox.maxVcpus, maxMemoryMiB: this.batchPool().sandbox.maxMemoryMiB }),
     }) : null;
     const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, cpus().length - this.batchPool().reserve.cpus);
-    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log });
+    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log, logLimitBytes: cfg.jobLogMaxBytes });
     const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => this.policySet, loop: () => this.loop }) : null;
     this.p = { store, rt, pool, scheduler, metrics };
     await this.recoverOrphans();
@@ -150,6 +153,7 @@ export class Lodgerd {
     pool?.fill();
     const server = makeServer({
       store, scheduler, version: this.o.version ?? PACKAGE_VERSION, accel: rt.accel, policies: () => this.policySet, loop: () => this.loop, loopEvents: this.loopEvents,
+      shutdown: (drain) => void this.shutdown(drain),
     });
     this.server = server;
     await listen(server, cfg.socket, cfg.socketMode);
@@ -182,9 +186,11 @@ export class Lodgerd {
       if (job.state === 'starting') store.transition(job.id, 'queued', `lodgerd restarted while its sandbox started (${why}); queued again`, { attach: null });
       else store.transition(job.id, 'failed', `lodgerd restarted and could not take the job up again: ${why}`, { attach: null });
     };
-    for (const { id } of (await runtime.list()).filter((s) => s.id.startsWith('pool-'))) {
-      if (orphans.some((j) => j.sandboxId === id)) continue; // a job's now, taken up below
-      await runtime.shutdown(id).catch((e: unknown) => log(`warm sandbox ${id} of an earlier run not removed: ${(e as Error).message}`));
+    // Warm-pool sandboxes, and any sandbox no job of the store holds (its records were
+    // removed with the state directory: the runtime still finds its VMM in /proc).
+    for (const { id } of await runtime.list()) {
+      if (orphans.some((j) => j.sandboxId === id)) continue; // a job's, taken up below
+      await runtime.shutdown(id).catch((e: unknown) => log(`sandbox ${id} of an earlier run not removed: ${(e as Error).message}`));
     }
     for (const job of orphans) {
       if (typeof job.attach?.execId === 'number') scheduler.adopt(job);
@@ -260,20 +266,34 @@ export class Lodgerd {
     loop.on('warning', (e: Error) => this.log(`control loop: ${e.message}`));
   }
 
-  /** Ends everything start() began; sandboxes keep running unless the config says stop-sandboxes. Idempotent. */
-  stop(): Promise<void> {
+  /**
+   * Ends everything start() began. The warm pool's sandboxes (they hold no job) are always
+   * stopped; job sandboxes keep running for the next start unless the config says
+   * stop-sandboxes or `all` is given (lodger shutdown). Idempotent.
+   */
+  stop(all = false): Promise<void> {
     this.stopping ??= (async () => {
       this.watcher?.close();
       this.server?.forceShutdown();
       this.metricsServer?.close();
       await this.loop?.stop();
       if (!this.p) return;
-      const stopSandboxes = this.config.onSigterm === 'stop-sandboxes';
+      const stopSandboxes = all || this.config.onSigterm === 'stop-sandboxes';
       await this.p.pool?.stop();
-      await this.p.scheduler.stop(stopSandboxes);
+      await this.p.scheduler.stop(stopSandboxes, all ? 'stopped by lodger shutdown' : 'lodgerd stopped with its sandboxes (onSigterm: stop-sandboxes)');
       if (stopSandboxes) await this.p.rt.cgroups?.removeParents();
       this.p.store.close();
     })();
     return this.stopping;
+  }
+
+  /** `lodger shutdown [--drain]`: stops everything, then emits 'exit' (main.ts exits). With drain, running jobs end first and no new one starts. */
+  async shutdown(drain: boolean): Promise<void> {
+    this.log(`shutdown requested${drain ? ' (drain: waiting for running jobs)' : ''}`);
+    this.p?.pool?.stop().catch(() => {});
+    if (drain) await this.p?.scheduler.drain();
+    await this.stop(true);
+    this.log('shut down: no sandbox, cgroup or pool VMM left');
+    this.loopEvents.emit('exit');
   }
 }

@@ -26,6 +26,7 @@ try {
 }
 
 const lodgerd = new Lodgerd({ config, log });
+lodgerd.loopEvents.once('exit', () => process.exit(0));
 process.on('SIGHUP', () => void lodgerd.reload('SIGHUP'));
 try {
   await lodgerd.start();

@@ -21,6 +21,8 @@ export interface WarmPoolOptions {
 export class WarmPool {
   private readonly ready: Sandbox[] = [];
   private filling: Promise<void> | null = null;
+  /** The sandbox being booted now: stop() ends it at once instead of waiting for its boot. */
+  private booting: Sandbox | null = null;
   private stopped = false;
 
   constructor(private readonly o: WarmPoolOptions) {}
@@ -71,11 +73,13 @@ export class WarmPool {
         };
         try {
           const sb = await this.o.runtime.create(spec);
-          await sb.start();
+          this.booting = sb;
+          await sb.start().finally(() => { this.booting = null; });
           if (this.stopped) await sb.stop({ graceMs: 0 });
           else this.ready.push(sb);
           failures = 0;
         } catch (e) {
+          if (this.stopped) break;
           failures++;
           this.o.log?.(`warm pool: sandbox ${spec.id} did not boot: ${(e as Error).message.split('\n')[0]}`);
         }
@@ -86,6 +90,7 @@ export class WarmPool {
   /** Stops the ready sandboxes (they hold no job). */
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.booting?.stop({ graceMs: 0 }).catch(() => {});
     await this.filling;
     await Promise.all(this.ready.splice(0).map((sb) => sb.stop({ graceMs: 0 }).catch(() => {})));
   }

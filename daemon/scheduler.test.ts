@@ -104,3 +104,27 @@ test('a job\'s state follows the controller pausing, suspending and restoring it
   t.is(states.at(-1), 'succeeded: exit 0');
   await s.stop(true);
 });
+
+test('output past the per-job log limit is dropped with a marker in the log and a reason on the job; the job runs to its exit', async (t) => {
+  const store = new JobStore(join(mkdtempSync(join(tmpdir(), 'lodger-sched-')), 'jobs.db'));
+  const runtime = new FakeRuntime({
+    command: async (_req, io) => {
+      for (let i = 0; i < 100; i++) io.stdout('x'.repeat(999) + '\n'); // 100 kB
+      io.stderr('done\n');
+      return 0;
+    },
+  });
+  const s = new Scheduler({ store, runtime, maxRunning: () => 1, logLimitBytes: 10_000 });
+  store.submit('flood', spec(['flood']));
+  s.start();
+  const job = await s.waitFinal('flood');
+  await s.stop(false);
+  const logs = store.logs('flood');
+  const stored = logs.filter((l) => l.stream === 'stdout').reduce((n, l) => n + l.data.length, 0);
+  t.is(stored, 10_000, 'stdout stored up to the limit, not a byte more');
+  t.regex(logs.filter((l) => l.stream === 'stderr').map((l) => l.data.toString()).join(''), /\[lodger: output limit of 10000 bytes reached \(jobLogMaxBytes\); further output of this job is dropped\]/);
+  t.false(logs.some((l) => l.data.toString() === 'done\n'), 'what came after the limit is not stored');
+  t.is(job.state, 'succeeded');
+  t.regex(job.transitions.at(-1)!.reason, /^exit 0; SANDBOX_OUTPUT_LIMIT: output past 10000 bytes dropped \(90005 bytes\)$/);
+  t.regex(job.error, /SANDBOX_OUTPUT_LIMIT/);
+});

@@ -14,6 +14,8 @@ export interface SchedulerOptions {
   maxRunning: () => number;
   /** Pre-booted sandboxes; jobs that fit start in one of them. */
   pool?: WarmPool | null;
+  /** Output stored per job attempt (stdout and stderr together); past it, dropped with a marker. Default: no limit. */
+  logLimitBytes?: number;
   log?: (m: string) => void;
 }
 
@@ -26,10 +28,17 @@ export interface JobStartEvent {
 
 interface Running {
   job: JobRecord;
+  /** run() of this job, settled when its outcome is stored. */
+  done?: Promise<void>;
   sandbox: Sandbox | null;
   exec: ExecHandle | null;
   cancel: { state: JobState; reason: string } | null;
   timer: NodeJS.Timeout | null;
+  /** Output stored for this attempt, and what was dropped past the limit. */
+  logBytes: number;
+  droppedBytes: number;
+  logFull: boolean;
+  storeFailed: boolean;
 }
 
 /**
@@ -64,6 +73,8 @@ export class Scheduler extends EventEmitter {
   private timer: NodeJS.Timeout | null = null;
   private pumping = false;
   private stopped = false;
+  /** No new job starts (a drain); running ones go on. */
+  private held = false;
 
   constructor(private readonly o: SchedulerOptions) {
     super();
@@ -90,7 +101,7 @@ export class Scheduler extends EventEmitter {
 
   /** Starts what the budget allows. */
   async pump(): Promise<void> {
-    if (this.pumping || this.stopped) return;
+    if (this.pumping || this.stopped || this.held) return;
     this.pumping = true;
     try {
       for (const job of this.o.store.queued()) {
@@ -104,11 +115,12 @@ export class Scheduler extends EventEmitter {
   }
 
   private launch(job: JobRecord, adopt: AttachInfo | null): void {
-    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null };
+    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false, storeFailed: false };
     this.running.set(job.id, r);
-    void this.run(r, adopt).finally(() => {
+    r.done = this.run(r, adopt).catch((e: unknown) => this.o.log?.(`job ${job.id}: ${(e as Error).message}`)).finally(() => {
       if (r.timer) clearTimeout(r.timer);
       this.running.delete(job.id);
+      this.emit('idle-check');
       void this.pump();
     });
   }
@@ -169,8 +181,12 @@ export class Scheduler extends EventEmitter {
       }
       const exec = r.exec as ExecHandle | null;
       if (!exec) throw new Error('no command was started');
-      exec.onStdout((b) => this.output(r.job.id, 'stdout', b));
-      exec.onStderr((b) => this.output(r.job.id, 'stderr', b));
+      if (adopt) {
+        r.logBytes = store.logBytes(r.job.id, adopt.logSeq).reduce((a, b) => a + b, 0);
+        r.logFull = r.logBytes >= (this.o.logLimitBytes ?? Infinity); // the marker is stored already
+      }
+      exec.onStdout((b) => this.output(r, 'stdout', b));
+      exec.onStderr((b) => this.output(r, 'stderr', b));
       const exit = await exec.wait();
       const code = exit.code ?? 128 + (exit.signal ?? 0);
       // Stored before the guest is told it may forget the exit status (on a later tick).
@@ -195,11 +211,55 @@ export class Scheduler extends EventEmitter {
       return;
     }
     if (FINAL_STATES.has(store.get(r.job.id).state)) return;
+    if (r.logFull) {
+      const why = `SANDBOX_OUTPUT_LIMIT: output past ${this.o.logLimitBytes} bytes dropped (${r.droppedBytes} bytes)`;
+      outcome = { ...outcome, reason: `${outcome.reason}; ${why}`, error: outcome.error ? `${outcome.error}\n${why}` : why };
+    }
     this.move(r.job.id, outcome.state, outcome.reason, { exitCode: outcome.exitCode, error: outcome.error ?? '', attach: null });
   }
 
-  private output(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
-    const seq = this.o.store.appendLog(id, stream, data);
+  /**
+   * Stores a job's output up to the log limit (a guest that floods its stdout must not fill
+   * the store); the first byte past it stores a marker instead, and the rest is counted,
+   * acknowledged to the guest (so the job runs on) and dropped.
+   */
+  private output(r: Running, stream: 'stdout' | 'stderr', data: Buffer): void {
+    const limit = this.o.logLimitBytes ?? Infinity;
+    if (r.logFull || r.storeFailed) {
+      r.droppedBytes += data.length;
+      return;
+    }
+    const room = limit - r.logBytes;
+    if (data.length <= room) {
+      r.logBytes += data.length;
+      return this.append(r.job.id, stream, data);
+    }
+    if (room > 0) this.append(r.job.id, stream, data.subarray(0, room));
+    r.logBytes = limit;
+    r.logFull = true;
+    r.droppedBytes += data.length - Math.max(0, room);
+    this.append(r.job.id, 'stderr', Buffer.from(`\n[lodger: output limit of ${limit} bytes reached (jobLogMaxBytes); further output of this job is dropped]\n`));
+    this.o.log?.(`job ${r.job.id}: output limit of ${limit} bytes reached; dropping the rest`);
+  }
+
+  /**
+   * A store that cannot take the output (its disk is full) fails the job, naming the cause:
+   * what was stored stays, and the error must not escape into the agent's socket handler.
+   */
+  private append(id: string, stream: 'stdout' | 'stderr', data: Buffer): void {
+    let seq: number;
+    try {
+      seq = this.o.store.appendLog(id, stream, data);
+    } catch (e) {
+      const r = this.running.get(id);
+      if (r && !r.cancel) {
+        const why = `output not stored: ${(e as { code?: string }).code ?? 'STORE_ERROR'}: ${(e as Error).message}`;
+        this.o.log?.(`job ${id}: ${why}`);
+        r.storeFailed = true; // store nothing more of it
+        void this.cancel(id, why, 'failed').catch((c: unknown) => this.o.log?.(`job ${id}: not cancelled: ${(c as Error).message}`));
+      }
+      return;
+    }
     this.emit(`log:${id}`, { seq, stream, data, at: Date.now() });
   }
 
@@ -243,10 +303,23 @@ export class Scheduler extends EventEmitter {
     });
   }
 
-  /** Stops taking jobs. With `stopSandboxes`, also stops the running ones' sandboxes. */
-  async stop(stopSandboxes: boolean): Promise<void> {
+  /** Starts no more jobs; resolves when none runs (a drain). */
+  async drain(): Promise<void> {
+    this.held = true;
+    while (this.running.size) await new Promise((r) => this.once('idle-check', r));
+  }
+
+  /**
+   * Stops taking jobs. With `stopSandboxes`, also stops the running ones' sandboxes, with
+   * `why` as the jobs' reason, and waits until each job's outcome is stored.
+   */
+  async stop(stopSandboxes: boolean, why = 'lodgerd stopped with its sandboxes'): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (stopSandboxes) await Promise.all([...this.running.values()].map((r) => r.sandbox?.stop({ graceMs: 0 }).catch(() => {})));
+    if (!stopSandboxes) return;
+    const running = [...this.running.values()];
+    for (const r of running) r.cancel ??= { state: 'failed', reason: why };
+    await Promise.all(running.map((r) => r.sandbox?.stop({ graceMs: 0 }).catch(() => {})));
+    await Promise.all(running.map((r) => r.done));
   }
 }

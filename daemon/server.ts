@@ -19,6 +19,8 @@ export interface ApiContext {
   loop: () => ControlLoop | null;
   /** Re-emits 'decision' and 'reaction' of whichever control loop runs (a policy reload makes a new one). */
   loopEvents: EventEmitter;
+  /** `lodger shutdown`: begins stopping everything (answered at once; the daemon exits when done). */
+  shutdown?: (drain: boolean) => void;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
@@ -117,15 +119,28 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       }
     },
     WatchEvents: (call: grpc.ServerWritableStream<unknown, unknown>) => {
-      const onJob = (ev: JobEvent): void => { call.write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
-      const onDecision = (d: { at: number; reason: string }): void => { call.write({ atMs: Date.now(), kind: 'decision', reason: d.reason }); };
+      // A watcher that does not read must not grow lodgerd's memory: past 10,000 queued events it is cut off.
+      const write = (m: Record<string, unknown>): void => {
+        if (call.writableLength > 10_000) return void call.destroy(Object.assign(new Error('watcher too slow: more than 10000 events queued'), { code: grpc.status.RESOURCE_EXHAUSTED }));
+        call.write(m);
+      };
+      const onJob = (ev: JobEvent): void => { write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
+      const onDecision = (d: { at: number; reason: string }): void => { write({ atMs: Date.now(), kind: 'decision', reason: d.reason }); };
       // A clamp just applied, with the time from the violating observation to it.
-      const onReaction = (r: Reaction): void => { call.write({ atMs: Math.round(r.observedAt + r.ms), kind: 'reaction', reason: `clamp applied ${r.ms.toFixed(1)} ms after the observation that called for it: ${r.actions.join(', ')}` }); };
+      const onReaction = (r: Reaction): void => { write({ atMs: Math.round(r.observedAt + r.ms), kind: 'reaction', reason: `clamp applied ${r.ms.toFixed(1)} ms after the observation that called for it: ${r.actions.join(', ')}` }); };
       scheduler.on('job', onJob);
       ctx.loopEvents.on('decision', onDecision);
       ctx.loopEvents.on('reaction', onReaction);
-      call.on('cancelled', () => { scheduler.off('job', onJob); ctx.loopEvents.off('decision', onDecision); ctx.loopEvents.off('reaction', onReaction); });
+      const off = (): void => { scheduler.off('job', onJob); ctx.loopEvents.off('decision', onDecision); ctx.loopEvents.off('reaction', onReaction); };
+      call.on('cancelled', off);
+      call.on('close', off);
     },
+    Shutdown: unary<{ drain?: boolean }>((req) => {
+      if (!ctx.shutdown) throw new InvalidRequest('this lodgerd cannot be shut down over its API');
+      const running = scheduler.sandboxes().length;
+      ctx.shutdown(!!req.drain);
+      return { runningJobs: running };
+    }),
     GetStatus: unary<unknown>(() => {
       const loop = ctx.loop();
       const pol = ctx.policies();

@@ -2,9 +2,10 @@
 // writable scratch disk for /output whose contents are copied back without mounting
 // (debugfs), so neither needs root on the host nor trusts the guest's filesystem.
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { copyOutputImage, type CopyReport } from './copyback.ts';
 import { SandboxError } from './errors.ts';
 
 const run = promisify(execFile);
@@ -57,15 +58,10 @@ export async function makeOutputImage(image: string, sizeMiB: number): Promise<v
 }
 
 /**
- * Copies the disk's files into `dest`. `repair` first runs e2fsck, for a disk whose guest
- * died without syncing. Returns the copied top-level names.
+ * Copies the disk's files into `dest` as untrusted input (copyback.ts). `repair` first runs
+ * e2fsck, for a disk whose guest died without syncing.
  */
-export async function extractOutputImage(image: string, dest: string, repair: boolean): Promise<string[]> {
+export async function extractOutputImage(image: string, dest: string, repair: boolean): Promise<CopyReport> {
   if (repair) await tool('e2fsck', ['-fy', image]);
-  await mkdir(dest, { recursive: true });
-  const listing = await tool('debugfs', ['-R', 'ls -p /', image]);
-  // `ls -p` lines: /inode/mode/uid/gid/name/size/
-  const names = listing.split('\n').map((l) => l.split('/')[5]).filter((n): n is string => !!n && n !== '.' && n !== '..' && n !== 'lost+found');
-  for (const name of names) await tool('debugfs', ['-R', `rdump "/${name}" "${dest}"`, image]);
-  return names;
+  return copyOutputImage(image, dest, { maxBytes: (await stat(image)).size });
 }

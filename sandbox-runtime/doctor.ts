@@ -8,6 +8,7 @@ import { decideAccel, probeHost, type AccelRequest } from './accel.ts';
 import { CgroupManager, detectCgroupVersion, V1_CONTROLLERS } from './cgroup/index.ts';
 import type { HostPaths } from './host.ts';
 import { imageHash, resolveInputs, type ImageOptions } from './image/index.ts';
+import { DEFAULT_JAIL, jailReport, type JailOptions } from './qemu/index.ts';
 import { nativeAvailable } from '../native/index.ts';
 
 const run = promisify(execFile);
@@ -21,7 +22,7 @@ export interface Check {
   fix?: string;
 }
 
-export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; image?: ImageOptions; pvmGuestKernel?: boolean } = {}): Promise<Check[]> {
+export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; image?: ImageOptions; pvmGuestKernel?: boolean; jail?: JailOptions | false } = {}): Promise<Check[]> {
   const checks: Check[] = [];
 
   const probe = probeHost(host);
@@ -84,6 +85,19 @@ export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; imag
   } catch (e) {
     checks.push({ name: 'guest image', ok: false, required: true, detail: (e as Error).message, fix: 'apt-get install linux-image-cloud-amd64 busybox-static' });
   }
+
+  const tools = await Promise.all(['unshare', 'setpriv', 'prlimit', 'chroot', 'mount'].map(async (t) => [t, await run('sh', ['-c', `command -v ${t}`]).then(() => true, () => false)] as const));
+  const missingTools = tools.filter(([, ok]) => !ok).map(([t]) => t);
+  const root = process.getuid?.() === 0;
+  const jail = o.jail === false ? null : o.jail ?? DEFAULT_JAIL;
+  checks.push({
+    name: 'jail', ok: !!jail && root && missingTools.length === 0, required: false,
+    detail: !jail ? 'disabled by configuration: VMMs run as lodgerd\'s user in its namespaces'
+      : `uids ${jail.uidBase}-${jail.uidBase + jail.uidCount - 1}; ${root ? 'root' : 'not root: VMMs cannot be jailed'}; ${missingTools.length ? `missing ${missingTools.join(' ')}` : 'unshare, setpriv, prlimit, chroot, mount found'}`,
+    fix: missingTools.length ? 'apt-get install util-linux mount coreutils' : 'run lodgerd as root (it gives each VMM its own uid)',
+  });
+  // Every Lodger VMM running now, as /proc shows it.
+  for (const v of jailReport(host.proc)) checks.push({ name: `vmm ${v.pid}`, ok: v.violation === null, required: false, detail: `${v.id}: ${v.summary}`, fix: v.violation ?? undefined });
 
   const psi = ['cpu', 'memory', 'io'].filter((r) => existsSync(join(host.proc, 'pressure', r)));
   checks.push({

@@ -6,12 +6,13 @@ export { defaultHostPaths, type HostPaths } from './host.ts';
 export { decideAccel, probeHost, type AccelChoice, type AccelRequest, type QemuAccel } from './accel.ts';
 export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
 export { ensureGuestImage, ensureMinimalKernel, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry, type GuestImage, type ImageOptions } from './image/index.ts';
-export type { AgentConnection, HostedRuntime, HostedSandbox, QemuRuntimeOptions, VcpuUnplugMode, VmmMemory } from './qemu/index.ts';
+export type { AgentConnection, HostedRuntime, HostedSandbox, JailOptions, JailStatus, QemuRuntimeOptions, VcpuUnplugMode, VmmMemory } from './qemu/index.ts';
+export { DEFAULT_JAIL, readJailStatus } from './qemu/index.ts';
 export {
   chooseBackend, decideBackend, openGvisorRuntime, openRuntime, type BackendChoice, type OpenGvisorOptions, type OpenRuntimeOptions, type RuntimeRequest,
 } from './open.ts';
 export type { GvisorPlatform, GvisorRuntime, GvisorRuntimeOptions, GvisorSandbox } from './gvisor/index.ts';
 export type { GuestStats, ExitStatus } from './agent/index.ts';
 // For suites that speak the agent's wire protocol to a real guest.
-export { encodeFrame, FrameType } from './agent/index.ts';
+export { AgentClient, encodeFrame, FrameType } from './agent/index.ts';
 export { runDoctor, type Check } from './doctor.ts';

@@ -5,7 +5,7 @@ import { decideAccel, probeHost, type AccelChoice, type AccelRequest } from './a
 import { CgroupManager, detectCgroupVersion } from './cgroup/index.ts';
 import { defaultHostPaths, type HostPaths } from './host.ts';
 import { ensureGuestImage, type ImageOptions } from './image/index.ts';
-import { QemuRuntime, type HostedRuntime } from './qemu/index.ts';
+import { DEFAULT_JAIL, QemuRuntime, type HostedRuntime, type JailOptions } from './qemu/index.ts';
 import { ensureBusyboxRoot, GvisorRuntime, probeRunsc, type GvisorPlatform } from './gvisor/index.ts';
 import type { Backend } from './contract.ts';
 
@@ -20,6 +20,8 @@ export interface OpenRuntimeOptions {
   bootTimeoutMs?: number;
   /** VMMs outlive this process (the daemon takes them up again after a restart). */
   detachVmm?: boolean;
+  /** Each VMM in a jail of its own (a uid from this range); default DEFAULT_JAIL where this process is root; false: none. */
+  jail?: JailOptions | false;
   log?: (msg: string) => void;
 }
 
@@ -36,7 +38,11 @@ export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime
     (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
     cgroups = null;
   }
-  const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, detachVmm: o.detachVmm, log: o.log });
+  // Only root can give a VMM another uid, namespaces and a chroot.
+  const root = process.getuid?.() === 0;
+  const jail = o.jail === false || !root ? null : o.jail ?? DEFAULT_JAIL;
+  if (!jail) (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`VMMs are not jailed: ${root ? 'jail disabled by configuration' : 'not running as root'}`);
+  const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, detachVmm: o.detachVmm, log: o.log, jail });
   return { runtime, accel, host, cgroups };
 }
 

@@ -2,7 +2,7 @@
 // QEMU sandboxes, driven with the real CLI. Every process started here is stopped by pid.
 import test from 'ava';
 import { execSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
@@ -213,4 +213,52 @@ test.serial('TCP listener: mutual TLS only; a client with a certificate from the
   t.regex(bare.stderr, /give --tls-ca, --tls-cert and --tls-key/);
   // The unix socket still serves.
   t.is((await lodger(['status', '--json'])).code, 0);
+});
+
+/** Pids of processes whose command line mentions `s` (a state directory of this suite). */
+function vmmsOf(s: string): number[] {
+  return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`${s}/`) && readFileSync(`/proc/${p}/cmdline`, 'utf8').startsWith('qemu'); } catch { return false; }
+  });
+}
+
+async function stopDaemon(sig: NodeJS.Signals): Promise<void> {
+  if (!daemon || daemon.exitCode !== null) return;
+  const d = daemon;
+  d.kill(sig);
+  await new Promise((r) => d.once('exit', r));
+}
+
+test.serial('stop semantics: SIGTERM stops the warm pool (also a sandbox still booting); a start after the state directory was removed still removes what a killed lodgerd left; lodger shutdown --drain lets the running job finish and leaves nothing', async (t) => {
+  await stopDaemon('SIGTERM');
+  const s1 = join(dir, 'stop-1');
+  await startDaemon(['--state-dir', s1]);
+  for (let i = 0; i < 100 && vmmsOf(s1).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  await stopDaemon('SIGTERM'); // the pool's first sandbox is still booting
+  for (let i = 0; i < 50 && vmmsOf(s1).length; i++) await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(vmmsOf(s1), [], 'no pool VMM outlives a SIGTERM');
+
+  const s2 = join(dir, 'stop-2');
+  await startDaemon(['--state-dir', s2]);
+  for (let i = 0; i < 600 && !/\[sandbox pool-[0-9a-f]+\] ready/.test(daemonLog); i++) await new Promise((r) => setTimeout(r, 100));
+  const [pool] = vmmsOf(s2);
+  t.truthy(pool, 'the pool sandbox runs');
+  await stopDaemon('SIGKILL');
+  rmSync(s2, { recursive: true, force: true }); // the operator removes the state directory
+  t.true(existsSync(`/proc/${pool}`), 'a killed lodgerd leaves its pool VMM');
+  await startDaemon(['--state-dir', s2]);
+  for (let i = 0; i < 50 && existsSync(`/proc/${pool}/cmdline`) && readFileSync(`/proc/${pool}/cmdline`, 'utf8').includes(s2); i++) await new Promise((r) => setTimeout(r, 100));
+  t.false(existsSync(`/proc/${pool}/cmdline`) && readFileSync(`/proc/${pool}/cmdline`, 'utf8').includes(s2), 'the next start found it in /proc and removed it');
+
+  await lodger(['submit', '--id', 'drained', '--', 'sh', '-c', 'sleep 3; echo drained']);
+  for (let i = 0; i < 600 && !daemonLog.includes('job drained: running'); i++) await new Promise((r) => setTimeout(r, 100));
+  const d = daemon!;
+  const exited = new Promise<number | null>((r) => d.once('exit', (code) => r(code)));
+  const sd = await lodger(['shutdown', '--drain']);
+  t.is(sd.code, 0, sd.stderr);
+  t.regex(sd.stdout, /lodgerd stopped/);
+  t.is(await exited, 0);
+  t.regex(daemonLog, /job drained: succeeded \(exit 0\)/);
+  t.regex(daemonLog, /shut down: no sandbox, cgroup or pool VMM left/);
+  t.deepEqual(vmmsOf(s2), [], 'no VMM left');
 });

@@ -122,6 +122,24 @@ export async function cancelCommand(id: string, o: { socket: string }): Promise<
   return 0;
 }
 
+/** Asks lodgerd to stop everything, then waits until it no longer answers. */
+export async function shutdownCommand(o: { socket: string; drain: boolean; timeout: string }): Promise<number> {
+  const r = await withClient(o.socket, (c) => c.call<{ runningJobs: number }>('Shutdown', { drain: o.drain }));
+  console.error(`lodgerd is shutting down${o.drain ? `; waiting for ${r.runningJobs} running job(s)` : `; ${r.runningJobs} running job(s) stopped`}`);
+  const deadline = Date.now() + Number(o.timeout) * 1000;
+  for (;;) {
+    const up = await withClient(o.socket, (c) => c.call('GetStatus', {}, 2000)).then(() => true, () => false);
+    if (!up) break;
+    if (Date.now() > deadline) {
+      console.error(`lodgerd still answers after ${o.timeout} s`);
+      return 1;
+    }
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  console.log('lodgerd stopped');
+  return 0;
+}
+
 interface ApiStatus {
   version: string;
   accelerator: string;

@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultSocket, setTls } from './client.ts';
 import { doctorCommand } from './doctor.ts';
-import { cancelCommand, eventsCommand, logsCommand, psCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
+import { cancelCommand, eventsCommand, logsCommand, psCommand, shutdownCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
 import { policyValidateCommand } from './policy.ts';
 import { runCommand } from './run.ts';
 import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
@@ -76,6 +76,12 @@ program.command('cancel')
   .description('cancel a job')
   .argument('<id>')
   .action(act((id: string) => cancelCommand(id, { socket: socket() })));
+
+program.command('shutdown')
+  .description('stop lodgerd and everything it runs (pool, job sandboxes, cgroups); queued jobs stay queued')
+  .option('--drain', 'start no new job and let the running ones finish first', false)
+  .option('--timeout <s>', 'how long to wait for lodgerd to exit', '600')
+  .action(act((o) => shutdownCommand({ ...o, socket: socket() })));
 
 program.command('status')
   .description('services (p99 against target), sandboxes, recent decisions')

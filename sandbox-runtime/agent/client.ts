@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { SandboxError } from '../errors.ts';
 import {
-  decodeError, decodeExit, decodeOutput, decodeStats, encodeAck, encodeExec, encodeFrame, encodeU32, FrameDecoder, FrameType,
+  decodeError, decodeExit, guestText, decodeOutput, decodeStats, encodeAck, encodeExec, encodeFrame, encodeU32, FrameDecoder, FrameType,
   type ExecRequest, type ExitStatus, type Frame, type GuestStats,
 } from './protocol.ts';
 
@@ -94,11 +94,17 @@ export class AgentExec {
     } else if (f.type === FrameType.Started) {
       this.guestPid = f.payload.length >= 4 ? f.payload.readUInt32LE(0) : null;
     } else if (f.type === FrameType.Exit) {
-      this.exitSeen = true;
-      this.settle.resolve(decodeExit(f.payload));
-      this.queueAck();
+      // A malformed exit frame (a lying guest) fails the command; it must not throw out of the socket's data handler.
+      try {
+        const status = decodeExit(f.payload);
+        this.exitSeen = true;
+        this.settle.resolve(status);
+        this.queueAck();
+      } catch (e) {
+        this.settle.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent sent a malformed exit status: ${(e as Error).message}`));
+      }
     } else if (f.type === FrameType.Error) {
-      const e = decodeError(f.payload);
+      const e = f.payload.length >= 4 ? decodeError(f.payload) : { errno: 0, message: 'malformed error frame' };
       this.settle.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: ${e.message} (errno ${e.errno})`));
     }
   }
@@ -226,7 +232,7 @@ export class AgentClient extends EventEmitter {
         this.emit('stats', this.stats);
       } catch { /* a short stats frame is ignored */ }
     }
-    if (f.type === FrameType.Hello) this.hello = f.payload.toString('utf8');
+    if (f.type === FrameType.Hello) this.hello = guestText(f.payload, 256);
     if (f.type === FrameType.Hello || f.type === FrameType.Pong) {
       if (!this.ready) {
         this.ready = true;
@@ -244,7 +250,7 @@ export class AgentClient extends EventEmitter {
       this.waiters.delete(f.id);
       clearTimeout(w.timer);
       if (f.type === FrameType.Error) {
-        const e = decodeError(f.payload);
+        const e = f.payload.length >= 4 ? decodeError(f.payload) : { errno: 0, message: 'malformed error frame' };
         w.reject(new SandboxError('SANDBOX_AGENT_ERROR', `guest agent: ${e.message} (errno ${e.errno})`));
       } else {
         w.resolve(f);

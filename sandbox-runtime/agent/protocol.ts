@@ -156,10 +156,14 @@ export interface ExitStatus {
   signal: number | null;
 }
 
+/** The guest reports what waitpid() gave it: an exit code 0-255, or -1 and a signal 1-64. Anything else is a lie. */
 export function decodeExit(p: Buffer): ExitStatus {
   if (p.length < 8) throw new AgentPayloadError('exit', p.length);
   const code = p.readInt32LE(0);
   const signal = p.readInt32LE(4);
+  if (signal < 0 || signal > 64 || code < -1 || code > 255 || (signal === 0 && code < 0)) {
+    throw new AgentPayloadError('exit', p.length, `code ${code}, signal ${signal} is not an exit status`);
+  }
   return signal > 0 ? { code: null, signal } : { code, signal: null };
 }
 
@@ -176,8 +180,20 @@ export interface GuestStats {
 
 export const STATS_BYTES = 48;
 
+/** Bounds no real guest passes: a report past them is a lie and is refused, not believed. */
+const STATS_MAX = { cpus: 4096, memKiB: 2 ** 44, load: 1e6, uptimeMs: 2 ** 52 };
+
 export function decodeStats(p: Buffer): GuestStats {
   if (p.length < STATS_BYTES) throw new AgentPayloadError('stats', p.length);
+  const s = readStats(p);
+  const bad = s.cpusPresent > STATS_MAX.cpus ? 'cpusPresent' : s.cpusOnline > s.cpusPresent ? 'cpusOnline > cpusPresent'
+    : s.memTotalKiB > STATS_MAX.memKiB ? 'memTotal' : s.memAvailableKiB > s.memTotalKiB ? 'memAvailable > memTotal'
+      : Math.max(s.load1, s.load5, s.load15) > STATS_MAX.load ? 'load' : s.uptimeMs > STATS_MAX.uptimeMs ? 'uptime' : null;
+  if (bad) throw new AgentPayloadError('stats', p.length, `implausible ${bad}`);
+  return s;
+}
+
+function readStats(p: Buffer): GuestStats {
   return {
     cpusOnline: p.readUInt32LE(0),
     cpusPresent: p.readUInt32LE(4),
@@ -231,14 +247,21 @@ export function encodeU32(v: number): Buffer {
   return b;
 }
 
+/** The guest's words end up in job errors and logs: at most 512 characters, no control characters. */
 export function decodeError(p: Buffer): { errno: number; message: string } {
   if (p.length < 4) throw new AgentPayloadError('error', p.length);
-  return { errno: p.readInt32LE(0), message: p.subarray(4).toString('utf8') };
+  return { errno: p.readInt32LE(0), message: guestText(p.subarray(4)) };
+}
+
+export function guestText(b: Buffer, max = 512): string {
+  // Control characters (terminal escapes, line breaks that forge log lines) become '?'.
+  const s = [...b.subarray(0, max * 4).toString('utf8')].map((c) => (c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? '?' : c)).join('');
+  return s.length > max ? `${s.slice(0, max)}...` : s;
 }
 
 export class AgentPayloadError extends Error {
   readonly code = 'AGENT_BAD_PAYLOAD';
-  constructor(what: string, len: number) {
-    super(`agent sent a ${what} frame with a ${len}-byte payload`);
+  constructor(what: string, len: number, why?: string) {
+    super(`agent sent a ${what} frame with a ${len}-byte payload${why ? `: ${why}` : ''}`);
   }
 }

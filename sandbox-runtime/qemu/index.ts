@@ -3,3 +3,4 @@ export { QemuRuntime, type HostedRuntime, type HostedSandbox, type QemuRuntimeOp
 export type { VcpuUnplugMode } from './vcpus.ts';
 export type { VmmMemory } from './args.ts';
 export type { AgentConnection } from './agent.ts';
+export { DEFAULT_JAIL, jailReport, readJailStatus, type JailOptions, type JailStatus } from './jail.ts';

@@ -1,14 +1,17 @@
 // The job's /output disk: copied back to the host directory after a job, also when the
 // VMM died (the image is checked first then).
 import { existsSync } from 'node:fs';
+import type { CopyReport } from '../copyback.ts';
 import { extractOutputImage } from '../disks.ts';
 import { SandboxError } from '../errors.ts';
 
 export class OutputDisk {
   /** Collected since the last command started: stop() need not copy it again. */
   private collectedSinceExec = false;
+  /** What the last copy did and skipped (symlinks, devices, sparse files...). */
+  lastReport: CopyReport | null = null;
 
-  constructor(readonly image: string, private readonly sandboxId: string) {}
+  constructor(readonly image: string, private readonly sandboxId: string, private readonly log: (m: string) => void = () => {}) {}
 
   get collected(): boolean {
     return this.collectedSinceExec;
@@ -24,9 +27,12 @@ export class OutputDisk {
     try {
       if (sync) await sync();
       // A guest that died may have left the filesystem half-written: check it first.
-      const names = await extractOutputImage(this.image, dir, !sync);
+      const report = this.lastReport = await extractOutputImage(this.image, dir, !sync);
       this.collectedSinceExec = true;
-      return names;
+      if (report.skipped.length) {
+        this.log(`/output: ${report.skipped.length} entries not copied: ${report.skipped.slice(0, 5).map((s) => `${s.path} (${s.why})`).join('; ')}${report.skipped.length > 5 ? '; ...' : ''}`);
+      }
+      return report.names;
     } catch (e) {
       throw new SandboxError('SANDBOX_OUTPUT_FAILED', `collecting /output of ${this.sandboxId}: ${(e as Error).message}`, { cause: e });
     }

@@ -1,6 +1,6 @@
 // Where a sandbox's files (and its cgroup) live, and its record (sandbox.json): what
 // a later process needs to take the sandbox up again or to clean up after it.
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SandboxLimits, SandboxSpec } from '../contract.ts';
 
@@ -9,6 +9,10 @@ export const cgroupName = (id: string): string => `sb-${id}`;
 
 export interface QemuPaths {
   runDir: string;
+  /** The VMM's own directory (its sockets): owned by its jail uid; the rest of runDir is not. */
+  socketDir: string;
+  /** The jailed VMM's root: /usr and this sandbox's files at their host paths. */
+  jailRoot: string;
   qmpSocket: string;
   agentSocket: string;
   console: string;
@@ -26,18 +30,22 @@ export interface QemuPaths {
 
 export function sandboxPaths(runDir: string, id: string): QemuPaths {
   const dir = join(runDir, id);
+  // Sockets in a short-named subdirectory: a unix socket path is at most 107 bytes.
+  const sock = join(dir, 's');
   return {
     runDir: dir,
-    qmpSocket: join(dir, 'qmp.sock'),
-    agentSocket: join(dir, 'agent.sock'),
+    socketDir: sock,
+    jailRoot: join(dir, 'root'),
+    qmpSocket: join(sock, 'qmp.sock'),
+    agentSocket: join(sock, 'agent.sock'),
     console: join(dir, 'console.log'),
     outputImage: join(dir, 'output.img'),
     rootfsImage: join(dir, 'rootfs.img'),
     vmmLog: join(dir, 'vmm.log'),
     record: join(dir, 'sandbox.json'),
     savedState: join(dir, 'suspended.state'),
-    migrateOut: join(dir, 'migrate-out.sock'),
-    migrateIn: join(dir, 'migrate-in.sock'),
+    migrateOut: join(sock, 'migrate-out.sock'),
+    migrateIn: join(sock, 'migrate-in.sock'),
   };
 }
 
@@ -51,6 +59,8 @@ export interface SandboxRecord {
   memoryMiB: number;
   baseMemTotalKiB: number;
   wasPausedWhenSuspended: boolean;
+  /** The jail uid/gid the VMM runs as; null: not jailed. */
+  jail?: { uid: number; gid: number } | null;
 }
 
 /** Replaces the record atomically: a reader never sees half of one. */
@@ -66,4 +76,15 @@ export function readRecord(path: string): SandboxRecord | Error {
   } catch (e) {
     return e as Error;
   }
+}
+
+/** The jail uids the records in `runDir` hold (a sandbox suspended to disk keeps its uid). */
+export function recordedUids(runDir: string): Set<number> {
+  const uids = new Set<number>();
+  if (!existsSync(runDir)) return uids;
+  for (const id of readdirSync(runDir)) {
+    const rec = readRecord(join(runDir, id, 'sandbox.json'));
+    if (!(rec instanceof Error) && rec.jail) uids.add(rec.jail.uid);
+  }
+  return uids;
 }

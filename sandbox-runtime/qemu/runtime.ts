@@ -13,11 +13,12 @@ import type { HostPaths } from '../host.ts';
 import type { GuestImage } from '../image/index.ts';
 import type { AgentConnection, AgentFactory } from './agent.ts';
 import type { VmmMemory } from './args.ts';
+import type { JailOptions } from './jail.ts';
 import type { QmpFactory } from './qmp.ts';
 import { cgroupName, readRecord, sandboxPaths } from './record.ts';
 import { QemuSandbox } from './sandbox.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
-import { findSandboxVmm, isSandboxVmm } from './vmm.ts';
+import { findSandboxVmm, isSandboxVmm, vmmsUnder } from './vmm.ts';
 
 export interface QemuRuntimeOptions {
   host: HostPaths;
@@ -27,6 +28,8 @@ export interface QemuRuntimeOptions {
   cgroups: CgroupManager | null;
   bootTimeoutMs?: number;
   seccomp?: boolean;
+  /** Each VMM in a jail of its own (jail.ts); absent or null: VMMs run as this process. */
+  jail?: JailOptions | null;
   tbSizeMiB?: number;
   tcgThread?: 'multi' | 'single';
   /** How vCPUs are taken away; default 'acpi' under KVM, 'offline' under TCG. */
@@ -97,9 +100,14 @@ export class QemuRuntime implements HostedRuntime {
 
   async list(): Promise<SandboxInfo[]> {
     const dir = this.opts.host.runDir;
-    if (!existsSync(dir)) return [];
-    const ids = readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory() && SANDBOX_ID.test(d.name)).map((d) => d.name);
-    return ids.sort().map((id) => this.info(id));
+    const ids = new Set(existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory() && SANDBOX_ID.test(d.name)).map((d) => d.name) : []);
+    // A VMM whose run files are gone is still ours to remove.
+    const running = vmmsUnder(this.opts.host.proc, (id) => sandboxPaths(dir, id).qmpSocket);
+    for (const id of running) ids.add(id);
+    return [...ids].sort().map((id) => {
+      const info = this.info(id);
+      return info.state === null && running.includes(id) ? { ...info, alive: true, pid: findSandboxVmm(this.opts.host.proc, id, sandboxPaths(dir, id).qmpSocket) } : info;
+    });
   }
 
   private info(id: string): SandboxInfo {
@@ -116,7 +124,7 @@ export class QemuRuntime implements HostedRuntime {
     const paths = sandboxPaths(this.opts.host.runDir, id);
     // One still starting has no record yet: its VMM is found by its identity.
     const info = this.info(id);
-    const pid = info.alive ? info.pid : existsSync(paths.runDir) ? findSandboxVmm(proc, id, paths.qmpSocket) : null;
+    const pid = info.alive ? info.pid : findSandboxVmm(proc, id, paths.qmpSocket);
     if (pid !== null) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
       for (let i = 0; i < 500 && isSandboxVmm(proc, pid, id, paths.qmpSocket); i++) await new Promise((r) => setTimeout(r, 10));

@@ -11,16 +11,18 @@ import type {
 import { makeOutputImage, makeRootfsImage } from '../disks.ts';
 import { SandboxError, VmmExitedError } from '../errors.ts';
 import { realAgent, type AgentConnection } from './agent.ts';
-import { sandboxVmmArgs, vmmMemory, type VmmMemory } from './args.ts';
+import { vmmMemory, type VmmMemory } from './args.ts';
 import { OutputDisk } from './output.ts';
 import { realQmp, type QmpConnection } from './qmp.ts';
-import { cgroupName, readRecord, sandboxPaths, writeRecord, type QemuPaths } from './record.ts';
+import { allocateUid, holdUid, releaseUid, type JailIdentity } from './jail.ts';
+import { checkJail, launchVmm } from './launch.ts';
+import { cgroupName, readRecord, recordedUids, sandboxPaths, writeRecord, type QemuPaths } from './record.ts';
 import type { HostedSandbox, QemuRuntimeOptions } from './runtime.ts';
 import { Snapshot, type SuspendHost } from './snapshot.ts';
 import { checkTransition, publicState, type Phase } from './states.ts';
 import { Resources } from './resources.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
-import { isSandboxVmm, VmmProcess, type ProcessExit } from './vmm.ts';
+import { isSandboxVmm, VmmProcess, type ProcessExit, type VmmIdentity } from './vmm.ts';
 import { tail, within } from './wait.ts';
 
 export class QemuSandbox implements HostedSandbox {
@@ -43,14 +45,16 @@ export class QemuSandbox implements HostedSandbox {
   private readonly res: Resources;
   private readonly snapshot: Snapshot;
   private readonly output: OutputDisk;
+  /** The uid/gid its VMM runs as in its jail; null when the runtime does not jail VMMs. */
+  private jailId: JailIdentity | null = null;
 
   constructor(private spec: SandboxSpec, private readonly opts: QemuRuntimeOptions) {
     this.id = spec.id;
     this.paths = sandboxPaths(opts.host.runDir, spec.id);
     this.exited = new Promise((r) => { this.resolveExit = r; });
     this.res = new Resources(spec, opts.vcpuUnplug ?? (this.accel === 'kvm' ? 'acpi' : 'offline'), this.accel);
-    this.snapshot = new Snapshot(this.paths.savedState, this.paths.migrateOut, this.paths.migrateIn);
-    this.output = new OutputDisk(this.paths.outputImage, spec.id);
+    this.snapshot = new Snapshot(this.paths.savedState, this.paths.migrateOut, this.paths.migrateIn, () => this.jailId);
+    this.output = new OutputDisk(this.paths.outputImage, spec.id, (m) => this.log(m));
   }
 
   get accel(): Accelerator {
@@ -90,17 +94,21 @@ export class QemuSandbox implements HostedSandbox {
     const t0 = performance.now();
     try {
       await rm(this.paths.runDir, { recursive: true, force: true });
-      await mkdir(this.paths.runDir, { recursive: true });
+      await mkdir(this.paths.socketDir, { recursive: true, mode: 0o700 });
       if (this.opts.cgroups) {
         this.cgroup = await this.opts.cgroups.create(cgroupName(this.id));
         if (this.spec.cgroup) await this.cgroup.apply(this.spec.cgroup);
       }
       if (this.spec.outputDir || this.spec.outputDisk) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
       if (this.spec.rootfsDir) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
-      this.spawnVmm([]);
+      if (this.opts.jail) this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedUids(this.opts.host.runDir));
+      // -S: no guest instruction runs until the jail is confirmed from /proc.
+      this.spawnVmm(['-S'], false);
       const bootTimeout = this.opts.bootTimeoutMs ?? (this.accel === 'kvm' ? 15_000 : 60_000);
       const qmp = this.connectQmp();
       await this.raceExit(qmp.connect(10_000));
+      this.checkJail();
+      await qmp.cont();
       const agent = this.agent = this.newAgent();
       await this.raceExit(agent.connect(10_000));
       await this.raceExit(agent.waitReady(bootTimeout));
@@ -125,18 +133,20 @@ export class QemuSandbox implements HostedSandbox {
     }
   }
 
-  /** Starts a VMM; one that restores a VM from disk (`extra` given) gets the vCPUs and memory it had when saved. */
-  private spawnVmm(extra: string[]): void {
-    const restoring = extra.length ? { vcpus: this.res.vcpus, memoryMiB: this.res.memoryMiB } : null;
-    const args = sandboxVmmArgs(this.spec, this.paths, this.opts.image, { ...this.opts, accel: this.accel }, this.res.cpu, restoring);
-    const vmm: VmmProcess = VmmProcess.spawn({
-      ...this.identity(), qemuBinary: this.opts.host.qemuBinary, args: [...args, ...extra], sys: this.opts.host.sys,
-      cgroupProcs: this.cgroup?.procsFiles ?? [], detached: this.opts.detachVmm ?? false,
-    }, (e) => this.onVmmExit(vmm, e));
-    this.vmm = vmm;
+  /** Starts a VMM (in its jail, when jailed); `restore`: it takes the VM back from disk. */
+  private spawnVmm(extra: string[], restore: boolean): void {
+    this.vmm = launchVmm({
+      spec: this.spec, paths: this.paths, opts: this.opts, accel: this.accel, cpu: this.res.cpu, jail: this.jailId, extra,
+      restoring: restore ? { vcpus: this.res.vcpus, memoryMiB: this.res.memoryMiB } : null,
+      cgroupProcs: this.cgroup?.procsFiles ?? [], identity: this.identity(),
+    }, (vmm, e) => this.onVmmExit(vmm, e));
   }
 
-  private identity(): { proc: string; id: string; qmpSocket: string; vmmLog: string } {
+  private checkJail(): void {
+    checkJail(this.id, this.opts.host.proc, this.vmm?.pid ?? null, this.jailId, this.opts.seccomp ?? true);
+  }
+
+  private identity(): VmmIdentity {
     return { proc: this.opts.host.proc, id: this.id, qmpSocket: this.paths.qmpSocket, vmmLog: this.paths.vmmLog };
   }
 
@@ -186,7 +196,7 @@ export class QemuSandbox implements HostedSandbox {
     try {
       writeRecord(this.paths.record, {
         spec: this.spec, limits: this.res.limits, pid: this.pid, state, vcpus: this.res.vcpus, memoryMiB: this.res.memoryMiB,
-        baseMemTotalKiB: this.res.mem.baseMemTotalKiB, wasPausedWhenSuspended: this.snapshot.pausedWhenSaved,
+        baseMemTotalKiB: this.res.mem.baseMemTotalKiB, wasPausedWhenSuspended: this.snapshot.pausedWhenSaved, jail: this.jailId,
       });
     } catch (e) {
       this.log(`sandbox record not written: ${(e as Error).message}`);
@@ -204,6 +214,8 @@ export class QemuSandbox implements HostedSandbox {
     this.spec = rec.spec;
     this.res.adopt(rec);
     this.snapshot.pausedWhenSaved = rec.wasPausedWhenSuspended;
+    this.jailId = rec.jail ?? null;
+    if (this.jailId) holdUid(this.jailId.uid);
     this.cgroup = this.opts.cgroups?.open(cgroupName(this.id)) ?? null;
     const agent = this.agent = this.newAgent();
     if (rec.state === 'suspended' || rec.pid === null) {
@@ -260,9 +272,7 @@ export class QemuSandbox implements HostedSandbox {
   }
 
   private async raceExit<T>(p: Promise<T>): Promise<T> {
-    const died = this.exited.then(() => {
-      throw this.exitError();
-    });
+    const died = this.exited.then(() => { throw this.exitError(); });
     died.catch(() => {});
     return Promise.race([p, died]);
   }
@@ -297,9 +307,7 @@ export class QemuSandbox implements HostedSandbox {
 
   async pause(): Promise<void> {
     const { qmp } = this.live('pause');
-    if (this.phase === 'paused') return;
-    await qmp.stop();
-    this.to('paused');
+    if (this.phase !== 'paused') await qmp.stop().then(() => this.to('paused'));
   }
 
   async resume(): Promise<void> {
@@ -326,7 +334,8 @@ export class QemuSandbox implements HostedSandbox {
       phase: () => this.phase,
       to: (p) => this.to(p),
       vmm: () => this.vmm,
-      spawnVmm: (extra) => this.spawnVmm(extra),
+      spawnVmm: (extra) => this.spawnVmm(extra, true),
+      checkJail: () => this.checkJail(),
       connectQmp: () => this.connectQmp(),
       agent: () => this.agent!,
       raceExit: (p) => this.raceExit(p),
@@ -405,29 +414,21 @@ export class QemuSandbox implements HostedSandbox {
       this.agent?.close();
       this.qmp?.close();
       await this.releaseCgroup();
+      if (this.jailId) releaseUid(this.jailId.uid);
       if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.runDir, { recursive: true, force: true });
     })();
     return this.cleaned;
   }
 
-  wait(): Promise<VmmExit> {
-    return this.exited;
-  }
+  wait(): Promise<VmmExit> { return this.exited; }
 
   status(): SandboxStatus {
+    const { res, spec } = this;
     return {
-      id: this.id,
-      state: publicState(this.phase),
-      accel: this.accel,
-      pid: this.pid,
-      vcpus: this.res.vcpus,
-      memoryMiB: this.res.memoryMiB,
-      maxVcpus: this.res.limits.maxVcpus,
-      maxMemoryMiB: this.res.limits.maxMemoryMiB,
-      booted: { memoryMiB: this.spec.memoryMiB, maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, outputDisk: !!(this.spec.outputDisk || this.spec.outputDir) },
-      guest: this.agent?.stats ?? null,
-      bootMs: this.bootMs,
-      error: this.error,
+      id: this.id, state: publicState(this.phase), accel: this.accel, pid: this.pid, vcpus: res.vcpus, memoryMiB: res.memoryMiB,
+      maxVcpus: res.limits.maxVcpus, maxMemoryMiB: res.limits.maxMemoryMiB,
+      booted: { memoryMiB: spec.memoryMiB, maxVcpus: spec.maxVcpus, maxMemoryMiB: spec.maxMemoryMiB, outputDisk: !!(spec.outputDisk || spec.outputDir) },
+      guest: this.agent?.stats ?? null, bootMs: this.bootMs, error: this.error,
     };
   }
 

@@ -1,7 +1,7 @@
 // Suspend to disk and back: QEMU streams the VM to a socket of ours (an exec: migration
 // would need a shell, which its seccomp sandbox forbids) and we write the stream to a
 // file; a new QEMU started with -incoming defer reads it back.
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { chownSync, createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import * as net from 'node:net';
 import type { SuspendReport } from '../contract.ts';
@@ -22,6 +22,8 @@ export interface SuspendHost {
   to(p: Phase): void;
   vmm(): VmmProcess | null;
   spawnVmm(extra: string[]): void;
+  /** Throws unless the new VMM is jailed as it should be (before the VM is loaded into it). */
+  checkJail(): void;
   connectQmp(): QmpConnection;
   agent(): AgentConnection;
   /** `p`, or the VMM's death as an error, whichever comes first. */
@@ -36,7 +38,9 @@ export class Snapshot {
   /** The guest was paused when it was saved, so it comes back paused. */
   pausedWhenSaved = false;
 
-  constructor(readonly path: string, private readonly outSocket: string, private readonly inSocket: string) {}
+  /** `owner`: the jailed VMM's uid/gid, which must be able to connect to our socket. */
+  constructor(readonly path: string, private readonly outSocket: string, private readonly inSocket: string,
+    private readonly owner: () => { uid: number; gid: number } | null = () => null) {}
 
   get exists(): boolean {
     return existsSync(this.path);
@@ -85,9 +89,18 @@ export class Snapshot {
     const t0 = performance.now();
     try {
       h.spawnVmm(['-S', '-incoming', 'defer']);
+      // Until the VM is loaded, the new QEMU's death is a failed restore, not the sandbox's end: the saved state is intact.
+      const vmm = h.vmm()!;
+      vmm.expect('retire');
+      const died = vmm.gone.then((e) => { throw new SandboxError('SANDBOX_VMM_EXITED', `the restoring QEMU exited (${e.signal ?? `code ${e.code}`})`); });
+      died.catch(() => {});
+      const loading = <T>(p: Promise<T>): Promise<T> => Promise.race([p, died]);
       const qmp = h.connectQmp();
-      await h.raceExit(qmp.connect(10_000));
-      await this.load(qmp);
+      await loading(qmp.connect(10_000));
+      h.checkJail();
+      await loading(this.load(qmp));
+      vmm.expect('run');
+      if (!vmm.alive()) throw new SandboxError('SANDBOX_VMM_EXITED', 'the restoring QEMU exited');
       await qmp.cont();
       await h.raceExit(h.agent().reconnect(30_000));
       if (this.pausedWhenSaved) await qmp.stop();
@@ -122,7 +135,10 @@ export class Snapshot {
       });
     });
     received.catch(() => {});
+    await rm(this.outSocket, { force: true });
     await new Promise<void>((resolve, reject) => server.listen(this.outSocket, resolve).once('error', reject));
+    const owner = this.owner();
+    if (owner) chownSync(this.outSocket, owner.uid, owner.gid);
     try {
       await qmp.migrate(`unix:${this.outSocket}`);
       await until(async () => {

@@ -6,6 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
+import { jailedLaunch } from './jail.ts';
 import { tail } from './wait.ts';
 
 export interface ProcessExit {
@@ -34,6 +35,8 @@ export interface SpawnOptions extends VmmIdentity {
   /** The host's /sys: the VMM may run on every online CPU (its cgroup's cpuset narrows that). */
   sys: string;
   detached: boolean;
+  /** Run QEMU in its jail (jail.ts); null: as this process's user, in its namespaces. */
+  jail: Parameters<typeof jailedLaunch>[2] | null;
 }
 
 /** `pid` is alive (not a zombie) and is the QEMU of sandbox `id`: its -name says so. A pid alone may have been reused. */
@@ -54,6 +57,23 @@ export function findSandboxVmm(proc: string, id: string, qmpSocket: string): num
     if (/^\d+$/.test(name) && isSandboxVmm(proc, Number(name), id, qmpSocket)) return Number(name);
   }
   return null;
+}
+
+/**
+ * Sandbox ids of the VMMs running from this run directory, found by their command line
+ * alone: they are found even when their run files were removed (a state directory deleted
+ * under a stopped lodgerd).
+ */
+export function vmmsUnder(proc: string, socketOf: (id: string) => string): string[] {
+  const ids: string[] = [];
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    let argv: string[];
+    try { argv = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0'); } catch { continue; }
+    const id = argv.find((a) => a.startsWith('lodger-') && a.endsWith(',debug-threads=on'))?.slice(7, -17);
+    if (id && argv.some((a) => a.includes(`path=${socketOf(id)},`)) && isSandboxVmm(proc, Number(name), id)) ids.push(id);
+  }
+  return ids;
 }
 
 export class VmmProcess {
@@ -79,8 +99,9 @@ export class VmmProcess {
     let cpus = '';
     try { cpus = readFileSync(join(o.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
     const errFd = openSync(o.vmmLog, 'a');
-    const child = spawn('/bin/sh', ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], {
-      env: { ...process.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus },
+    const launch = o.jail ? jailedLaunch(o.qemuBinary, o.args, o.jail) : { argv: ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], env: {} };
+    const child = spawn('/bin/sh', launch.argv, {
+      env: { ...(o.jail ? {} : process.env), ...launch.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus },
       stdio: ['ignore', 'ignore', errFd],
       detached: o.detached,
     });
@@ -118,8 +139,8 @@ export class VmmProcess {
     return this.pid !== null && isSandboxVmm(this.who.proc, this.pid, this.who.id, this.who.qmpSocket);
   }
 
-  /** The coming exit is one we ask for: 'stop' ends the sandbox as expected, 'retire' does not end it. */
-  expect(intent: 'stop' | 'retire'): void {
+  /** The coming exit is one we ask for: 'stop' ends the sandbox as expected, 'retire' does not end it; 'run': any exit ends it again. */
+  expect(intent: 'stop' | 'retire' | 'run'): void {
     if (this.intent !== 'release') this.intent = intent;
   }
 
@@ -138,6 +159,7 @@ export class VmmProcess {
   exitError(exit: { code: number | null; signal: string | null }): VmmExitedError {
     let log = '';
     try { log = readFileSync(this.who.vmmLog, 'utf8').slice(-8192); } catch { /* removed with the run directory */ }
-    return new VmmExitedError(this.who.id, exit.code, exit.signal, exit.code === 125 ? 'could not join its cgroup' : tail(log + this.stderrTail, 5));
+    return new VmmExitedError(this.who.id, exit.code, exit.signal, exit.code === 125 ? 'could not join its cgroup'
+      : exit.code === 124 ? `could not set up its jail: ${tail(log, 3)}` : tail(log + this.stderrTail, 5));
   }
 }

@@ -1,0 +1,244 @@
+// The VMM's jail (Firecracker's jailer, done with util-linux): each sandbox's QEMU runs as
+// its own uid/gid from a configured range, in fresh mount, IPC, UTS and network namespaces,
+// chrooted into a directory that holds only /usr (read-only: QEMU, its libraries and
+// firmware) and that sandbox's kernel, initramfs, disks, console and sockets, at the same
+// paths as on the host (so QEMU's command line and its identity check do not change).
+// no_new_privs, no capabilities at all (bounding set emptied), rlimits (files, tasks, file
+// size, no core dumps), a clean environment; QEMU then adds its own seccomp filter. The
+// cgroup is joined by the launcher shell before any of this, so nothing runs outside it.
+//
+// Why util-linux rather than QEMU's -runas/-chroot: those drop privileges inside QEMU,
+// after its seccomp filter is installed, and `elevateprivileges=deny` then kills QEMU at
+// its own setgid(); the filter would have to allow set*id. Here QEMU is never root, so it
+// keeps its strictest filter. Why not a C helper: util-linux is on every Debian host,
+// audited, and costs a few execs (measured in docs/RELIABILITY.md).
+import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { SandboxError } from '../errors.ts';
+
+export interface JailOptions {
+  /** First uid (and gid, the same number) of the range; each live sandbox holds one. */
+  uidBase: number;
+  uidCount: number;
+  /** The host's /usr, bound read-only into every jail (QEMU, libraries, firmware). */
+  usr?: string;
+}
+
+/** Above the subordinate-uid ranges (100000 + 65536 per user) of a few dozen users. */
+export const DEFAULT_JAIL: JailOptions = { uidBase: 3_000_000, uidCount: 100_000 };
+
+export interface JailIdentity {
+  uid: number;
+  gid: number;
+}
+
+/** What one sandbox's jail holds besides /usr; every path is an absolute host path, kept as it is inside. */
+export interface JailFiles {
+  /** Read-only to the VMM: kernel, initramfs, the job's root image. */
+  readOnly: string[];
+  /** Owned by the VMM's uid: the /output disk and the console log. */
+  writable: string[];
+  /** The VMM's own directory (sockets), owned by its uid, mode 0700. */
+  socketDir: string;
+  /** Device nodes it may open (only /dev/kvm, and only under KVM). */
+  devices: string[];
+}
+
+/** uids handed out by this process and not yet given back. */
+const reserved = new Set<number>();
+
+/** Per-task limits: QEMU needs a few hundred fds and threads; a guest cannot make it need more. */
+export const JAIL_NOFILE = 4096;
+export const JAIL_NPROC = 512;
+
+/**
+ * A uid of the range no live sandbox holds: not reserved here, not in a record of `runDir`
+ * (`recordUid` reads one), not any running process's (another runtime's VMM).
+ */
+export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<number>): JailIdentity {
+  const running = new Set<number>();
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const m = /^Uid:\s+(\d+)/m.exec(readFileSync(join(proc, name, 'status'), 'utf8'));
+      if (m) running.add(Number(m[1]));
+    } catch { /* exited */ }
+  }
+  for (let k = 0; k < j.uidCount; k++) {
+    const uid = j.uidBase + k;
+    if (reserved.has(uid) || running.has(uid) || usedByRecords.has(uid)) continue;
+    reserved.add(uid);
+    return { uid, gid: uid };
+  }
+  throw new SandboxError('SANDBOX_JAIL_FAILED', `no free uid in the jail range ${j.uidBase}-${j.uidBase + j.uidCount - 1}`);
+}
+
+export function releaseUid(uid: number): void {
+  reserved.delete(uid);
+}
+
+/** Marks a uid taken up from a record (attach) as held. */
+export function holdUid(uid: number): void {
+  reserved.add(uid);
+}
+
+const SAFE_PATH = /^\/[A-Za-z0-9_.,+@%=/-]*$/;
+
+/**
+ * Builds the jail's root under `root` (removed first): /usr and the sockets directory as
+ * mount points, the files hard-linked at their host paths (a bind mount where they are on
+ * another filesystem). Returns the bind mounts the launcher makes inside the namespace.
+ */
+export function prepareJail(root: string, files: JailFiles, id: JailIdentity, usr = '/usr'): { ro: string[]; rw: string[] } {
+  for (const p of [...files.readOnly, ...files.writable, files.socketDir, ...files.devices, usr]) {
+    // The launcher splits its lists on whitespace; a path that needs quoting is refused.
+    if (!SAFE_PATH.test(p)) throw new SandboxError('SANDBOX_JAIL_FAILED', `jail path ${JSON.stringify(p)} has characters the launcher does not pass`);
+  }
+  rmSync(root, { recursive: true, force: true });
+  mkdirSync(join(root, usr), { recursive: true, mode: 0o755 });
+  // Merged /usr: /bin, /lib, /lib64, /sbin are symlinks into it (the dynamic loader is found through /lib64).
+  for (const l of ['bin', 'lib', 'lib64', 'sbin']) {
+    try {
+      if (lstatSync(join('/', l)).isSymbolicLink()) symlinkSync(readlinkSync(join('/', l)), join(root, l));
+    } catch { /* absent on this host */ }
+  }
+  const ro: string[] = [usr];
+  const rw: string[] = [files.socketDir];
+  mkdirSync(files.socketDir, { recursive: true, mode: 0o700 });
+  chownSync(files.socketDir, id.uid, id.gid);
+  mkdirSync(join(root, files.socketDir), { recursive: true });
+  for (const f of files.writable) {
+    if (!existsSync(f)) writeFileSync(f, '');
+    chownSync(f, id.uid, id.gid);
+  }
+  const place = (f: string, binds: string[]): void => {
+    const inside = join(root, f);
+    mkdirSync(dirname(inside), { recursive: true });
+    try {
+      linkSync(f, inside);
+    } catch {
+      writeFileSync(inside, '');
+      binds.push(f);
+    }
+  };
+  for (const f of files.readOnly) place(f, ro);
+  for (const f of files.writable) place(f, rw);
+  for (const d of files.devices) {
+    mkdirSync(dirname(join(root, d)), { recursive: true });
+    writeFileSync(join(root, d), '');
+    rw.push(d);
+  }
+  return { ro, rw };
+}
+
+/** The supplementary group that opens /dev/kvm, where it is used. */
+export function deviceGroups(devices: string[]): number[] {
+  return [...new Set(devices.map((d) => statSync(d).gid).filter((g) => g !== 0))];
+}
+
+/**
+ * The launcher: argv for /bin/sh that joins the cgroups, then becomes (by exec, so the pid
+ * stays the VMM's) unshare -> sh (bind mounts) -> chroot -> setpriv -> prlimit -> QEMU.
+ * Exit 125: the cgroup could not be joined; 124: the jail could not be set up.
+ */
+export function jailedLaunch(qemu: string, args: string[], j: { root: string; id: JailIdentity; ro: string[]; rw: string[]; groups: number[]; fsizeBytes: number }): { argv: string[]; env: Record<string, string> } {
+  const inner = 'R=$1; shift; '
+    + 'for b in $LODGER_JAIL_RO; do mount --bind -o ro "$b" "$R$b" || exit 124; done; '
+    + 'for b in $LODGER_JAIL_RW; do mount --bind "$b" "$R$b" || exit 124; done; '
+    + 'exec chroot "$R" setpriv --reuid="$LODGER_JAIL_UID" --regid="$LODGER_JAIL_GID" $LODGER_JAIL_GROUPS --no-new-privs --inh-caps=-all --bounding-set=-all -- '
+    + `prlimit --nofile=${JAIL_NOFILE}:${JAIL_NOFILE} --nproc=${JAIL_NPROC}:${JAIL_NPROC} --core=0:0 --fsize=${j.fsizeBytes}:${j.fsizeBytes} -- "$@"`;
+  const outer = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+    // A file past RLIMIT_FSIZE (a flooded console log) fails the write instead of killing QEMU.
+    + "trap '' XFSZ; "
+    + 'set -- unshare --mount --ipc --uts --net --propagation private -- /bin/sh -c "$LODGER_JAIL_INNER" lodger-jail "$LODGER_JAIL_ROOT" "$@"; '
+    + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
+  return {
+    argv: ['-c', outer, 'lodger-vmm', qemu, ...args],
+    // Nothing of lodgerd's environment reaches the VMM (setpriv --reset-env needs a passwd entry).
+    env: {
+      PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+      LODGER_JAIL_INNER: inner, LODGER_JAIL_ROOT: j.root, LODGER_JAIL_RO: j.ro.join(' '), LODGER_JAIL_RW: j.rw.join(' '),
+      LODGER_JAIL_UID: String(j.id.uid), LODGER_JAIL_GID: String(j.id.gid),
+      LODGER_JAIL_GROUPS: j.groups.length ? `--groups=${j.groups.join(',')}` : '--clear-groups',
+    },
+  };
+}
+
+/** A jailed VMM's properties as /proc shows them (what docs/RELIABILITY.md records). */
+export interface JailStatus {
+  uid: number[];
+  gid: number[];
+  groups: number[];
+  seccomp: number;
+  noNewPrivs: number;
+  capEff: string;
+  capPrm: string;
+  capBnd: string;
+  root: string;
+  /** The VMM's namespaces that differ from this process's (mnt, ipc, uts, net). */
+  ownNamespaces: string[];
+}
+
+export function readJailStatus(proc: string, pid: number): JailStatus {
+  const status = readFileSync(join(proc, String(pid), 'status'), 'utf8');
+  const field = (k: string): string => new RegExp(`^${k}:[ \\t]*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
+  const nums = (k: string): number[] => field(k).split(/\s+/).filter(Boolean).map(Number);
+  const ns = ['mnt', 'ipc', 'uts', 'net', 'pid', 'user', 'cgroup'].filter((n) => {
+    try {
+      return readlinkSync(join(proc, String(pid), 'ns', n)) !== readlinkSync(join(proc, 'self', 'ns', n));
+    } catch {
+      return false;
+    }
+  });
+  return {
+    uid: nums('Uid'), gid: nums('Gid'), groups: nums('Groups'), seccomp: Number(field('Seccomp')), noNewPrivs: Number(field('NoNewPrivs')),
+    capEff: field('CapEff'), capPrm: field('CapPrm'), capBnd: field('CapBnd'), root: readlinkSync(join(proc, String(pid), 'root')), ownNamespaces: ns,
+  };
+}
+
+/** Why the VMM is not jailed as it should be, or null. Checked before the guest runs its first instruction. */
+export function jailViolation(s: JailStatus, want: JailIdentity, seccomp: boolean): string | null {
+  if (!s.uid.every((u) => u === want.uid) || !s.gid.every((g) => g === want.gid)) return `runs as uid ${s.uid.join('/')} gid ${s.gid.join('/')}, not ${want.uid}:${want.gid}`;
+  if (s.noNewPrivs !== 1) return 'no_new_privs is not set';
+  if (seccomp && s.seccomp !== 2) return `seccomp mode is ${s.seccomp}, not 2 (filter)`;
+  if (!/^0+$/.test(s.capEff) || !/^0+$/.test(s.capPrm)) return `holds capabilities (CapEff ${s.capEff}, CapPrm ${s.capPrm})`;
+  if (s.root === '/') return 'its root is the host\'s root';
+  for (const n of ['mnt', 'ipc', 'uts', 'net']) if (!s.ownNamespaces.includes(n)) return `shares the ${n} namespace with lodgerd`;
+  return null;
+}
+
+/** The jail of one start of a sandbox's VMM: its files, built under the run directory. */
+export function sandboxJail(p: { jailRoot: string; socketDir: string; console: string; outputImage: string; rootfsImage: string },
+  s: { kernel: string; initramfs: string; kvmDevice: string | null; outputDiskMiB: number | null; rootfs: boolean; usr?: string }, id: JailIdentity): NonNullable<Parameters<typeof jailedLaunch>[2]> {
+  const devices = s.kvmDevice ? [s.kvmDevice] : [];
+  const { ro, rw } = prepareJail(p.jailRoot, {
+    readOnly: [s.kernel, s.initramfs, ...(s.rootfs ? [p.rootfsImage] : [])],
+    writable: [p.console, ...(s.outputDiskMiB !== null ? [p.outputImage] : [])],
+    socketDir: p.socketDir, devices,
+  }, id, s.usr);
+  // QEMU writes within the /output disk; the console log is held to the same bound (at least 64 MiB).
+  const fsizeBytes = Math.max(64, s.outputDiskMiB ?? 0) * 1048576;
+  return { root: p.jailRoot, id, ro, rw, groups: deviceGroups(devices), fsizeBytes };
+}
+
+/** Every Lodger VMM on the host with its jail as /proc shows it (for `lodger doctor`). */
+export function jailReport(proc: string): { pid: number; id: string; summary: string; violation: string | null }[] {
+  const out: { pid: number; id: string; summary: string; violation: string | null }[] = [];
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    let id: string | undefined;
+    try {
+      id = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0').find((a) => a.startsWith('lodger-') && a.endsWith(',debug-threads=on'));
+    } catch { continue; }
+    if (!id) continue;
+    try {
+      const s = readJailStatus(proc, Number(name));
+      const violation = jailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! }, true) ?? (s.uid[0] === 0 ? 'runs as root' : null);
+      out.push({
+        pid: Number(name), id: id.slice('lodger-'.length, -',debug-threads=on'.length), violation,
+        summary: `uid ${s.uid[0]} gid ${s.gid[0]}, root ${s.root}, own ns ${s.ownNamespaces.join(',') || 'none'}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
+      });
+    } catch { /* exited */ }
+  }
+  return out;
+}
