@@ -317,6 +317,19 @@ test('keepApplied: the work-conserving knobs are applied from the first round an
   t.deepEqual(old.order.slice(0, old.level).sort(), ['cpu.idle', 'cpu.weight', 'cpuset'], 'what was applied stays applied, and the kept ones join it');
 });
 
+test('after a resume, a new breach pauses again only once it has lasted a window (not on its first round)', (t) => {
+  const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+  // Every knob applied, not paused, the last breach long over: a fresh violation begins.
+  let state: ControllerState = { ...INITIAL_STATE, level: 3, order: ['cpu.idle', 'cpuset', 'cpu.weight'], clampedAt: 0, roundAt: 9_900 };
+  const first = decide(policy, obsAt(10_000, 3, sbs, 16384, 2), state);
+  t.false(first.desired.sandboxes[0]!.paused, first.reason);
+  state = first.state;
+  for (let now = 10_100; now < 11_000; now += TICK) state = decide(policy, obsAt(now, 3, sbs, 16384, 2), state).state;
+  const later = decide(policy, obsAt(11_000, 3, sbs, 16384, 2), state);
+  t.true(later.desired.sandboxes[0]!.paused);
+  t.regex(later.reason, /for 1000 ms with/);
+});
+
 test('pause only when a breach outlasts a whole window with every other knob applied, and only if the policy lists it', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
   let state = INITIAL_STATE;

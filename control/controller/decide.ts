@@ -290,11 +290,11 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     why = violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`;
     why += `: clamp ${state.order.join(', ')}`;
     state.breach = breachAt(prev.level, state.breach);
-  } else if (violating && prev.level >= K && pool.knobs.includes('pause') && !prev.paused && since(now, prev.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
+  } else if (violating && prev.level >= K && pool.knobs.includes('pause') && !prev.paused && since(now, state.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
     state.paused = true;
     state.clampedAt = now;
     tightened = true;
-    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, prev.violatingSince))} ms with ${state.order.join(', ') || 'no knob'} applied: pause`;
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, state.violatingSince))} ms with ${state.order.join(', ') || 'no knob'} applied: pause`;
   } else if (violating) {
     why = `breach: ${s.worst} (slack ${fmt(s.min)})${showingRevert ? ' after a revert' : ''} with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
   } else if (prev.paused || prev.level > keptKnobs(policy.pool).length) {
