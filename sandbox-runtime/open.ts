@@ -25,23 +25,27 @@ export interface OpenRuntimeOptions {
   log?: (msg: string) => void;
 }
 
+const logTo = (log?: (msg: string) => void): ((msg: string) => void) => log ?? ((m: string) => console.error(`lodger: ${m}`));
+
+/** The sandboxes' cgroup manager, or null (said why) where there is no writable cgroup tree: sandboxes then run unconfined. */
+function openCgroups(host: HostPaths, parent: string | undefined, say: (msg: string) => void): CgroupManager | null {
+  const cgroups = detectCgroupVersion(host.cgroupRoot) ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent }) : null;
+  const why = cgroups ? cgroups.whyNotWritable() : `no cgroup filesystem at ${host.cgroupRoot}`;
+  if (!why) return cgroups;
+  say(`sandboxes get no cgroup of their own: ${why}`);
+  return null;
+}
+
 export async function openRuntime(o: OpenRuntimeOptions = {}): Promise<{ runtime: HostedRuntime; accel: AccelChoice; host: HostPaths; cgroups: CgroupManager | null }> {
   const host = defaultHostPaths(o.host);
   const image = await ensureGuestImage(host, o.image ?? {}, o.log);
   const accel = decideAccel(o.accel ?? 'auto', probeHost(host), o.pvmGuestKernel ?? false);
-  let cgroups = detectCgroupVersion(host.cgroupRoot)
-    ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent })
-    : null;
-  // Without a writable cgroup tree sandboxes still run, unconfined: say so.
-  const why = cgroups ? cgroups.whyNotWritable() : `no cgroup filesystem at ${host.cgroupRoot}`;
-  if (why) {
-    (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
-    cgroups = null;
-  }
+  const say = logTo(o.log);
+  const cgroups = openCgroups(host, o.cgroupParent, say);
   // Only root can give a VMM another uid, namespaces and a chroot.
   const root = process.getuid?.() === 0;
   const jail = o.jail === false || !root ? null : o.jail ?? DEFAULT_JAIL;
-  if (!jail) (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`VMMs are not jailed: ${root ? 'jail disabled by configuration' : 'not running as root'}`);
+  if (!jail) say(`VMMs are not jailed: ${root ? 'jail disabled by configuration' : 'not running as root'}`);
   const runtime = new QemuRuntime({ host, image, accel, cgroups, bootTimeoutMs: o.bootTimeoutMs, detachVmm: o.detachVmm, log: o.log, jail });
   return { runtime, accel, host, cgroups };
 }
@@ -80,12 +84,7 @@ export async function openGvisorRuntime(o: OpenGvisorOptions = {}): Promise<{ ru
   const host = defaultHostPaths(o.host);
   const busybox = o.busybox ?? '/bin/busybox';
   const defaultRoot = await ensureBusyboxRoot(host.cacheDir, busybox);
-  let cgroups = detectCgroupVersion(host.cgroupRoot) ? new CgroupManager({ host: { root: host.cgroupRoot, proc: host.proc }, parent: o.cgroupParent }) : null;
-  const why = cgroups ? cgroups.whyNotWritable() : `no cgroup filesystem at ${host.cgroupRoot}`;
-  if (why) {
-    (o.log ?? ((m: string) => console.error(`lodger: ${m}`)))(`sandboxes get no cgroup of their own: ${why}`);
-    cgroups = null;
-  }
+  const cgroups = openCgroups(host, o.cgroupParent, logTo(o.log));
   const runtime = new GvisorRuntime({
     host, runscBinary: o.runscBinary ?? process.env.LODGER_RUNSC ?? 'runsc', platform: o.platform ?? 'systrap', busybox, defaultRoot, cgroups, log: o.log,
   });
