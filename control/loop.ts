@@ -9,7 +9,7 @@ import { cpus } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
 import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
 import type { StateStore } from './state-store.ts';
-import { readMemAvailableBytes, readPsi, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
+import { HostFiles, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
 
 export interface LoopSandbox extends ActuatedSandbox {
   status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };
@@ -26,10 +26,14 @@ export class ProcHostReader implements HostReader {
   // The host's CPUs, not this process's affinity: a lodgerd pinned to housekeeping CPUs
   // must still split all of them (with availableParallelism() it saw one CPU and put
   // batch on the service's).
-  constructor(private readonly proc = '/proc', private readonly cpus = hostCpus()) {}
-  async read(): Promise<HostObservation> {
-    const [psi, mem] = await Promise.all([readPsi(this.proc, 'cpu'), readMemAvailableBytes(this.proc)]);
-    return { cpus: this.cpus, cpuPressure: psi?.someAvg10 ?? 0, memAvailableBytes: mem };
+  private readonly files: HostFiles;
+  constructor(proc = '/proc', private readonly cpus = hostCpus()) {
+    this.files = new HostFiles(proc);
+  }
+
+  read(): Promise<HostObservation> {
+    const { cpuPsi, memAvailableBytes } = this.files.read();
+    return Promise.resolve({ cpus: this.cpus, cpuPressure: cpuPsi?.someAvg10 ?? 0, memAvailableBytes });
   }
 }
 
@@ -122,12 +126,14 @@ export class ControlLoop extends EventEmitter {
   private save(force: boolean): void {
     const store = this.o.store;
     if (!store) return;
+    // Serialised only when a write may be due: at 10 rounds a second it showed in profiles.
+    if (!force && this.clock() - this.savedAt < SAVE_EVERY_MS) return;
+    this.savedAt = this.clock();
     const key = JSON.stringify(this.state);
-    if (key === this.savedKey || (!force && this.clock() - this.savedAt < SAVE_EVERY_MS)) return;
+    if (key === this.savedKey) return;
     try {
       store.save(this.state);
       this.savedKey = key;
-      this.savedAt = this.clock();
     } catch (e) {
       this.emit('warning', e);
     }

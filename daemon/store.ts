@@ -72,6 +72,8 @@ interface JobRow {
 
 export class JobStore {
   private readonly db: Database.Database;
+  /** Prepared once: a job's log lines are stored as they come, many per second. */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(path: string, private readonly clock: () => number = Date.now) {
     this.db = new Database(path);
@@ -91,31 +93,40 @@ export class JobStore {
     `);
   }
 
+  private sql(text: string): Database.Statement {
+    let st = this.statements.get(text);
+    if (!st) {
+      st = this.db.prepare(text);
+      this.statements.set(text, st);
+    }
+    return st;
+  }
+
   /** Inserts a queued job; the same id with the same spec returns the existing one. */
   submit(id: string, spec: JobSpec): { job: JobRecord; created: boolean } {
     const digest = specDigest(spec);
     return this.db.transaction(() => {
-      const existing = this.db.prepare('SELECT digest FROM jobs WHERE id = ?').get(id) as { digest: string } | undefined;
+      const existing = this.sql('SELECT digest FROM jobs WHERE id = ?').get(id) as { digest: string } | undefined;
       if (existing) {
         if (existing.digest !== digest) throw new StoreError('JOB_EXISTS', `job ${id} exists with a different spec`);
         return { job: this.get(id), created: false };
       }
       const now = this.clock();
-      this.db.prepare('INSERT INTO jobs (id, spec, digest, state, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      this.sql('INSERT INTO jobs (id, spec, digest, state, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(id, JSON.stringify(spec), digest, 'queued', spec.priority, now);
-      this.db.prepare('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, 'queued', 'submitted');
+      this.sql('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, 'queued', 'submitted');
       return { job: this.get(id), created: true };
     })();
   }
 
   private row(id: string): JobRow {
-    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+    const r = this.sql('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
     if (!r) throw new StoreError('JOB_NOT_FOUND', `no job ${id}`);
     return r;
   }
 
   private toRecord(r: JobRow): JobRecord {
-    const transitions = (this.db.prepare('SELECT at, state, reason FROM transitions WHERE job_id = ? ORDER BY seq').all(r.id) as Transition[]);
+    const transitions = (this.sql('SELECT at, state, reason FROM transitions WHERE job_id = ? ORDER BY seq').all(r.id) as Transition[]);
     return {
       id: r.id, spec: JSON.parse(r.spec) as JobSpec, state: r.state, exitCode: r.exit_code, error: r.error, attempts: r.attempts,
       sandboxId: r.sandbox_id, attach: r.attach ? JSON.parse(r.attach) as Record<string, unknown> : null, createdAt: r.created_at, transitions,
@@ -128,20 +139,20 @@ export class JobStore {
 
   list(states: JobState[] = [], limit = 100): JobRecord[] {
     const rows = states.length
-      ? this.db.prepare(`SELECT * FROM jobs WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at DESC LIMIT ?`).all(...states, limit)
-      : this.db.prepare('SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?').all(limit);
+      ? this.sql(`SELECT * FROM jobs WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at DESC LIMIT ?`).all(...states, limit)
+      : this.sql('SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?').all(limit);
     return (rows as JobRow[]).map((r) => this.toRecord(r));
   }
 
   /** Queued jobs, highest priority first, then oldest. */
   queued(): JobRecord[] {
-    return (this.db.prepare("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, rowid").all() as JobRow[]).map((r) => this.toRecord(r));
+    return (this.sql("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, rowid").all() as JobRow[]).map((r) => this.toRecord(r));
   }
 
   counts(): Record<string, number> {
     const out: Record<string, number> = {};
     for (const s of JOB_STATES) out[s] = 0;
-    for (const r of this.db.prepare('SELECT state, COUNT(*) n FROM jobs GROUP BY state').all() as { state: string; n: number }[]) out[r.state] = r.n;
+    for (const r of this.sql('SELECT state, COUNT(*) n FROM jobs GROUP BY state').all() as { state: string; n: number }[]) out[r.state] = r.n;
     return out;
   }
 
@@ -154,11 +165,11 @@ export class JobStore {
       const r = this.row(id);
       if (FINAL_STATES.has(r.state)) throw new StoreError('BAD_TRANSITION', `job ${id} is ${r.state}; it cannot become ${to}`);
       const now = this.clock();
-      this.db.prepare(`UPDATE jobs SET state = ?, exit_code = COALESCE(?, exit_code), error = COALESCE(?, error), attempts = COALESCE(?, attempts),
+      this.sql(`UPDATE jobs SET state = ?, exit_code = COALESCE(?, exit_code), error = COALESCE(?, error), attempts = COALESCE(?, attempts),
                        sandbox_id = COALESCE(?, sandbox_id), attach = CASE WHEN ? THEN ? ELSE attach END WHERE id = ?`)
         .run(to, fields.exitCode ?? null, fields.error ?? null, fields.attempts ?? null, fields.sandboxId ?? null,
           'attach' in fields ? 1 : 0, fields.attach ? JSON.stringify(fields.attach) : null, id);
-      this.db.prepare('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, to, reason);
+      this.sql('INSERT INTO transitions (job_id, at, state, reason) VALUES (?, ?, ?, ?)').run(id, now, to, reason);
       return this.get(id);
     })();
   }
@@ -166,28 +177,28 @@ export class JobStore {
   /** Updates fields of a job without a state change (what a restarted daemon needs to find its sandbox). */
   note(id: string, fields: Partial<Pick<JobRecord, 'exitCode' | 'attach'>>): void {
     this.row(id);
-    if ('attach' in fields) this.db.prepare('UPDATE jobs SET attach = ? WHERE id = ?').run(fields.attach ? JSON.stringify(fields.attach) : null, id);
-    if (fields.exitCode !== undefined) this.db.prepare('UPDATE jobs SET exit_code = ? WHERE id = ?').run(fields.exitCode, id);
+    if ('attach' in fields) this.sql('UPDATE jobs SET attach = ? WHERE id = ?').run(fields.attach ? JSON.stringify(fields.attach) : null, id);
+    if (fields.exitCode !== undefined) this.sql('UPDATE jobs SET exit_code = ? WHERE id = ?').run(fields.exitCode, id);
   }
 
   /** The newest log sequence number (0 when none): later output belongs to a later attempt. */
   lastLogSeq(): number {
-    return (this.db.prepare('SELECT COALESCE(MAX(seq), 0) n FROM logs').get() as { n: number }).n;
+    return (this.sql('SELECT COALESCE(MAX(seq), 0) n FROM logs').get() as { n: number }).n;
   }
 
   /** Bytes of stdout and stderr stored for a job after a log sequence number. */
   logBytes(id: string, afterSeq = 0): [number, number] {
-    const rows = this.db.prepare('SELECT stream, SUM(LENGTH(data)) n FROM logs WHERE job_id = ? AND seq > ? GROUP BY stream').all(id, afterSeq) as { stream: string; n: number }[];
+    const rows = this.sql('SELECT stream, SUM(LENGTH(data)) n FROM logs WHERE job_id = ? AND seq > ? GROUP BY stream').all(id, afterSeq) as { stream: string; n: number }[];
     return [rows.find((r) => r.stream === 'stdout')?.n ?? 0, rows.find((r) => r.stream === 'stderr')?.n ?? 0];
   }
 
   appendLog(id: string, stream: 'stdout' | 'stderr', data: Buffer): number {
-    const r = this.db.prepare('INSERT INTO logs (job_id, at, stream, data) VALUES (?, ?, ?, ?)').run(id, this.clock(), stream, data);
+    const r = this.sql('INSERT INTO logs (job_id, at, stream, data) VALUES (?, ?, ?, ?)').run(id, this.clock(), stream, data);
     return Number(r.lastInsertRowid);
   }
 
   logs(id: string, afterSeq = 0): LogChunk[] {
-    return (this.db.prepare('SELECT seq, stream, data, at FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq').all(id, afterSeq) as LogChunk[]);
+    return (this.sql('SELECT seq, stream, data, at FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq').all(id, afterSeq) as LogChunk[]);
   }
 
   close(): void {

@@ -3,5 +3,5 @@ export { LatencyWindow } from './window.ts';
 export { createProber, type Prober, type ProbeErrorCode, type ProbeResult } from './probes.ts';
 export { ServiceMonitor, type ServiceReading } from './service.ts';
 export { bucketQuantile, HistogramWindow, parseHistogram, MetricsParseError, type Buckets } from './prometheus.ts';
-export { CpuUsage, readMemAvailableBytes, readPsi, type Psi } from './host.ts';
+export { CpuUsage, HostFiles, parsePsi, readPsi, type Psi } from './host.ts';
 export { ServiceProcesses, type ProcessPaths, type ProcessReading } from './process.ts';

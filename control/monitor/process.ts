@@ -3,10 +3,12 @@
 // thread's /proc/PID/task/TID/schedstat ("run_ns wait_ns slices", nanosecond counters,
 // the same on cgroup v1 and v2). These move as soon as load steps, before a latency
 // window has filled with slow samples. Pids and threads are found again every couple of
-// seconds; the per-round cost is one small read per thread. Host paths are injected.
+// seconds; the per-round cost is one pread per thread, on a descriptor kept open between
+// rescans. Host paths are injected.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ServiceProcess } from '../policy/index.ts';
+import { ProcFile } from './procfile.ts';
 
 export interface ProcessPaths {
   proc: string;
@@ -31,7 +33,7 @@ const MAX_PIDS = 64;
 const MAX_THREADS = 256;
 
 export class ServiceProcesses {
-  private threads: string[] = [];
+  private threads: ProcFile[] = [];
   private pidCount = 0;
   private scannedAt = -Infinity;
   private error: string | null = null;
@@ -46,13 +48,14 @@ export class ServiceProcesses {
     let wait = 0;
     let gone = 0;
     for (const f of this.threads) {
-      try {
-        const [r, w] = readFileSync(f, 'utf8').split(' ');
-        run += Number(r) || 0;
-        wait += Number(w) || 0;
-      } catch {
+      const text = f.read();
+      if (text === null) {
         gone++; // a thread that ended: its time leaves the sums, so start over
+        continue;
       }
+      const [r, w] = text.split(' ');
+      run += Number(r) || 0;
+      wait += Number(w) || 0;
     }
     if (gone) {
       this.scannedAt = -Infinity;
@@ -101,16 +104,24 @@ export class ServiceProcesses {
   private rescan(now: number): void {
     this.scannedAt = now;
     const pids = this.pids();
-    const threads: string[] = [];
+    const paths: string[] = [];
     for (const pid of pids) {
       for (const tid of safeReaddir(join(this.paths.proc, String(pid), 'task'))) {
-        if (threads.length < MAX_THREADS) threads.push(join(this.paths.proc, String(pid), 'task', tid, 'schedstat'));
+        if (paths.length < MAX_THREADS) paths.push(join(this.paths.proc, String(pid), 'task', tid, 'schedstat'));
       }
     }
     this.error = pids.length ? null : `no process found for ${JSON.stringify(this.spec)}`;
-    if (threads.join() !== this.threads.join()) this.samples = [];
-    this.threads = threads;
+    if (paths.join() !== this.threads.map((f) => f.path).join()) {
+      this.samples = [];
+      this.close();
+      this.threads = paths.map((f) => new ProcFile(f));
+    }
     this.pidCount = pids.length;
+  }
+
+  /** Closes the threads' files (they are opened again on the next read). */
+  close(): void {
+    for (const f of this.threads) f.close();
   }
 }
 

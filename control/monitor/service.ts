@@ -113,5 +113,6 @@ export class ServiceMonitor {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.prober?.close();
+    this.processes?.close();
   }
 }

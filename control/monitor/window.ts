@@ -1,47 +1,43 @@
-// Sliding-window latency percentiles on HDR histograms (Node's perf_hooks, the same
-// HdrHistogram as the C library): the window is cut into slices, each its own
-// histogram; reading merges the slices still inside the window. O(1) per sample.
-import { createHistogram, type RecordableHistogram } from 'node:perf_hooks';
-
-const LOWEST_US = 1;
-const HIGHEST_US = 60_000_000; // one minute
-const FIGURES = 3;
+// Sliding-window latency percentiles over the raw samples themselves: a probe gives tens
+// of samples per second, so sorting one window's worth each round is cheaper than the
+// HDR histograms this replaced (a 140 KB histogram per slice and another merged one per
+// round, 10 rounds a second, made the garbage collector lodgerd's biggest cost) and the
+// percentiles are exact. The window holds at most MAX_SAMPLES; the oldest go first.
+const MAX_SAMPLES = 65_536;
 
 export class LatencyWindow {
-  private readonly slices: { start: number; h: RecordableHistogram }[] = [];
-  private readonly sliceMs: number;
+  private at: number[] = [];
+  private ms: number[] = [];
+  private head = 0;
 
-  constructor(readonly windowMs: number, slices = 10) {
-    this.sliceMs = Math.max(1, windowMs / slices);
-  }
-
-  private current(now: number): RecordableHistogram {
-    const start = Math.floor(now / this.sliceMs) * this.sliceMs;
-    const last = this.slices.at(-1);
-    if (last && last.start === start) return last.h;
-    const h = createHistogram({ lowest: LOWEST_US, highest: HIGHEST_US, figures: FIGURES });
-    this.slices.push({ start, h });
-    this.prune(now);
-    return h;
-  }
+  constructor(readonly windowMs: number) {}
 
   private prune(now: number): void {
-    while (this.slices.length && this.slices[0]!.start + this.sliceMs <= now - this.windowMs) this.slices.shift();
+    const from = now - this.windowMs;
+    while (this.head < this.at.length && (this.at[this.head]! <= from || this.at.length - this.head > MAX_SAMPLES)) this.head++;
+    // Compact once the dead prefix is as long as the live part: amortised O(1) per sample.
+    if (this.head > 0 && this.head * 2 >= this.at.length) {
+      this.at = this.at.slice(this.head);
+      this.ms = this.ms.slice(this.head);
+      this.head = 0;
+    }
   }
 
   record(latencyMs: number, now: number): void {
-    const us = Math.min(HIGHEST_US, Math.max(LOWEST_US, Math.round(latencyMs * 1000)));
-    this.current(now).record(us);
+    if (!Number.isFinite(latencyMs)) return;
+    this.at.push(now);
+    this.ms.push(Math.max(0, latencyMs));
+    this.prune(now);
   }
 
-  /** Percentiles (ms) over the samples of the last window, or null without samples. */
+  /** Percentiles (ms, nearest rank) over the samples of the last window, or null without samples. */
   percentiles(ps: number[], now: number): { count: number; values: Record<number, number> } | null {
     this.prune(now);
-    const merged = createHistogram({ lowest: LOWEST_US, highest: HIGHEST_US, figures: FIGURES });
-    for (const s of this.slices) if (s.start + this.sliceMs > now - this.windowMs) merged.add(s.h);
-    if (merged.count === 0) return null;
+    const n = this.at.length - this.head;
+    if (n === 0) return null;
+    const sorted = Float64Array.from(this.ms.slice(this.head)).sort();
     const values: Record<number, number> = {};
-    for (const p of ps) values[p] = merged.percentile(p) / 1000;
-    return { count: merged.count, values };
+    for (const p of ps) values[p] = sorted[Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1))]!;
+    return { count: n, values };
   }
 }
