@@ -114,17 +114,19 @@ export async function report(r: {
     '| service | load | p99 vs static | batch vs static | batch vs unmanaged | best fixed | p99 vs best | batch vs best | verdict |',
     '|---|---|---|---|---|---|---|---|---|',
     ...verdicts.map((v) => {
-      const ok = v.p99VsStatic <= 1.1 && v.batchVsStatic >= 1 && (v.loadPct !== 20 || v.batchVsUnmanaged >= 0.9);
+      // Without an unmanaged cell the 20% target cannot be judged: say so, never "missed" without a reason.
+      const unjudged = v.loadPct === 20 && !Number.isFinite(v.batchVsUnmanaged);
       const miss = [v.p99VsStatic > 1.1 ? `p99 ${((v.p99VsStatic - 1.1) * 100).toFixed(0)} points over` : '', v.batchVsStatic < 1 ? `batch ${((1 - v.batchVsStatic) * 100).toFixed(0)}% short` : '',
         v.loadPct === 20 && v.batchVsUnmanaged < 0.9 ? `batch ${((0.9 - v.batchVsUnmanaged) * 100).toFixed(0)} points under 90% of unmanaged` : ''].filter(Boolean).join(', ');
-      return `| ${v.service} | ${v.loadPct}% | ${f2(v.p99VsStatic)} | ${f2(v.batchVsStatic)} | ${f2(v.batchVsUnmanaged)} | ${v.best ?? '–'} | ${f2(v.p99VsBest)} | ${f2(v.batchVsBest)} | ${ok ? 'met' : `missed: ${miss}`} |`;
+      const verdict = miss ? `missed: ${miss}` : unjudged ? 'met against static (unmanaged not run)' : 'met';
+      return `| ${v.service} | ${v.loadPct}% | ${f2(v.p99VsStatic)} | ${f2(v.batchVsStatic)} | ${f2(v.batchVsUnmanaged)} | ${v.best ?? '–'} | ${f2(v.p99VsBest)} | ${f2(v.batchVsBest)} | ${verdict} |`;
     }),
     '',
-    `Load step 40% → 80% → 40% (one SLO for the step: lodgerd's ${r.sloMultiple} × its probe's, the report's ${r.multiple} × the generator's higher static p99 of the two loads):`,
+    `Load steps low → high → low (one SLO for the step: lodgerd's ${r.sloMultiple} × its probe's, the report's ${r.multiple} × the generator's higher static p99 of the two loads):`,
     '',
-    '| service | scenario | bad windows 40% / 80% / 40% | every knob applied at the step | step → first clamp | step → back under target |',
-    '|---|---|---|---|---|---|',
-    ...r.steps.map((s) => `| ${s.service} | ${s.scenario} | ${s.phases.map((p) => `${p.badWindows}/${p.windows}`).join(' · ')} | ${s.clampedAtStep === null ? '–' : s.clampedAtStep ? 'yes' : 'no'} | ${s.scenario === 'static' ? '–' : s.firstClampMs === null ? (s.clampedAtStep ? 'none needed' : 'none') : `${s.firstClampMs.toFixed(0)} ms`} | ${s.backUnderMs === null ? 'not within the phase' : `${s.backUnderMs.toFixed(0)} ms`} |`),
+    '| step | service | scenario | bad windows low / high / low | every knob applied at the step | step → first clamp | step → back under target |',
+    '|---|---|---|---|---|---|---|',
+    ...r.steps.map((s) => `| ${s.lowPct}→${s.highPct}→${s.lowPct}% | ${s.service} | ${s.scenario} | ${s.phases.map((p) => `${p.badWindows}/${p.windows}`).join(' · ')} | ${s.clampedAtStep === null ? '–' : s.clampedAtStep ? 'yes' : 'no'} | ${s.scenario === 'static' ? '–' : s.firstClampMs === null ? (s.clampedAtStep ? 'none needed' : 'none') : `${s.firstClampMs.toFixed(0)} ms`} | ${s.backUnderMs === null ? 'not within the phase' : `${s.backUnderMs.toFixed(0)} ms`} |`),
     '',
     `- Step → first clamp: median ${clampTimes.length ? `${percentile(clampTimes, 50).toFixed(0)} ms over ${clampTimes.length} step(s) that needed one` : 'n/a (no step needed a clamp)'} (target ≤ 200 ms).`,
     `- What lodgerd held at the end of each of its cells (rounds in order): ${r.services.flatMap((sv) => r.loads.map((l) => `${sv} ${l}%: ${r.cells.filter((c) => c.scenario === 'lodger' && c.service === sv && c.loadPct === l).map((c) => `[${c.appliedAtEnd?.join(', ') ?? '?'}]`).join(' ')}`)).join('; ')}.`,

@@ -1,15 +1,16 @@
-// The load-step scenario: 40% -> 80% -> 40% of a service's capacity in one go, and what
-// the batch setting does with it: bad 1-s windows per phase, the time from the step up
-// to lodgerd's first clamp, and to the tail back under the target.
+// The load-step scenario: low -> high -> low % of a service's capacity in one go (40 -> 80
+// -> 40 by default; from 20, where lodgerd has given the cpuset back, the step needs a
+// clamp), and what the batch setting does with it: bad 1-s windows per phase, the time
+// from the step up to lodgerd's first clamp, and to the tail back under the target.
 import { percentile } from '../services.ts';
 import type { DaemonBatch } from './batch.ts';
 import type { Service } from './cell.ts';
 import { load, windowP99s, type Sample } from './load.ts';
 
-const PHASES = [{ loadPct: 40, seconds: 12 }, { loadPct: 80, seconds: 10 }, { loadPct: 40, seconds: 10 }];
+const phasesOf = (low: number, high: number): { loadPct: number; seconds: number }[] => [{ loadPct: low, seconds: 12 }, { loadPct: high, seconds: 10 }, { loadPct: low, seconds: 10 }];
 
 export interface StepResult {
-  service: string; scenario: 'lodger' | 'static'; targetMs: number;
+  service: string; scenario: 'lodger' | 'static'; targetMs: number; lowPct: number; highPct: number;
   phases: { loadPct: number; seconds: number; windows: number; badWindows: number; p99Ms: number }[];
   /** lodger: every knob was applied already when the load stepped up. */
   clampedAtStep: boolean | null;
@@ -35,9 +36,11 @@ export function backUnder(samples: { at: number; ms: number }[], from: number, u
 
 export async function loadStep(o: {
   svc: Service; scenario: 'lodger' | 'static'; rps: (loadPct: number) => number; loadCpu: number | null; targetMs: number; daemon: DaemonBatch | null;
+  lowPct: number; highPct: number;
   /** lodger: seconds of the first phase's load before it counts, to settle; `started` runs once it has begun. */
   settle?: number; started?: () => Promise<void>;
 }): Promise<StepResult> {
+  const PHASES = phasesOf(o.lowPct, o.highPct);
   const all: { at: number; ms: number }[] = [];
   const phases: StepResult['phases'] = [];
   let stepAt = 0;
@@ -60,7 +63,7 @@ export async function loadStep(o: {
   }
   const clamp = o.daemon?.clamps.find((t) => t >= stepAt) ?? null;
   return {
-    service: o.svc.name, scenario: o.scenario, targetMs: o.targetMs, phases, clampedAtStep,
+    service: o.svc.name, scenario: o.scenario, targetMs: o.targetMs, lowPct: o.lowPct, highPct: o.highPct, phases, clampedAtStep,
     firstClampMs: o.daemon ? (clamp === null ? null : clamp - stepAt) : null,
     backUnderMs: backUnder(all, stepAt, stepAt + PHASES[1]!.seconds * 1000, o.targetMs),
   };
