@@ -30,7 +30,10 @@ export interface ApiJobSpec {
   priority?: number;
   timeoutSeconds?: number;
   retries?: number;
+  runtime?: string;
 }
+
+const RUNTIMES = ['', 'auto', 'qemu', 'gvisor'] as const;
 
 export const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
@@ -52,6 +55,7 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
   for (const [k, p] of [['rootfs', s.rootfs], ['output_dir', s.outputDir]] as const) {
     if (p && !p.startsWith('/')) throw new InvalidRequest(`spec.${k} must be an absolute path (got ${JSON.stringify(p)})`);
   }
+  if (!(RUNTIMES as readonly string[]).includes(s.runtime ?? '')) throw new InvalidRequest(`spec.runtime ${JSON.stringify(s.runtime)}: one of auto, qemu, gvisor, or empty for lodgerd's default`);
   for (const [k, v] of Object.entries(s.env ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`spec.env: ${JSON.stringify(k)} is not a variable name`);
     if (v.includes('\0')) throw new InvalidRequest(`spec.env: the value of ${k} contains a NUL byte`);
@@ -67,5 +71,6 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
     priority: s.priority ?? 0,
     timeoutSeconds: s.timeoutSeconds ?? 0,
     retries: s.retries ?? 0,
+    runtime: (s.runtime ?? '') as JobSpec['runtime'],
   };
 }

@@ -40,7 +40,7 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   warmPoolSize: { default: 1, description: 'pre-booted minimum-size sandboxes kept ready for the next job', schema: { type: 'integer', minimum: 0, maximum: 64 } },
   accelerator: { default: 'auto', description: 'auto, kvm or tcg (auto: KVM where a guest really boots on it)', schema: { enum: ['auto', 'kvm', 'tcg'] } },
   // Default qemu, deliberately: auto picks gVisor on hosts without a KVM that boots a stock guest (these), which would move every existing QEMU deployment and test.
-  runtime: { default: 'qemu', description: 'sandbox backend: qemu, gvisor, or auto (QEMU with KVM where a stock guest boots, else gVisor where runsc works, else QEMU with TCG)', schema: { enum: ['auto', 'qemu', 'gvisor'] } },
+  runtime: { default: 'qemu', description: 'default sandbox backend: qemu, gvisor, or auto (QEMU with KVM where a stock guest boots, else gVisor where runsc works, else QEMU with TCG); a pool policy\'s runtime or a job\'s (lodger submit --runtime) takes precedence, the other backend opening on first use', schema: { enum: ['auto', 'qemu', 'gvisor'] } },
   guestKernel: { default: 'minimal', description: 'guest kernel: minimal (built by setup), debian, or a path', schema: { type: 'string', minLength: 1 } },
   pvmGuestKernel: { default: false, description: 'the guest kernel is PVM-enlightened (lets auto use a kvm_pvm /dev/kvm)', schema: { type: 'boolean' } },
   cgroupParent: { default: 'lodger', description: 'cgroup below lodgerd\'s own that holds the sandboxes', schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' } },

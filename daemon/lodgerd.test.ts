@@ -167,3 +167,32 @@ test('the API flooded: 1,000 concurrent submits and 100 watchers all answered, e
     await d.stop();
   }
 });
+
+test('runtime per job and per pool: stored resolved, shown by the API; a backend the runtime lacks fails the job with the reason; a bad name is INVALID_ARGUMENT', async (t) => {
+  const { config, make, dir } = setup();
+  const d = make();
+  await d.start();
+  const client = connect(config.socket);
+  try {
+    const base = { command: ['echo', 'hi'] };
+    const plain = await client.call<{ id: string; backend: string; spec: { runtime: string } }>('SubmitJob', { id: 'plain', spec: base });
+    t.like(plain, { backend: 'qemu', spec: { runtime: 'qemu' } }, 'the default, stored resolved');
+    t.is((await d.scheduler.waitFinal('plain')).state, 'succeeded');
+    // The fake runtime holds no gVisor backend: the job fails, saying why.
+    await client.call('SubmitJob', { id: 'gv', spec: { ...base, runtime: 'gvisor' } });
+    const gv = await d.scheduler.waitFinal('gv');
+    t.is(gv.state, 'failed');
+    t.regex(gv.error ?? '', /meant for the gvisor backend, not qemu/);
+    const bad = await client.call('SubmitJob', { spec: { ...base, runtime: 'kata' } }).catch((e: Error & { grpcCode: number }) => e);
+    t.like(bad, { grpcCode: 3 }, 'INVALID_ARGUMENT');
+    t.regex((bad as Error).message, /spec\.runtime "kata": one of auto, qemu, gvisor/);
+    // A pool policy naming gVisor is the default for jobs that name none.
+    writeFileSync(join(dir, 'policies', 'pool.yaml'), `${POOL('gv')}  runtime: gvisor\n`);
+    await d.reload('test');
+    t.like(await client.call('SubmitJob', { id: 'pooled', spec: base }), { backend: 'gvisor' });
+    t.like(await client.call('SubmitJob', { id: 'named', spec: { ...base, runtime: 'qemu' } }), { backend: 'qemu' });
+  } finally {
+    client.close();
+    await d.stop();
+  }
+});

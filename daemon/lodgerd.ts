@@ -14,7 +14,7 @@ import {
   type HostReader, type KnobSettings, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
 import {
-  chooseBackend, openGvisorRuntime, openRuntime, type Accelerator, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
+  chooseBackend, MultiRuntime, openGvisorRuntime, openRuntime, type Accelerator, type Backend, type BackendEntry, type RuntimeRequest, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
 } from '../sandbox-runtime/index.ts';
 import type { LodgerdConfig } from './config.ts';
 import { DEFAULT_POOL } from './default-pool.ts';
@@ -57,21 +57,34 @@ const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', impo
 // the same type (a renamed or retyped knob on either side fails the type check here).
 export const knobsFit = (k: Required<KnobSettings>): Pick<Required<CgroupKnobs>, keyof KnobSettings> => k satisfies Pick<Required<CgroupKnobs>, keyof KnobSettings>;
 
-/** The configured backend (`runtime`; auto decides per host, with its reason in the log). */
-async function configuredRuntime(cfg: LodgerdConfig, log: (m: string) => void): Promise<OpenedRuntime> {
-  const choice = await chooseBackend(cfg.runtime, { accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel });
-  log(`runtime ${choice.backend}: ${choice.reason}`);
-  if (choice.backend === 'gvisor') {
-    const { runtime, cgroups } = await openGvisorRuntime({ host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR }, cgroupParent: cfg.cgroupParent, log });
-    return { runtime, accel: { accel: runtime.accel, reason: choice.reason }, cgroups };
+/** Each backend's run directory under the state directory (QEMU's is the one lodgerd always had). */
+const runDirOf = (cfg: LodgerdConfig, b: Backend): string => join(cfg.stateDir, b === 'qemu' ? 'run' : `run-${b}`);
+
+async function openBackend(cfg: LodgerdConfig, b: Backend, log: (m: string) => void): Promise<OpenedRuntime & { accel: { accel: Accelerator; reason: string } }> {
+  const host = { runDir: runDirOf(cfg, b), cacheDir: process.env.LODGER_CACHE_DIR };
+  if (b === 'gvisor') {
+    const { runtime, cgroups } = await openGvisorRuntime({ host, cgroupParent: cfg.cgroupParent, log });
+    return { runtime, accel: { accel: runtime.accel, reason: 'gVisor (runsc)' }, cgroups };
   }
   const { runtime, accel, cgroups } = await openRuntime({
-    host: { runDir: join(cfg.stateDir, 'run'), cacheDir: process.env.LODGER_CACHE_DIR },
-    accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
+    host, accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel, cgroupParent: cfg.cgroupParent,
     image: { kernel: cfg.guestKernel === 'minimal' ? undefined : cfg.guestKernel }, detachVmm: true, log,
     jail: cfg.jail ? { uidBase: cfg.jailUidBase, uidCount: cfg.jailUidCount } : false,
   });
   return { runtime, accel, cgroups };
+}
+
+/**
+ * The configured backend (`runtime`; auto decides per host, with its reason in the log),
+ * opened now; the other backend is opened when a job first asks for it.
+ */
+async function configuredRuntime(cfg: LodgerdConfig, log: (m: string) => void): Promise<OpenedRuntime> {
+  const choice = await chooseBackend(cfg.runtime, { accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel });
+  log(`runtime ${choice.backend}: ${choice.reason}`);
+  const first = await openBackend(cfg, choice.backend, log);
+  const entry = (b: Backend): BackendEntry => ({ runDir: runDirOf(cfg, b), open: async () => (await openBackend(cfg, b, log)).runtime });
+  const runtime = new MultiRuntime(first.runtime, { qemu: entry('qemu'), gvisor: entry('gvisor') });
+  return { runtime, accel: choice.backend === 'gvisor' ? { accel: first.accel.accel, reason: choice.reason } : first.accel, cgroups: first.cgroups };
 }
 
 /** The parts start() opens, in that order. */
@@ -122,6 +135,24 @@ export class Lodgerd {
     return this.p;
   }
 
+  private autoBackend: Promise<Backend> | null = null;
+
+  /**
+   * A job's runtime request as a backend: '' is the pool policy's `runtime`, else lodgerd's
+   * default; auto is this host's choice (probed once).
+   */
+  private resolveRuntime(requested: RuntimeRequest | ''): Promise<Backend> {
+    if (requested === '') requested = this.batchPool().runtime ?? '';
+    if (requested === 'qemu' || requested === 'gvisor') return Promise.resolve(requested);
+    if (requested === '') return Promise.resolve(this.parts().rt.runtime.backend);
+    const cfg = this.config;
+    this.autoBackend ??= chooseBackend('auto', { accel: cfg.accelerator, pvmGuestKernel: cfg.pvmGuestKernel }).then((c) => {
+      this.log(`runtime auto for jobs: ${c.backend}: ${c.reason}`);
+      return c.backend;
+    });
+    return this.autoBackend;
+  }
+
   /** The batch pool in force: the policy's, else the built-in default. */
   batchPool(): BatchPoolPolicy {
     return this.policySet.pools[0] ?? DEFAULT_POOL;
@@ -153,7 +184,7 @@ export class Lodgerd {
     pool?.fill();
     const server = makeServer({
       store, scheduler, version: this.o.version ?? PACKAGE_VERSION, accel: rt.accel, policies: () => this.policySet, loop: () => this.loop, loopEvents: this.loopEvents,
-      shutdown: (drain) => void this.shutdown(drain),
+      shutdown: (drain) => void this.shutdown(drain), resolveRuntime: (r) => this.resolveRuntime(r), defaultBackend: rt.runtime.backend,
     });
     this.server = server;
     await listen(server, cfg.socket, cfg.socketMode);

@@ -70,10 +70,13 @@ export class Metrics {
     sandboxGauge('lodger_sandbox_max_vcpus', 'vCPUs a batch sandbox may grow to', (st) => st.maxVcpus);
     sandboxGauge('lodger_sandbox_memory_bytes', 'Memory a batch sandbox has now', (st) => st.memoryMiB * 1048576);
     new client.Gauge({
-      name: 'lodger_sandbox_state', help: 'State of each batch sandbox (1 for its current state)', labelNames: ['sandbox', 'state'], registers: [r],
+      name: 'lodger_sandbox_state', help: 'State of each batch sandbox (1 for its current state), with the backend that runs it', labelNames: ['sandbox', 'state', 'backend'], registers: [r],
       collect() {
         this.reset();
-        for (const { sandbox } of src.scheduler.sandboxes()) this.set({ sandbox: sandbox.id, state: sandbox.status().state }, 1);
+        for (const { sandbox } of src.scheduler.sandboxes()) {
+          const st = sandbox.status();
+          this.set({ sandbox: sandbox.id, state: st.state, backend: st.backend }, 1);
+        }
       },
     });
     new client.Gauge({

@@ -28,8 +28,9 @@ export class WarmPool {
   constructor(private readonly o: WarmPoolOptions) {}
 
   /** Why a job cannot use the pool, or null when it can. */
-  static unfit(spec: JobSpec, shape: { maxVcpus: number; maxMemoryMiB: number }): string | null {
+  static unfit(spec: JobSpec, shape: { maxVcpus: number; maxMemoryMiB: number }, backend?: string): string | null {
     if (spec.rootfs) return 'it has a rootfs of its own';
+    if (spec.runtime && backend && spec.runtime !== backend) return `it runs on ${spec.runtime}, the pool's sandboxes on ${backend}`;
     if (spec.vcpus.max > shape.maxVcpus) return `it may grow to ${spec.vcpus.max} vCPUs, the pool's sandboxes to ${shape.maxVcpus}`;
     if (spec.memoryMiB.max > shape.maxMemoryMiB) return `it may grow to ${spec.memoryMiB.max} MiB, the pool's sandboxes to ${shape.maxMemoryMiB}`;
     if (spec.memoryMiB.min < POOL_BASE_MEMORY_MIB || (spec.memoryMiB.min - POOL_BASE_MEMORY_MIB) % 2) return `its minimum memory is not ${POOL_BASE_MEMORY_MIB} MiB plus 2 MiB steps`;
@@ -51,7 +52,7 @@ export class WarmPool {
         void sb.stop({ graceMs: 0 }).catch(() => {});
         continue;
       }
-      if (WarmPool.unfit(spec, { maxVcpus: st.maxVcpus, maxMemoryMiB: st.maxMemoryMiB })) continue;
+      if (WarmPool.unfit(spec, { maxVcpus: st.maxVcpus, maxMemoryMiB: st.maxMemoryMiB }, st.backend)) continue;
       this.ready.splice(i, 1);
       this.fill();
       return sb;

@@ -58,6 +58,7 @@ export function sandboxSpecFor(job: JobRecord, sandboxId: string): SandboxSpec {
   return {
     id: sandboxId, vcpus: spec.vcpus.min, maxVcpus: spec.vcpus.max, memoryMiB: spec.memoryMiB.min, maxMemoryMiB: spec.memoryMiB.max,
     rootfsDir: spec.rootfs || undefined, outputDir: spec.outputDir || undefined,
+    backend: spec.runtime === 'qemu' || spec.runtime === 'gvisor' ? spec.runtime : undefined,
   };
 }
 

@@ -21,15 +21,19 @@ export interface ApiContext {
   loopEvents: EventEmitter;
   /** `lodger shutdown`: begins stopping everything (answered at once; the daemon exits when done). */
   shutdown?: (drain: boolean) => void;
+  /** The backend a job's runtime request means here ('' or absent: the default); default: the request as given. */
+  resolveRuntime?: (requested: 'auto' | 'qemu' | 'gvisor' | '') => Promise<'qemu' | 'gvisor'>;
+  /** The default backend, shown for jobs that name none. */
+  defaultBackend?: string;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
 type Done = grpc.sendUnaryData<unknown>;
 
-function toApiJob(j: JobRecord): Record<string, unknown> {
+function toApiJob(j: JobRecord, defaultBackend = ''): Record<string, unknown> {
   return {
     id: j.id, state: j.state, exitCode: j.exitCode ?? 0, hasExitCode: j.exitCode !== null, error: j.error, attempts: j.attempts,
-    sandboxId: j.sandboxId, createdMs: j.createdAt,
+    sandboxId: j.sandboxId, createdMs: j.createdAt, backend: j.spec.runtime || defaultBackend,
     spec: { ...j.spec, outputDir: j.spec.outputDir, memoryMib: j.spec.memoryMiB },
     transitions: j.transitions.map((t) => ({ state: t.state, atMs: t.at, reason: t.reason })),
   };
@@ -64,23 +68,25 @@ export function makeServer(ctx: ApiContext): grpc.Server {
   const { store, scheduler } = ctx;
 
   server.addService((lodger.Lodger as grpc.ServiceClientConstructor).service, {
-    SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>((req) => {
+    SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>(async (req) => {
       const spec = toJobSpec(req.spec);
+      // Stored resolved: the job runs on the same backend after a restart with another default.
+      if (ctx.resolveRuntime) spec.runtime = await ctx.resolveRuntime(spec.runtime ?? '');
       const id = req.id || `${spec.name.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
       if (!JOB_ID.test(id)) throw new InvalidRequest(`id ${JSON.stringify(id)} must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
       const { job } = store.submit(id, spec);
       void scheduler.pump();
-      return toApiJob(job);
+      return toApiJob(job, ctx.defaultBackend);
     }),
-    GetJob: unary<{ id?: string }>((req) => toApiJob(store.get(needId(req.id)))),
+    GetJob: unary<{ id?: string }>((req) => toApiJob(store.get(needId(req.id)), ctx.defaultBackend)),
     ListJobs: unary<{ states?: string[]; limit?: number }>((req) => {
       const states = (req.states ?? []).filter(Boolean);
       const bad = states.find((s) => !JOB_STATES.includes(s as JobState));
       if (bad) throw new InvalidRequest(`unknown state ${JSON.stringify(bad)} (one of ${JOB_STATES.join(', ')})`);
-      return { jobs: store.list(states as JobState[], req.limit || 100).map(toApiJob) };
+      return { jobs: store.list(states as JobState[], req.limit || 100).map((j) => toApiJob(j, ctx.defaultBackend)) };
     }),
-    CancelJob: unary<{ id?: string; reason?: string }>(async (req) => toApiJob(await scheduler.cancel(needId(req.id), req.reason || 'cancelled by request'))),
-    WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)))),
+    CancelJob: unary<{ id?: string; reason?: string }>(async (req) => toApiJob(await scheduler.cancel(needId(req.id), req.reason || 'cancelled by request'), ctx.defaultBackend)),
+    WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)), ctx.defaultBackend)),
     StreamLogs: (call: grpc.ServerWritableStream<{ id?: string; follow?: boolean }, unknown>) => {
       let job: JobRecord;
       try {
@@ -155,7 +161,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
         }),
         sandboxes: scheduler.sandboxes().map(({ jobId, sandbox }) => {
           const st = sandbox.status();
-          return { id: st.id, jobId, state: st.state, vcpus: st.vcpus, memoryMib: st.memoryMiB, maxVcpus: st.maxVcpus, maxMemoryMib: st.maxMemoryMiB };
+          return { id: st.id, jobId, state: st.state, vcpus: st.vcpus, memoryMib: st.memoryMiB, maxVcpus: st.maxVcpus, maxMemoryMib: st.maxMemoryMiB, backend: st.backend };
         }),
         decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
         jobsByState: store.counts(),

@@ -19,6 +19,8 @@ export interface JobSpec {
   priority: number;
   timeoutSeconds: number;
   retries: number;
+  /** The backend (resolved at submission); '' or absent (a job stored before there was a choice): lodgerd's default. 'auto' only before it is resolved. */
+  runtime?: '' | 'auto' | 'qemu' | 'gvisor';
 }
 
 export interface Transition {

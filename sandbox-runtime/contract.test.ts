@@ -2,7 +2,7 @@ import test from 'ava';
 import { validateUpdate, type SandboxStatus } from './contract.ts';
 
 const status = (o: Partial<SandboxStatus> = {}): SandboxStatus => ({
-  id: 's', state: 'running', accel: 'tcg', pid: 1, vcpus: 2, memoryMiB: 512, maxVcpus: 4, maxMemoryMiB: 1024,
+  id: 's', backend: 'qemu', state: 'running', accel: 'tcg', pid: 1, vcpus: 2, memoryMiB: 512, maxVcpus: 4, maxMemoryMiB: 1024,
   booted: { memoryMiB: 256, maxVcpus: 4, maxMemoryMiB: 1024, outputDisk: false }, guest: null, bootMs: 0, error: null, ...o,
 });
 const code = (s: SandboxStatus, req: Parameters<typeof validateUpdate>[1]): string | null => validateUpdate(s, req)?.code ?? null;

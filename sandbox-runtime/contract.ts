@@ -28,6 +28,8 @@ export interface SandboxSpec {
   outputDisk?: boolean;
   /** Host-side knobs applied before the VMM starts. */
   cgroup?: CgroupKnobs;
+  /** The backend meant to run it (a runtime holding several routes by it); a backend refuses another's. */
+  backend?: Backend;
 }
 
 /** Growth caps: at least the current size, at most what the sandbox was booted with. */
@@ -64,6 +66,7 @@ export type SandboxState = 'created' | 'starting' | 'running' | 'paused' | 'susp
 
 export interface SandboxStatus {
   id: string;
+  backend: Backend;
   state: SandboxState;
   accel: Accelerator | null;
   pid: number | null;
@@ -181,7 +184,8 @@ export interface SandboxRuntime {
 
 export const SANDBOX_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 
-export function validateSpec(spec: SandboxSpec): string | null {
+export function validateSpec(spec: SandboxSpec, backend?: Backend): string | null {
+  if (spec.backend && backend && spec.backend !== backend) return `it is meant for the ${spec.backend} backend, not ${backend}`;
   if (!SANDBOX_ID.test(spec.id) || spec.id === '.' || spec.id === '..') return `id ${JSON.stringify(spec.id)} must be 1-64 of [A-Za-z0-9_.-]`;
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1) return `vcpus must be a positive integer (got ${spec.vcpus})`;
   if (!Number.isInteger(spec.maxVcpus) || spec.maxVcpus < spec.vcpus || spec.maxVcpus > 288) return `maxVcpus must be an integer in [vcpus, 288] (got ${spec.maxVcpus})`;

@@ -11,6 +11,7 @@ export { DEFAULT_JAIL, readJailStatus } from './qemu/index.ts';
 export {
   chooseBackend, decideBackend, openGvisorRuntime, openRuntime, type BackendChoice, type OpenGvisorOptions, type OpenRuntimeOptions, type RuntimeRequest,
 } from './open.ts';
+export { MultiRuntime, type BackendEntry } from './multi.ts';
 export type { GvisorPlatform, GvisorRuntime, GvisorRuntimeOptions, GvisorSandbox } from './gvisor/index.ts';
 export type { GuestStats, ExitStatus } from './agent/index.ts';
 // For suites that speak the agent's wire protocol to a real guest.

@@ -5,7 +5,7 @@
 import type { ExitStatus, GuestStats } from './agent/index.ts';
 import type { CgroupKnobs } from './cgroup/index.ts';
 import {
-  validateSpec, validateUpdate, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxInfo, type SandboxLimits,
+  validateSpec, validateUpdate, type Backend, type ExecHandle, type ExecRequest, type ResourceUpdate, type Sandbox, type SandboxInfo, type SandboxLimits,
   type SandboxMetrics, type SandboxRuntime, type SandboxSpec, type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type VmmExit,
 } from './contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from './errors.ts';
@@ -17,6 +17,8 @@ export interface FakeOptions {
   command?: FakeCommand;
   /** Make update() fail on the n-th call (1-based), leaving the previous size. */
   failUpdateAt?: number;
+  /** The backend the fake stands in for; default qemu. */
+  backend?: Backend;
 }
 
 let nextExecId = 1;
@@ -180,7 +182,7 @@ export class FakeSandbox implements Sandbox {
 
   status(): SandboxStatus {
     return {
-      id: this.id, state: this.state, accel: null, pid: null, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
+      id: this.id, backend: this.opts.backend ?? 'qemu', state: this.state, accel: null, pid: null, vcpus: this.vcpus, memoryMiB: this.memoryMiB,
       maxVcpus: this.limits.maxVcpus, maxMemoryMiB: this.limits.maxMemoryMiB, guest: this.guest(), bootMs: 0, error: null,
       booted: { memoryMiB: this.spec.memoryMiB, maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, outputDisk: !!(this.spec.outputDisk || this.spec.outputDir) },
     };
@@ -193,13 +195,15 @@ export class FakeSandbox implements Sandbox {
 
 export class FakeRuntime implements SandboxRuntime {
   readonly accel = 'tcg' as const;
-  /** The fake stands in for the default backend. */
-  readonly backend = 'qemu' as const;
+  /** The backend the fake stands in for (the default one unless told). */
+  readonly backend: Backend;
   readonly sandboxes: FakeSandbox[] = [];
-  constructor(private readonly opts: FakeOptions = {}) {}
+  constructor(private readonly opts: FakeOptions = {}) {
+    this.backend = opts.backend ?? 'qemu';
+  }
 
   async create(spec: SandboxSpec): Promise<FakeSandbox> {
-    const bad = validateSpec(spec);
+    const bad = validateSpec(spec, this.backend);
     if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
     const sb = new FakeSandbox(spec, this.opts);
     this.sandboxes.push(sb);

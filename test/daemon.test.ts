@@ -108,6 +108,20 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.regex(text, /^# HELP lodger_service_latency_seconds /m);
 });
 
+const runsc = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
+(runsc ? test.serial : test.serial.skip)('a job submitted with --runtime gvisor runs under gVisor beside the QEMU jobs of the same lodgerd; ps names each backend', async (t) => {
+  const g = await lodger(['submit', '--id', 'on-gvisor', '--runtime', 'gvisor', '--', 'sh', '-c', 'echo "from $(uname -r)"']);
+  t.is(g.code, 0, g.stderr);
+  t.is((await lodger(['wait', 'on-gvisor'])).code, 0);
+  // gVisor's sentry reports its own kernel release (4.4.0), the QEMU guest Lodger's kernel.
+  t.regex((await lodger(['logs', 'on-gvisor'])).stdout, /^from 4\.4\.0/);
+  const ps = JSON.parse((await lodger(['ps', '--all', '--json'])).stdout) as { id: string; backend: string }[];
+  t.is(ps.find((j) => j.id === 'on-gvisor')?.backend, 'gvisor');
+  t.is(ps.find((j) => j.id === 'job-a')?.backend, 'qemu');
+  t.regex((await lodger(['ps', '--all'])).stdout, /on-gvisor +succeeded +0 +\S+ +gvisor /);
+  t.regex(daemonLog, /gVisor|runsc/, 'the gVisor backend was opened on first use');
+});
+
 test.serial('lodger events streams job state changes as they happen', async (t) => {
   const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), '--socket', socket, 'events', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
   let stdout = '';

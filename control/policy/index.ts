@@ -46,6 +46,8 @@ export interface BatchPoolPolicy {
   knobs: Knob[];
   /** Knobs applied always (work-conserving: giving them back gains batch nothing the services leave idle). */
   keepApplied: Exclude<Knob, 'pause'>[];
+  /** Backend for the pool's jobs that name none; absent: lodgerd's own setting. */
+  runtime?: 'auto' | 'qemu' | 'gvisor';
   growth: {
     cooldownMs: number; minSlack: number; shrinkSlack: number; memoryStepMiB: number; maxCpuPressure: number;
     backoffMs: number; maxBackoffMs: number; loadRise: number; reverseMs: number; cpusetIntervalMs: number;
@@ -149,6 +151,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         sandbox,
         knobs: spec.knobs,
         keepApplied: spec.keepApplied.filter((k: Knob) => spec.knobs.includes(k)),
+        ...(spec.runtime ? { runtime: spec.runtime } : {}),
         growth: {
           cooldownMs: parseDurationMs(g.cooldown), minSlack: g.minSlack, shrinkSlack: g.shrinkSlack,
           memoryStepMiB: Math.round(parseSizeBytes(g.memoryStep) / 1048576), maxCpuPressure: g.maxCpuPressure,

@@ -11,6 +11,7 @@ interface ApiJob {
   error: string;
   attempts: number;
   createdMs: number;
+  backend: string;
   spec: { name: string; command: string[] };
   transitions: { state: string; atMs: number; reason: string }[];
 }
@@ -45,6 +46,7 @@ export interface SubmitOptions {
   timeout: string;
   retries: string;
   env: string[];
+  runtime?: string;
 }
 
 export async function submitCommand(cmd: string[], o: SubmitOptions): Promise<number> {
@@ -59,7 +61,7 @@ export async function submitCommand(cmd: string[], o: SubmitOptions): Promise<nu
     rootfs: o.rootfs ? resolve(o.rootfs) : '', outputDir: o.output ? resolve(o.output) : '',
     vcpus: parseRange(o.vcpus, '--vcpus', (s) => parsePositiveInt(s, '--vcpus')),
     memoryMib: parseRange(o.memory, '--memory', parseSizeMiB),
-    priority: Number(o.priority), timeoutSeconds: Number(o.timeout), retries: Number(o.retries),
+    priority: Number(o.priority), timeoutSeconds: Number(o.timeout), retries: Number(o.retries), runtime: o.runtime ?? '',
   };
   const job = await withClient(o.socket, (c) => c.call<ApiJob>('SubmitJob', { id: o.id ?? '', spec }));
   console.log(job.id);
@@ -77,9 +79,9 @@ export async function psCommand(o: { socket: string; json: boolean; all: boolean
     console.log(JSON.stringify(jobs, null, 2));
     return 0;
   }
-  console.log(`${'ID'.padEnd(28)} ${'STATE'.padEnd(10)} ${'EXIT'.padEnd(5)} ${'AGE'.padEnd(5)} COMMAND`);
+  console.log(`${'ID'.padEnd(28)} ${'STATE'.padEnd(10)} ${'EXIT'.padEnd(5)} ${'AGE'.padEnd(5)} ${'BACKEND'.padEnd(7)} COMMAND`);
   for (const j of jobs) {
-    console.log(`${j.id.padEnd(28)} ${j.state.padEnd(10)} ${(j.hasExitCode ? String(j.exitCode) : '-').padEnd(5)} ${age(j.createdMs).padEnd(5)} ${j.spec.command.join(' ')}`);
+    console.log(`${j.id.padEnd(28)} ${j.state.padEnd(10)} ${(j.hasExitCode ? String(j.exitCode) : '-').padEnd(5)} ${age(j.createdMs).padEnd(5)} ${(j.backend || '-').padEnd(7)} ${j.spec.command.join(' ')}`);
   }
   return 0;
 }
@@ -145,7 +147,7 @@ interface ApiStatus {
   accelerator: string;
   acceleratorReason: string;
   services: { name: string; p99Ms: number; hasP99: boolean; targetMs: number; slack: number; error: string; percentile: number }[];
-  sandboxes: { id: string; jobId: string; state: string; vcpus: number; memoryMib: number; maxVcpus: number; maxMemoryMib: number }[];
+  sandboxes: { id: string; jobId: string; state: string; vcpus: number; memoryMib: number; maxVcpus: number; maxMemoryMib: number; backend: string }[];
   decisions: { atMs: number; reason: string; actions: string[] }[];
   jobsByState: Record<string, number>;
   controllerReason?: string;
@@ -158,9 +160,9 @@ export function renderStatus(s: ApiStatus): string {
     lines.push(`${v.name.padEnd(16)} ${(v.hasP99 ? `${v.p99Ms.toFixed(2)} ms` : '-').padEnd(10)} ${`${v.targetMs} ms`.padEnd(10)} ${v.hasP99 ? v.slack.toFixed(2) : (v.error || '-')}`);
   }
   if (!s.services.length) lines.push('(no online services in the policies)');
-  lines.push('', 'SANDBOX                          JOB                  STATE      vCPUs   MEMORY');
+  lines.push('', 'SANDBOX                          JOB                  STATE      BACKEND vCPUs   MEMORY');
   for (const b of s.sandboxes) {
-    lines.push(`${b.id.padEnd(32)} ${b.jobId.padEnd(20)} ${b.state.padEnd(10)} ${`${b.vcpus}/${b.maxVcpus}`.padEnd(7)} ${b.memoryMib}/${b.maxMemoryMib} MiB`);
+    lines.push(`${b.id.padEnd(32)} ${b.jobId.padEnd(20)} ${b.state.padEnd(10)} ${(b.backend || '-').padEnd(7)} ${`${b.vcpus}/${b.maxVcpus}`.padEnd(7)} ${b.memoryMib}/${b.maxMemoryMib} MiB`);
   }
   if (!s.sandboxes.length) lines.push('(no sandboxes)');
   lines.push('', `CONTROLLER       ${s.controllerReason || '-'}`);

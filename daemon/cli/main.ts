@@ -51,6 +51,7 @@ program.command('submit')
   .option('--timeout <seconds>', 'fail the job after this long; 0: never', '0')
   .option('--retries <n>', 'extra attempts after a failure', '0')
   .option('-e, --env <KEY=VALUE...>', 'environment for the command', [])
+  .addOption(new Option('--runtime <backend>', 'sandbox backend (auto: this host\'s choice; default: lodgerd\'s)').choices(['auto', 'qemu', 'gvisor']))
   .argument('<cmd...>', 'command and arguments (after --)')
   .action(act((cmd: string[], o) => submitCommand(cmd, { ...o, socket: socket() })));
 

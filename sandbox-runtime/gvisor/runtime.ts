@@ -62,7 +62,7 @@ export class GvisorRuntime implements SandboxRuntime {
   }
 
   async create(spec: SandboxSpec): Promise<GvisorSandbox> {
-    const bad = validateSpec(spec);
+    const bad = validateSpec(spec, this.backend);
     if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
     return new GvisorSandbox(spec, this.opts);
   }

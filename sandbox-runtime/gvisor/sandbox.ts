@@ -417,7 +417,7 @@ export class GvisorSandbox implements Sandbox {
 
   status(): SandboxStatus {
     return {
-      id: this.id, state: this.state, accel: this.accel, pid: this.state === 'suspended' ? null : this.pidValue,
+      id: this.id, backend: 'gvisor', state: this.state, accel: this.accel, pid: this.state === 'suspended' ? null : this.pidValue,
       vcpus: this.vcpus, memoryMiB: this.memoryMiB, maxVcpus: this.limits.maxVcpus, maxMemoryMiB: this.limits.maxMemoryMiB,
       booted: { memoryMiB: this.spec.memoryMiB, maxVcpus: this.spec.maxVcpus, maxMemoryMiB: this.spec.maxMemoryMiB, outputDisk: true },
       guest: null, bootMs: this.bootMs, error: this.error,

@@ -86,7 +86,7 @@ export class QemuRuntime implements HostedRuntime {
   }
 
   async create(spec: SandboxSpec): Promise<QemuSandbox> {
-    const bad = validateSpec(spec);
+    const bad = validateSpec(spec, this.backend);
     if (bad) throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${spec.id}: ${bad}`);
     return new QemuSandbox(spec, this.opts);
   }

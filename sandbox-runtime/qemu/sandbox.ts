@@ -425,7 +425,7 @@ export class QemuSandbox implements HostedSandbox {
   status(): SandboxStatus {
     const { res, spec } = this;
     return {
-      id: this.id, state: publicState(this.phase), accel: this.accel, pid: this.pid, vcpus: res.vcpus, memoryMiB: res.memoryMiB,
+      id: this.id, backend: 'qemu', state: publicState(this.phase), accel: this.accel, pid: this.pid, vcpus: res.vcpus, memoryMiB: res.memoryMiB,
       maxVcpus: res.limits.maxVcpus, maxMemoryMiB: res.limits.maxMemoryMiB,
       booted: { memoryMiB: spec.memoryMiB, maxVcpus: spec.maxVcpus, maxMemoryMiB: spec.maxMemoryMiB, outputDisk: !!(spec.outputDisk || spec.outputDir) },
       guest: this.agent?.stats ?? null, bootMs: this.bootMs, error: this.error,
