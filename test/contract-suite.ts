@@ -29,7 +29,8 @@ async function collect(h: ExecHandle): Promise<{ out: string; err: string; code:
   let err = '';
   h.onStdout((b) => { out += b.toString(); });
   h.onStderr((b) => { err += b.toString(); });
-  return { out, err, ...(await h.wait()) };
+  const status = await h.wait(); // before out and err are read: they fill while it runs
+  return { out, err, ...status };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
