@@ -119,7 +119,7 @@ const runsc = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
   t.is(ps.find((j) => j.id === 'on-gvisor')?.backend, 'gvisor');
   t.is(ps.find((j) => j.id === 'job-a')?.backend, 'qemu');
   t.regex((await lodger(['ps', '--all'])).stdout, /on-gvisor +succeeded +0 +\S+ +gvisor /);
-  t.regex(daemonLog, /gVisor|runsc/, 'the gVisor backend was opened on first use');
+  t.true(existsSync(join(dir, 'state', 'run-gvisor')), 'the gVisor backend was opened on first use, with a run directory of its own');
 });
 
 test.serial('lodger events streams job state changes as they happen', async (t) => {
