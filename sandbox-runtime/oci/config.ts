@@ -41,7 +41,13 @@ export function runSettings(cfg: ImageRunConfig, o: RunOverrides, what: string):
 /** Reads a small regular file of the root, resolved inside it; null when it is not there. */
 function readInRoot(root: string, path: string): string | null {
   const parts = entryComponents(path);
-  const { dir, missingFrom } = resolveInRoot(root, parts, path);
+  let at: ReturnType<typeof resolveInRoot>;
+  try {
+    at = resolveInRoot(root, parts, path);
+  } catch {
+    return null; // a link loop, or a way out of the root: not the image's file
+  }
+  const { dir, missingFrom } = at;
   if (missingFrom !== null) return null;
   let fd: number;
   try {

@@ -410,6 +410,13 @@ export async function* layerTar(layer: Layer, what: string): AsyncGenerator<Buff
     }
   } catch (e) {
     if (e instanceof ImageError) throw e;
+    // A blob that does not decompress is most likely not the blob the manifest means: say so.
+    if (stored) {
+      const h = createHash(stored.alg);
+      for await (const c of createReadStream('', { fd: openSync(layer.file, constants.O_RDONLY | constants.O_NOFOLLOW) })) h.update(c as Buffer);
+      const got = `${stored.alg}:${h.digest('hex')}`;
+      if (got !== stored.digest) throw new ImageError('IMAGE_DIGEST_MISMATCH', `${what}: blob ${stored.digest} has digest ${got}`);
+    }
     throw new ImageError(compression === 'gzip' ? 'IMAGE_BAD_LAYER' : 'IMAGE_CACHE_FAILED', `${what} (${layer.digest ?? layer.file}): ${(e as Error).message}`, { cause: e });
   } finally {
     out.destroy();
