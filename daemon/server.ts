@@ -6,7 +6,9 @@ import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { EventEmitter } from 'node:events';
 import { parsePolicyText, PolicyError, slack, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
+import { ImageError, type ImageCache } from '../sandbox-runtime/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
+import { imageStatus, resolveImageSpec } from './images.ts';
 import type { JobEvent, Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
 
@@ -21,6 +23,8 @@ export interface ApiContext {
   loopEvents: EventEmitter;
   /** `lodger shutdown`: begins stopping everything (answered at once; the daemon exits when done). */
   shutdown?: (drain: boolean) => void;
+  /** Where jobs' images are checked and unpacked; null: jobs from images are refused. */
+  images?: ImageCache | null;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
@@ -37,6 +41,7 @@ function toApiJob(j: JobRecord): Record<string, unknown> {
 
 function fail(done: Done, e: unknown): void {
   if (e instanceof InvalidRequest) return done({ code: grpc.status.INVALID_ARGUMENT, details: e.message });
+  if (e instanceof ImageError) return done(imageStatus(e));
   if (e instanceof StoreError) {
     const code = e.code === 'JOB_NOT_FOUND' ? grpc.status.NOT_FOUND : e.code === 'JOB_EXISTS' ? grpc.status.ALREADY_EXISTS : grpc.status.FAILED_PRECONDITION;
     return done({ code, details: e.message });
@@ -64,8 +69,8 @@ export function makeServer(ctx: ApiContext): grpc.Server {
   const { store, scheduler } = ctx;
 
   server.addService((lodger.Lodger as grpc.ServiceClientConstructor).service, {
-    SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>((req) => {
-      const spec = toJobSpec(req.spec);
+    SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>(async (req) => {
+      const spec = await resolveImageSpec(toJobSpec(req.spec), ctx.images ?? null);
       const id = req.id || `${spec.name.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
       if (!JOB_ID.test(id)) throw new InvalidRequest(`id ${JSON.stringify(id)} must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
       const { job } = store.submit(id, spec);
