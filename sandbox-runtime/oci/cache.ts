@@ -151,16 +151,17 @@ export class ImageCache {
   }
 
   /**
-   * Opens `ref` and checks it: the index, manifest and config against their digests and,
-   * unless its entry is cached (built from verified layers), every layer too. What a
-   * submission calls, so a bad image is refused before it is queued.
+   * Opens `ref` and checks it: the index, manifest and config against their digests and
+   * every layer too, also when its entry is cached (hashing is cheap next to unpacking, and a
+   * corrupt copy of a cached image is still reported). What a submission calls, so a bad
+   * image is refused before it is queued.
    */
   async inspect(ref: string): Promise<ImageInfo> {
     const work = this.workDir();
     try {
       const img = await this.openImage(ref, work);
       const cached = this.lookup(img.id) !== null;
-      if (!cached) await verifyLayers(img);
+      await verifyLayers(img);
       return { id: img.id, kind: img.kind, manifestDigest: img.manifestDigest, config: img.config, cached };
     } finally {
       rmSync(work, { recursive: true, force: true });

@@ -6,7 +6,7 @@
 // regular files, named without `..`; blobs are opened without following links.
 import { createHash } from 'node:crypto';
 import { closeSync, constants, createReadStream, fstatSync, lstatSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { pipeline, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
@@ -317,7 +317,8 @@ async function extractArchive(file: string, dir: string, ref: string): Promise<M
       }
       if (e.type === 'SymbolicLink' || e.type === 'Link') {
         const base = e.type === 'Link' ? [] : parts.slice(0, -1);
-        const to = entryComponents([...base, e.linkpath ?? ''].join('/').replace(/^\/+/, ''), `${ref}: link target`);
+        // `dir/../x` is fine as long as it stays inside the archive.
+        const to = entryComponents(posix.normalize([...base, e.linkpath ?? ''].join('/').replace(/^\/+/, '')), `${ref}: link target`);
         aliases.set(parts.join('/'), to.join('/'));
         return void e.resume();
       }
