@@ -41,7 +41,8 @@ function buildImage(): { layout: string; ociArchive: string; dockerArchive: stri
   writeFileSync(join(rfs, 'etc', 'group'), 'root:x:0:\nworker:x:1235:\n');
   writeFileSync(join(rfs, 'etc', 'msg'), 'from the image\n');
   writeFileSync(join(rfs, 'etc', 'deleted'), 'must not be seen\n');
-  sh('umoci', ['repack', '--image', `${layout}:base`, bundle]);
+  // --refresh-bundle: the next repack diffs against this layer (else it replaces it).
+  sh('umoci', ['repack', '--refresh-bundle', '--image', `${layout}:base`, bundle]);
   unlinkSync(join(rfs, 'etc', 'deleted'));
   sh('umoci', ['repack', '--image', `${layout}:base`, bundle]);
   sh('umoci', ['config', '--image', `${layout}:base`, '--config.cmd', 'sh', '--config.cmd', '-c',
@@ -144,6 +145,7 @@ test.serial('bad images are refused at submission with what is wrong, and nothin
   unlinkSync(join(missing, 'blobs', 'sha256', gone.slice(7)));
   const flipped = copy('flipped');
   const ls = manifest(flipped).layers;
+  t.is(ls.length, 2, 'two layers: the second whites out /etc/deleted');
   const bad = ls[ls.length - 1]!.digest;
   const blobFile = join(flipped, 'blobs', 'sha256', bad.slice(7));
   const blob = readFileSync(blobFile);
