@@ -31,6 +31,10 @@ export interface ApiJobSpec {
   timeoutSeconds?: number;
   retries?: number;
   runtime?: string;
+  image?: string;
+  workdir?: string;
+  user?: string;
+  imageId?: string;
 }
 
 const RUNTIMES = ['', 'auto', 'qemu', 'gvisor'] as const;
@@ -41,7 +45,8 @@ export const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
   if (!s) throw new InvalidRequest('spec is required');
   const command = s.command ?? [];
-  if (command.length === 0 || command[0] === '') throw new InvalidRequest('spec.command must name a program');
+  // With an image, the command may come from its config (checked when the image is read).
+  if ((command.length === 0 && !s.image) || command[0] === '') throw new InvalidRequest('spec.command must name a program');
   if (command.some((c) => c.includes('\0'))) throw new InvalidRequest('spec.command must not contain NUL bytes');
   const vmin = s.vcpus?.min || 1;
   const vmax = s.vcpus?.max || vmin;
@@ -60,8 +65,9 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`spec.env: ${JSON.stringify(k)} is not a variable name`);
     if (v.includes('\0')) throw new InvalidRequest(`spec.env: the value of ${k} contains a NUL byte`);
   }
+  const image = imageFields(s);
   return {
-    name: s.name || command[0]!.split('/').pop()!,
+    name: s.name || (command[0] ?? '').split('/').pop()!,
     command,
     env: s.env ?? {},
     rootfs: s.rootfs ?? '',
@@ -71,6 +77,28 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
     priority: s.priority ?? 0,
     timeoutSeconds: s.timeoutSeconds ?? 0,
     retries: s.retries ?? 0,
-    runtime: (s.runtime ?? '') as JobSpec['runtime'],
+    ...(s.runtime ? { runtime: s.runtime as JobSpec['runtime'] } : {}),
+    ...image,
   };
+}
+
+/** The image fields, present only when set (a spec without them stays as it always was, so its digest does too). */
+function imageFields(s: ApiJobSpec): Pick<JobSpec, 'image' | 'workdir' | 'user'> {
+  const out: Pick<JobSpec, 'image' | 'workdir' | 'user'> = {};
+  if (s.image) {
+    if (s.image.includes('\0')) throw new InvalidRequest('spec.image must not contain NUL bytes');
+    const path = /^(oci|oci-archive|docker-archive):/.test(s.image) ? s.image.slice(s.image.indexOf(':') + 1) : s.image;
+    if (!path.startsWith('/')) throw new InvalidRequest(`spec.image must name an absolute path (got ${JSON.stringify(s.image)})`);
+    if (s.rootfs) throw new InvalidRequest('spec.image and spec.rootfs exclude each other: the image is the job\'s root');
+    out.image = s.image;
+  }
+  if (s.workdir) {
+    if (!s.workdir.startsWith('/') || s.workdir.includes('\0')) throw new InvalidRequest(`spec.workdir must be an absolute path (got ${JSON.stringify(s.workdir)})`);
+    out.workdir = s.workdir;
+  }
+  if (s.user) {
+    if (!/^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$/.test(s.user)) throw new InvalidRequest(`spec.user ${JSON.stringify(s.user)}: uid[:gid] or user[:group] names`);
+    out.user = s.user;
+  }
+  return out;
 }

@@ -14,7 +14,7 @@ import {
   type HostReader, type KnobSettings, type LoopSandbox, type PolicySet,
 } from '../control/index.ts';
 import {
-  chooseBackend, MultiRuntime, openGvisorRuntime, openRuntime, type Accelerator, type Backend, type BackendEntry, type RuntimeRequest, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
+  chooseBackend, ImageCache, MultiRuntime, openGvisorRuntime, openRuntime, type Accelerator, type Backend, type BackendEntry, type RuntimeRequest, type CgroupKnobs, type CgroupManager, type Sandbox, type SandboxRuntime,
 } from '../sandbox-runtime/index.ts';
 import type { LodgerdConfig } from './config.ts';
 import { DEFAULT_POOL } from './default-pool.ts';
@@ -172,7 +172,9 @@ export class Lodgerd {
       shape: () => ({ maxVcpus: this.batchPool().sandbox.maxVcpus, maxMemoryMiB: this.batchPool().sandbox.maxMemoryMiB }),
     }) : null;
     const maxRunning = (): number => cfg.maxRunningJobs || Math.max(1, cpus().length - this.batchPool().reserve.cpus);
-    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log, logLimitBytes: cfg.jobLogMaxBytes });
+    // Image roots under the state directory; QEMU attaches the ext4 image packed from each.
+    const images = ImageCache.open({ dir: join(cfg.stateDir, 'images'), maxBytes: cfg.imageCacheMaxBytes, ext4: rt.runtime.backend === 'qemu', log });
+    const scheduler = new Scheduler({ store, runtime: rt.runtime, maxRunning, pool, log, logLimitBytes: cfg.jobLogMaxBytes, images });
     const metrics = cfg.metricsAddress ? new Metrics({ store, scheduler, policies: () => this.policySet, loop: () => this.loop }) : null;
     this.p = { store, rt, pool, scheduler, metrics };
     await this.recoverOrphans();
@@ -184,7 +186,7 @@ export class Lodgerd {
     pool?.fill();
     const server = makeServer({
       store, scheduler, version: this.o.version ?? PACKAGE_VERSION, accel: rt.accel, policies: () => this.policySet, loop: () => this.loop, loopEvents: this.loopEvents,
-      shutdown: (drain) => void this.shutdown(drain), resolveRuntime: (r) => this.resolveRuntime(r), defaultBackend: rt.runtime.backend,
+      shutdown: (drain) => void this.shutdown(drain), images, resolveRuntime: (r) => this.resolveRuntime(r), defaultBackend: rt.runtime.backend,
     });
     this.server = server;
     await listen(server, cfg.socket, cfg.socketMode);

@@ -31,6 +31,7 @@ export class WarmPool {
   static unfit(spec: JobSpec, shape: { maxVcpus: number; maxMemoryMiB: number }, backend?: string): string | null {
     if (spec.rootfs) return 'it has a rootfs of its own';
     if (spec.runtime && backend && spec.runtime !== backend) return `it runs on ${spec.runtime}, the pool's sandboxes on ${backend}`;
+    if (spec.image) return 'it runs an image (its root is attached at boot)';
     if (spec.vcpus.max > shape.maxVcpus) return `it may grow to ${spec.vcpus.max} vCPUs, the pool's sandboxes to ${shape.maxVcpus}`;
     if (spec.memoryMiB.max > shape.maxMemoryMiB) return `it may grow to ${spec.memoryMiB.max} MiB, the pool's sandboxes to ${shape.maxMemoryMiB}`;
     if (spec.memoryMiB.min < POOL_BASE_MEMORY_MIB || (spec.memoryMiB.min - POOL_BASE_MEMORY_MIB) % 2) return `its minimum memory is not ${POOL_BASE_MEMORY_MIB} MiB plus 2 MiB steps`;

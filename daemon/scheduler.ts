@@ -3,7 +3,7 @@
 // to its maximum; its output is stored as it arrives; /output is copied back when it
 // ends, also when it fails. Every state change goes through the store with a reason.
 import { EventEmitter } from 'node:events';
-import type { ExecHandle, Sandbox, SandboxRuntime, SandboxSpec } from '../sandbox-runtime/index.ts';
+import { resolveUser, type ExecHandle, type ImageCache, type ImageLease, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
 import { WarmPool, POOL_BASE_MEMORY_MIB } from './pool.ts';
 import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from './store.ts';
 
@@ -17,6 +17,8 @@ export interface SchedulerOptions {
   /** Output stored per job attempt (stdout and stderr together); past it, dropped with a marker. Default: no limit. */
   logLimitBytes?: number;
   log?: (m: string) => void;
+  /** Roots of jobs from images (built once per image, shared); without it such jobs fail. */
+  images?: ImageCache | null;
 }
 
 /** Emitted as 'jobStart': admission to the command handed to the guest. */
@@ -39,6 +41,8 @@ interface Running {
   droppedBytes: number;
   logFull: boolean;
   storeFailed: boolean;
+  /** The image cache entry the job's sandbox runs on, held until the sandbox is stopped. */
+  image: ImageLease | null;
 }
 
 /**
@@ -116,7 +120,7 @@ export class Scheduler extends EventEmitter {
   }
 
   private launch(job: JobRecord, adopt: AttachInfo | null): void {
-    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false, storeFailed: false };
+    const r: Running = { job, sandbox: null, exec: null, cancel: null, timer: null, logBytes: 0, droppedBytes: 0, logFull: false, storeFailed: false, image: null };
     this.running.set(job.id, r);
     r.done = this.run(r, adopt).catch((e: unknown) => this.o.log?.(`job ${job.id}: ${(e as Error).message}`)).finally(() => {
       if (r.timer) clearTimeout(r.timer);
@@ -152,6 +156,16 @@ export class Scheduler extends EventEmitter {
     }
     let outcome: { state: JobState; reason: string; exitCode?: number; error?: string };
     try {
+      // The image's root, from the cache (built there first if it is not: once per image).
+      let imageNote = '';
+      if (spec.image && adopt) r.image = this.o.images?.hold(spec.imageId ?? '') ?? null;
+      else if (spec.image) {
+        if (!this.o.images) throw new Error('IMAGE_CACHE_FAILED: this lodgerd has no image cache');
+        r.image = await this.o.images.acquire(spec.image, spec.imageId);
+        imageNote = `; image ${r.image.id.slice(0, 19)} ${r.image.fromCache ? 'from the cache' : 'unpacked and packed'} in ${r.image.ms.toFixed(0)} ms`;
+      }
+      // Resolved in the job's own root: a user name is the image's.
+      const user = spec.user ? resolveUser(r.image?.rootfsDir ?? spec.rootfs ?? '', spec.user, spec.image ?? spec.rootfs ?? 'the base image') ?? undefined : undefined;
       if (adopt) {
         r.sandbox = await this.o.runtime.attach(sandboxId);
         r.exec = await r.sandbox.resumeExec(adopt.execId!, store.logBytes(r.job.id, adopt.logSeq));
@@ -167,16 +181,18 @@ export class Scheduler extends EventEmitter {
           ...(grow ? { vcpus: spec.vcpus.min, memoryMiB: spec.memoryMiB.min } : {}),
         });
       } else {
-        r.sandbox = await this.o.runtime.create(sandboxSpecFor(r.job, sandboxId));
+        const sbSpec = sandboxSpecFor(r.job, sandboxId);
+        if (r.image) Object.assign(sbSpec, { rootfsDir: r.image.rootfsDir, rootfsImage: r.image.rootfsImage ?? undefined });
+        r.sandbox = await this.o.runtime.create(sbSpec);
         if (r.cancel) throw new Error('cancelled before start');
         await r.sandbox.start();
       }
       if (!adopt) {
         const logSeq = store.lastLogSeq();
         const attach: AttachInfo = { sandboxId, logSeq };
-        this.move(r.job.id, 'running', `sandbox ${sandboxId} ready`, { attach: attach as unknown as Record<string, unknown> });
+        this.move(r.job.id, 'running', `sandbox ${sandboxId} ready${imageNote}`, { attach: attach as unknown as Record<string, unknown> });
         if (r.cancel) throw new Error('cancelled while starting');
-        r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env });
+        r.exec = await r.sandbox.exec({ argv: spec.command, env: spec.env, ...(spec.workdir ? { cwd: spec.workdir } : {}), ...(user ? { user } : {}) });
         store.note(r.job.id, { attach: { ...attach, execId: r.exec.id } });
         this.emit('jobStart', { jobId: r.job.id, ms: performance.now() - t0, source: warm ? 'pool' : 'cold' } satisfies JobStartEvent);
       }
@@ -207,6 +223,8 @@ export class Scheduler extends EventEmitter {
     }
     // Always stop the sandbox: it copies /output back, also after a failure.
     await r.sandbox?.stop({ graceMs: r.cancel ? 0 : 2000 }).catch((e: unknown) => this.o.log?.(`job ${r.job.id}: stopping its sandbox: ${(e as Error).message}`));
+    r.image?.release();
+    r.image = null;
     if (outcome.state === 'failed' && !r.cancel && attempt <= spec.retries && !this.stopped) {
       this.move(r.job.id, 'queued', `attempt ${attempt} failed (${outcome.reason}); retrying`, { attach: null, error: outcome.error ?? '' });
       return;

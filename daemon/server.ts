@@ -6,7 +6,9 @@ import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { EventEmitter } from 'node:events';
 import { parsePolicyText, PolicyError, slack, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
+import { ImageError, type ImageCache } from '../sandbox-runtime/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
+import { imageStatus, resolveImageSpec } from './images.ts';
 import type { JobEvent, Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
 
@@ -25,6 +27,8 @@ export interface ApiContext {
   resolveRuntime?: (requested: 'auto' | 'qemu' | 'gvisor' | '') => Promise<'qemu' | 'gvisor'>;
   /** The default backend, shown for jobs that name none. */
   defaultBackend?: string;
+  /** Where jobs' images are checked and unpacked; null: jobs from images are refused. */
+  images?: ImageCache | null;
 }
 
 type Call<Req> = grpc.ServerUnaryCall<Req, unknown>;
@@ -41,6 +45,7 @@ function toApiJob(j: JobRecord, defaultBackend = ''): Record<string, unknown> {
 
 function fail(done: Done, e: unknown): void {
   if (e instanceof InvalidRequest) return done({ code: grpc.status.INVALID_ARGUMENT, details: e.message });
+  if (e instanceof ImageError) return done(imageStatus(e));
   if (e instanceof StoreError) {
     const code = e.code === 'JOB_NOT_FOUND' ? grpc.status.NOT_FOUND : e.code === 'JOB_EXISTS' ? grpc.status.ALREADY_EXISTS : grpc.status.FAILED_PRECONDITION;
     return done({ code, details: e.message });
@@ -69,7 +74,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
 
   server.addService((lodger.Lodger as grpc.ServiceClientConstructor).service, {
     SubmitJob: unary<{ id?: string; spec?: ApiJobSpec }>(async (req) => {
-      const spec = toJobSpec(req.spec);
+      const spec = await resolveImageSpec(toJobSpec(req.spec), ctx.images ?? null);
       // Stored resolved: the job runs on the same backend after a restart with another default.
       if (ctx.resolveRuntime) spec.runtime = await ctx.resolveRuntime(spec.runtime ?? '');
       const id = req.id || `${spec.name.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`;

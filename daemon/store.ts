@@ -21,6 +21,14 @@ export interface JobSpec {
   retries: number;
   /** The backend (resolved at submission); '' or absent (a job stored before there was a choice): lodgerd's default. 'auto' only before it is resolved. */
   runtime?: '' | 'auto' | 'qemu' | 'gvisor';
+  /** An OCI image ref (host path) whose root the job runs in; its config filled command, env, workdir and user at submission. */
+  image?: string;
+  /** The image's ID (config digest) when it was submitted: the cache entry a start uses. */
+  imageId?: string;
+  /** Working directory in the job's root; default '/'. */
+  workdir?: string;
+  /** User to run as (`uid[:gid]` or a name of the image's /etc/passwd); default root. */
+  user?: string;
 }
 
 export interface Transition {

@@ -20,6 +20,12 @@ export interface SandboxSpec {
   maxMemoryMiB: number;
   /** Host directory packed read-only into an ext4 image and used as the job's root. */
   rootfsDir?: string;
+  /**
+   * A prebuilt read-only ext4 image of the job's root (an image cache entry, shared by every
+   * sandbox that runs it): QEMU attaches it as it is instead of packing rootfsDir; gVisor,
+   * which needs a directory, uses rootfsDir.
+   */
+  rootfsImage?: string;
   /** Host directory that receives the contents of the guest's /output after a job. */
   outputDir?: string;
   /** Size of the writable /output disk. Default 256 MiB (sparse on the host). */
@@ -96,7 +102,12 @@ export interface ExecRequest {
   argv: string[];
   env?: Record<string, string>;
   cwd?: string;
+  /** Numeric uid and gid to run as (no supplementary groups); absent: root. */
+  user?: { uid: number; gid: number };
 }
+
+/** The sandbox runs its commands in a root of its own (a directory or a prebuilt image) rather than the base image. */
+export const hasRootfs = (spec: SandboxSpec): boolean => !!(spec.rootfsDir || spec.rootfsImage);
 
 export interface ExecHandle {
   readonly id: number;

@@ -2,7 +2,7 @@
 // writable scratch disk for /output whose contents are copied back without mounting
 // (debugfs), so neither needs root on the host nor trusts the guest's filesystem.
 import { execFile } from 'node:child_process';
-import { readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { lstat, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { copyOutputImage, type CopyReport } from './copyback.ts';
@@ -27,7 +27,8 @@ async function dirBytes(dir: string): Promise<number> {
   for (const e of await readdir(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
     if (e.isDirectory()) total += 4096 + (await dirBytes(p));
-    else total += (await stat(p).catch(() => ({ size: 0 }))).size + 4096;
+    // lstat: a link is packed as a link, so what it points to (perhaps a huge host file) does not count.
+    else total += (await lstat(p).catch(() => ({ size: 0 }))).size + 4096;
   }
   return total;
 }

@@ -17,3 +17,8 @@ export type { GuestStats, ExitStatus } from './agent/index.ts';
 // For suites that speak the agent's wire protocol to a real guest.
 export { AgentClient, encodeFrame, FrameType } from './agent/index.ts';
 export { runDoctor, type Check } from './doctor.ts';
+// OCI images as job roots: opened, checked, unpacked once per image ID into a bounded cache.
+export {
+  ImageCache, ImageError, parseRef, resolveUser, runSettings, type CachedImage, type ImageCacheOptions, type ImageErrorCode, type ImageInfo, type ImageLease,
+  type ImageRunConfig, type RunSettings,
+} from './oci/index.ts';

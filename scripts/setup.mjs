@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES = [
   'nginx-light', 'redis-server', 'hey', // real online services and load for tests and demo
   'prometheus', // the dashboards' queries are checked against a real Prometheus
   'redis-tools', 'util-linux', 'fonts-dejavu-core', // colocation benchmark: redis-benchmark, taskset, chart text
+  'umoci', 'skopeo', // image tests and bench build OCI layouts and convert them to oci-archive / docker-archive
 ];
 
 // Lodger's minimal guest kernel (twice as fast to boot); without them the Debian cloud

@@ -47,6 +47,15 @@ export interface SubmitOptions {
   retries: string;
   env: string[];
   runtime?: string;
+  image?: string;
+  workdir?: string;
+  user?: string;
+}
+
+/** An image ref with its path made absolute (lodgerd reads it, from its own working directory). */
+export function absoluteImageRef(ref: string): string {
+  const m = /^(oci|oci-archive|docker-archive):([^:]*)(:.*)?$/.exec(ref);
+  return m ? `${m[1]}:${resolve(m[2]!)}${m[3] ?? ''}` : resolve(ref);
 }
 
 export async function submitCommand(cmd: string[], o: SubmitOptions): Promise<number> {
@@ -56,8 +65,9 @@ export async function submitCommand(cmd: string[], o: SubmitOptions): Promise<nu
     if (i <= 0) throw new RangeError(`--env wants KEY=VALUE (got ${JSON.stringify(p)})`);
     env[p.slice(0, i)] = p.slice(i + 1);
   }
+  if (!cmd.length && !o.image) throw new RangeError('a command is needed (after --), or --image whose config names one');
   const spec = {
-    name: o.name ?? '', command: cmd, env,
+    name: o.name ?? '', command: cmd, env, image: o.image ? absoluteImageRef(o.image) : '', workdir: o.workdir ?? '', user: o.user ?? '',
     rootfs: o.rootfs ? resolve(o.rootfs) : '', outputDir: o.output ? resolve(o.output) : '',
     vcpus: parseRange(o.vcpus, '--vcpus', (s) => parsePositiveInt(s, '--vcpus')),
     memoryMib: parseRange(o.memory, '--memory', parseSizeMiB),

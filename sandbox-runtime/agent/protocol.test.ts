@@ -59,6 +59,12 @@ test('exec payload layout: flags, argc, envc, then NUL-terminated cwd, argv, env
   t.is(p.readUInt32LE(8), 1);
   t.is(p.subarray(12).toString(), '/w\0sh\0-c\0x\0A=1\0');
   t.throws(() => encodeExec({ argv: ['a\0b'], env: {}, cwd: '/', chroot: false }), { instanceOf: TypeError });
+  // With a user: flag bit 1, then uid and gid before the strings.
+  const u = encodeExec({ argv: ['id'], env: {}, cwd: '/', chroot: true, user: { uid: 1000, gid: 100 } });
+  t.is(u.readUInt32LE(0), 3);
+  t.is(u.readUInt32LE(12), 1000);
+  t.is(u.readUInt32LE(16), 100);
+  t.is(u.subarray(20).toString(), '/\0id\0');
 });
 
 test('stats and exit payloads decode', (t) => {

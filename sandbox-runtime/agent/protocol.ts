@@ -134,19 +134,26 @@ export interface ExecRequest {
   cwd: string;
   /** Run inside the job's root filesystem (/rootfs in the guest) instead of the base image. */
   chroot: boolean;
+  /** Run as this uid and gid (no supplementary groups); absent: as root. */
+  user?: { uid: number; gid: number };
 }
 
 export const EXEC_FLAG_CHROOT = 1;
+export const EXEC_FLAG_USER = 2;
 
 export function encodeExec(req: ExecRequest): Buffer {
   const strings = [req.cwd, ...req.argv, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
   for (const s of strings) {
     if (s.includes('\0')) throw new TypeError('exec strings must not contain NUL');
   }
-  const head = Buffer.alloc(12);
-  head.writeUInt32LE(req.chroot ? EXEC_FLAG_CHROOT : 0, 0);
+  const head = Buffer.alloc(req.user ? 20 : 12);
+  head.writeUInt32LE((req.chroot ? EXEC_FLAG_CHROOT : 0) | (req.user ? EXEC_FLAG_USER : 0), 0);
   head.writeUInt32LE(req.argv.length, 4);
   head.writeUInt32LE(Object.keys(req.env).length, 8);
+  if (req.user) {
+    head.writeUInt32LE(req.user.uid, 12);
+    head.writeUInt32LE(req.user.gid, 16);
+  }
   return Buffer.concat([head, ...strings.map((s) => Buffer.from(`${s}\0`, 'utf8'))]);
 }
 

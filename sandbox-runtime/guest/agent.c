@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <grp.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
@@ -452,11 +453,16 @@ static void do_exec(uint32_t id, const uint8_t *p, uint32_t n) {
   if (n < 12) return send_error(id, EINVAL, "exec payload too short");
   uint32_t flags = rd32(p), argc = rd32(p + 4), envc = rd32(p + 8);
   if (argc == 0 || argc > 4096 || envc > 4096) return send_error(id, EINVAL, "exec: bad argc/envc");
+  /* Bit 1: a u32 uid and gid follow the counts; the command runs as them, with no other groups. */
+  uint32_t head = (flags & 2) ? 20 : 12;
+  if (n < head) return send_error(id, EINVAL, "exec payload too short");
+  uid_t uid = (flags & 2) ? (uid_t)rd32(p + 12) : 0;
+  gid_t gid = (flags & 2) ? (gid_t)rd32(p + 16) : 0;
   /* Strings: cwd, argv..., env..., each NUL-terminated, all inside the payload. */
   uint32_t want = 1 + argc + envc;
   char **strs = calloc(want + 2, sizeof(char *));
   if (!strs) return send_error(id, ENOMEM, "exec: out of memory");
-  const char *s = (const char *)p + 12, *end = (const char *)p + n;
+  const char *s = (const char *)p + head, *end = (const char *)p + n;
   for (uint32_t i = 0; i < want; i++) {
     const char *z = memchr(s, 0, (size_t)(end - s));
     if (!z) { free(strs); return send_error(id, EINVAL, "exec: strings not NUL-terminated"); }
@@ -494,6 +500,10 @@ static void do_exec(uint32_t id, const uint8_t *p, uint32_t n) {
     dup2(err[1], 2);
     if ((flags & 1) && (chroot("/rootfs") || chdir("/"))) {
       dprintf(2, "lodger-agent: chroot /rootfs: %s\n", strerror(errno));
+      _exit(126);
+    }
+    if ((flags & 2) && (setgroups(0, NULL) || setgid(gid) || setuid(uid))) {
+      dprintf(2, "lodger-agent: user %u:%u: %s\n", (unsigned)uid, (unsigned)gid, strerror(errno));
       _exit(126);
     }
     if (chdir(cwd)) {

@@ -227,6 +227,10 @@ export class GvisorSandbox implements Sandbox {
     this.live('exec');
     if (this.state === 'paused') throw new SandboxError('SANDBOX_BAD_STATE', `cannot exec: sandbox ${this.id} is paused`);
     if (!req.argv.length) throw new SandboxError('SANDBOX_BAD_SPEC', 'exec needs a command');
+    // The runner writes each command's pid and status as root into /.lodger/io.
+    if (req.user && (req.user.uid !== 0 || req.user.gid !== 0)) {
+      throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${this.id}: the gVisor backend runs commands as root only (asked for ${req.user.uid}:${req.user.gid})`);
+    }
     let script: string;
     try { script = commandScript(req); } catch (e) { throw new SandboxError('SANDBOX_BAD_SPEC', (e as Error).message); }
     const n = this.nextExec++;

@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { SandboxSpec, Accelerator } from '../contract.ts';
+import { hasRootfs, type SandboxSpec, type Accelerator } from '../contract.ts';
 import type { GuestImage } from '../image/index.ts';
 import type { QemuPaths } from './record.ts';
 
@@ -84,8 +84,8 @@ export function qemuArgs(spec: SandboxSpec, paths: QemuPaths, image: GuestImage,
     args.push('-drive', `if=none,id=output,file=${paths.outputImage},format=raw`,
       '-device', 'virtio-blk-pci,drive=output,serial=lodger-output');
   }
-  if (spec.rootfsDir) {
-    args.push('-drive', `if=none,id=rootfs,file=${paths.rootfsImage},format=raw,readonly=on`,
+  if (hasRootfs(spec)) {
+    args.push('-drive', `if=none,id=rootfs,file=${spec.rootfsImage ?? paths.rootfsImage},format=raw,readonly=on`,
       '-device', 'virtio-blk-pci,drive=rootfs,serial=lodger-rootfs');
   }
   if (o.seccomp) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');

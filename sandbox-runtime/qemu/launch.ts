@@ -1,7 +1,7 @@
 // Starting one VMM of a sandbox: its command line, its jail where the runtime jails VMMs,
 // and the check that the jail holds before the guest runs its first instruction.
 import { join } from 'node:path';
-import type { Accelerator, SandboxSpec } from '../contract.ts';
+import { hasRootfs, type Accelerator, type SandboxSpec } from '../contract.ts';
 import { SandboxError } from '../errors.ts';
 import { sandboxVmmArgs } from './args.ts';
 import { jailViolation, readJailStatus, sandboxJail, type JailIdentity } from './jail.ts';
@@ -27,8 +27,8 @@ export function launchVmm(l: Launch, onExit: (vmm: VmmProcess, e: ProcessExit) =
   const { spec, paths, opts } = l;
   const args = sandboxVmmArgs(spec, paths, opts.image, { ...opts, accel: l.accel }, l.cpu, l.restoring);
   const disk = spec.outputDir || spec.outputDisk ? spec.outputDiskMiB ?? 256 : null;
-  const jail = l.jail && sandboxJail(paths, {
-    kernel: opts.image.kernel, initramfs: opts.image.initramfs, outputDiskMiB: disk, rootfs: !!spec.rootfsDir,
+  const jail = l.jail && sandboxJail({ ...paths, rootfsImage: spec.rootfsImage ?? paths.rootfsImage }, {
+    kernel: opts.image.kernel, initramfs: opts.image.initramfs, outputDiskMiB: disk, rootfs: hasRootfs(spec),
     kvmDevice: l.accel === 'kvm' ? join(opts.host.dev, 'kvm') : null, usr: opts.jail?.usr,
   }, l.jail);
   const vmm: VmmProcess = VmmProcess.spawn({

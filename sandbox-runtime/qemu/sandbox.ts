@@ -8,6 +8,7 @@ import type { Cgroup } from '../cgroup/index.ts';
 import type {
   Accelerator, ExecHandle, ExecRequest, ResourceUpdate, SandboxMetrics, SandboxSpec, SandboxStatus, SuspendReport, UpdateReport, VmmExit,
 } from '../contract.ts';
+import { hasRootfs } from '../contract.ts';
 import { makeOutputImage, makeRootfsImage } from '../disks.ts';
 import { SandboxError, VmmExitedError } from '../errors.ts';
 import { realAgent, type AgentConnection } from './agent.ts';
@@ -100,7 +101,7 @@ export class QemuSandbox implements HostedSandbox {
         if (this.spec.cgroup) await this.cgroup.apply(this.spec.cgroup);
       }
       if (this.spec.outputDir || this.spec.outputDisk) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
-      if (this.spec.rootfsDir) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
+      if (this.spec.rootfsDir && !this.spec.rootfsImage) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
       if (this.opts.jail) this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedUids(this.opts.host.runDir));
       // -S: no guest instruction runs until the jail is confirmed from /proc.
       this.spawnVmm(['-S'], false);
@@ -291,7 +292,7 @@ export class QemuSandbox implements HostedSandbox {
     if (this.phase === 'paused') throw new SandboxError('SANDBOX_BAD_STATE', `cannot exec: sandbox ${this.id} is paused`);
     if (!req.argv.length) throw new SandboxError('SANDBOX_BAD_SPEC', 'exec needs a command');
     this.output.commandStarted();
-    return agent.exec({ argv: req.argv, env: req.env ?? {}, cwd: req.cwd ?? '/', chroot: !!this.spec.rootfsDir });
+    return agent.exec({ argv: req.argv, env: req.env ?? {}, cwd: req.cwd ?? '/', chroot: hasRootfs(this.spec), ...(req.user ? { user: req.user } : {}) });
   }
 
   update(req: ResourceUpdate): Promise<UpdateReport> {
