@@ -250,7 +250,7 @@ export class Lodgerd {
     const loop = new ControlLoop({
       policy: this.controllerPolicy(),
       monitors: this.policySet.services.map((s) => new ServiceMonitor(s)),
-      host: this.o.hostReader ?? new ProcHostReader(),
+      host: this.o.hostReader ?? new ProcHostReader('/proc', undefined, { cgroup: this.config.memoryBudgetCgroup }),
       sandboxes: () => this.loopSandboxes(),
       pool: await this.poolTarget(),
       store: new FileStateStore(join(this.config.stateDir, 'controller.json'), this.log),

@@ -5,3 +5,4 @@ export { ServiceMonitor, type ServiceReading } from './service.ts';
 export { bucketQuantile, HistogramWindow, parseHistogram, MetricsParseError, type Buckets } from './prometheus.ts';
 export { CpuUsage, readMemAvailableBytes, readPsi, type Psi } from './host.ts';
 export { ServiceProcesses, type ProcessPaths, type ProcessReading } from './process.ts';
+export { MemoryBudget, type MemoryPaths } from './memory.ts';
