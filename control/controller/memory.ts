@@ -7,7 +7,7 @@
 // (cache evicted and read straight back): thrashing that a free-memory figure misses.
 // On pressure, one step at a time, each read back from the size the sandbox reports:
 // - shrink the largest running guest by virtio-mem, by what is missing (at least a
-//   memory step), never more than the guest says it can spare (its MemAvailable above a
+//   memory step) to stand a step above the reserve, never more than the guest says it can spare (its MemAvailable above a
 //   floor) nor below the pool's minimum;
 // - a guest that gave back less than asked (or nothing in time) is not asked again: it
 //   is suspended to disk, as is the largest guest when no guest can shrink, when the
@@ -177,7 +177,8 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
   const suspending = state.pending.some((s) => s.kind === 'suspend');
 
   if (p.pressure) {
-    const needMiB = Math.max(0, p.reserveMiB - p.availMiB);
+    // Give back enough to stand a step above the reserve (where calm begins), not just at it.
+    const needMiB = Math.max(0, p.reserveMiB + step - p.availMiB);
     const spare = (x: SandboxObservation): number => {
       const guest = x.guestMemAvailableMiB === null ? step : x.guestMemAvailableMiB - GUEST_FLOOR_MIB;
       return even(Math.min(x.memoryMiB - minMiB, guest));

@@ -58,7 +58,24 @@ export class MemoryBudget {
     return this.version === 2 ? { dir: join(this.paths.cgroupRoot, this.cgroup), v: 2 } : { dir: join(this.paths.cgroupRoot, 'memory', this.cgroup), v: 1 };
   }
 
+  private last: MemoryObservation | null = null;
+
+  /**
+   * The budget now. Unreadable at the first read is an error (a wrong path is not an
+   * empty budget); later, the last reading stands, marked stale in `source`, so a
+   * control round never fails on it.
+   */
   async read(): Promise<MemoryObservation> {
+    try {
+      this.last = await this.readNow();
+    } catch (e) {
+      if (this.last === null) throw e;
+      this.last = { ...this.last, source: `${this.last.source.replace(/ \(stale.*$/, '')} (stale: ${(e as Error).message})` };
+    }
+    return this.last;
+  }
+
+  private async readNow(): Promise<MemoryObservation> {
     const now = this.clock();
     const where = await this.dir();
     let total: number;
