@@ -94,6 +94,8 @@ const memMount = '/sys/fs/cgroup/memory';
 if (!existsSync(join(memMount, 'memory.limit_in_bytes'))) throw new Error('this benchmark needs the cgroup v1 memory hierarchy (the hosts it was written on); v2 is not done yet');
 const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l))!.split(':')[2]!;
 const BUDGET = join(own, `lodger-membench-${process.pid}`);
+/** lodgerd's sandbox parent: below the budget in the memory hierarchy, below our own cgroup in the others. */
+const DAEMON_PARENT = `lodger-membench-${process.pid}-d`;
 const budgetDir = join(memMount, BUDGET);
 const memAvailMiB = Number(/^MemAvailable:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024;
 if (BUDGET_MIB > memAvailMiB / 3) throw new Error(`budget ${BUDGET_MIB} MiB is more than a third of the machine's ${memAvailMiB.toFixed(0)} MiB available: refusing`);
@@ -126,6 +128,15 @@ function budgetPids(): number[] {
   };
   if (existsSync(budgetDir)) walk(budgetDir);
   return out;
+}
+/** lodgerd's sandbox parent in the other v1 hierarchies, if it left it (rmdir: only when empty). */
+function removeDaemonParents(): void {
+  for (const line of readFileSync('/proc/self/cgroup', 'utf8').split('\n')) {
+    const m = /^\d+:([^:]+):(.*)$/.exec(line);
+    if (!m || m[1] === 'memory') continue;
+    const d = join('/sys/fs/cgroup', m[1]!.replace(/^name=/, ''), m[2]!, DAEMON_PARENT);
+    try { if (existsSync(d)) rmdirSync(d); } catch (e) { console.error(`could not remove ${d}: ${(e as Error).message}`); }
+  }
 }
 function removeBudget(): void {
   const rm = (d: string): void => {
@@ -196,7 +207,7 @@ async function scenario(name: 'unmanaged' | 'lodger', dir: string): Promise<Reco
       writeFileSync(join(policyDir, 'redis.yaml'), `apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: redis }\nspec:\n  slo: { percentile: 99, target: ${SLO_MS}ms, window: 2s }\n  probe: { redis: { address: "127.0.0.1:${port}" }, interval: 100ms, timeout: 500ms }\n  process: { pidFile: ${pidFile} }\n`);
       writeFileSync(join(policyDir, 'pool.yaml'), 'apiVersion: lodger.dev/v1\nkind: BatchPool\nmetadata: { name: batch }\nspec:\n  reserve: { cpus: 0, memory: 256Mi }\n  sandbox: { minVcpus: 1, maxVcpus: 1, minMemory: 256Mi, maxMemory: 768Mi }\n  growth: { cooldown: 3s, memoryStep: 128Mi }\n');
       const config = join(base, 'lodgerd.yaml');
-      writeFileSync(config, `warmPoolSize: 0\nmaxRunningJobs: 2\nonSigterm: stop-sandboxes\nmetricsAddress: ""\ncgroupParent: lodger-membench-d\nmemoryBudgetCgroup: ${BUDGET}\n`);
+      writeFileSync(config, `warmPoolSize: 0\nmaxRunningJobs: 2\nonSigterm: stop-sandboxes\nmetricsAddress: ""\ncgroupParent: ${DAEMON_PARENT}\nmemoryBudgetCgroup: ${BUDGET}\n`);
       const socket = join(base, 'lodgerd.sock');
       daemon = spawnIn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--config', config, '--state-dir', join(base, 'state'), '--socket', socket, '--policy-dir', policyDir]);
       started.push(daemon);
@@ -279,7 +290,19 @@ async function scenario(name: 'unmanaged' | 'lodger', dir: string): Promise<Reco
         });
       });
     }
-    await phase('shrink', async () => { await redisCmd(port, ['FLUSHALL']); await redisCmd(port, ['MEMORY', 'PURGE']).catch(() => ''); });
+    // The steps' own databases only: the load's key lives in db 0 (its replies are counted by length).
+    await phase('shrink', async () => {
+      await new Promise<void>((resolve, reject) => {
+        const c = net.connect(port, '127.0.0.1');
+        const cmd = (a: string[]): string => `*${a.length}\r\n${a.map((x) => `$${x.length}\r\n${x}\r\n`).join('')}`;
+        let got = '';
+        c.once('connect', () => c.write(Array.from({ length: STEPS }, (_, i) => cmd(['SELECT', String(i + 1)]) + cmd(['FLUSHDB'])).join('')));
+        c.on('data', (b) => { got += b.toString(); if (got.split('\r\n').length > 2 * STEPS) { c.destroy(); resolve(); } });
+        c.once('error', reject);
+        c.once('close', () => resolve());
+      });
+      await redisCmd(port, ['MEMORY', 'PURGE']).catch(() => '');
+    });
     await phase('after 1', null);
     await phase('after 2', null);
     await phase('after 3', null);
@@ -388,6 +411,7 @@ try {
   });
 } finally {
   for (const c of started) await stopProc(c, 'SIGKILL', 1000);
+  removeDaemonParents();
   try { removeBudget(); } catch (e) { console.error(`could not remove ${budgetDir}: ${(e as Error).message}`); }
   rmSync(dir, { recursive: true, force: true });
 }
