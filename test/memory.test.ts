@@ -70,9 +70,12 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     loop.start();
     await sleep(2000);
     const oomBefore = oomKills();
-    // The filler takes what is left but 100 MiB: below the 200 MiB reserve.
-    const fillMiB = Math.max(64, Math.round(1536 - usage() - 100));
-    filler = spawn('/bin/sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import sys,time; n=int(sys.argv[1])<<20; b=bytearray(n); [b.__setitem__(i,1) for i in range(0,n,4096)]; print(\'filled\', flush=True); time.sleep(600)" "$1"', dir, String(fillMiB)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // The filler grows at 20 MiB/s to leave 100 MiB (under the 200 MiB reserve) even
+    // after "a" has given back all it can spare (256 MiB): only a suspend of "b" relieves
+    // it. It stops there, so the budget itself never runs out (no OOM kill to provoke).
+    const fillMiB = Math.max(64, Math.round(1536 - usage() - 100 + 256));
+    const grow = 'import sys,time\nn=int(sys.argv[1]); held=[]\nwhile len(held)*4 < n:\n  held.append(bytearray(b"x"*(4<<20))); time.sleep(0.2)\nprint("filled", flush=True); time.sleep(600)';
+    filler = spawn('/bin/sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec python3 -c "$1" "$2"', dir, grow, String(fillMiB)], { stdio: ['ignore', 'pipe', 'inherit'] });
     await until('b suspended to disk', () => b.status().state === 'suspended', 180_000);
     const steps = decisions.flatMap((d) => d.results.filter((r) => r.action.kind !== 'knobs' && r.action.kind !== 'pause' && r.action.kind !== 'resume').map((r) => `${r.action.kind} ${r.action.sandbox} ${r.ok ? 'ok' : 'failed'}`));
     t.log(steps.join(', '));
