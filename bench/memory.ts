@@ -54,9 +54,9 @@ const root = join(import.meta.dirname, '..');
 
 // The job: fill HOLD_CHUNKS chunks of 8 MiB in guest RAM while the guest has more than
 // 48 MiB available (waiting for more otherwise: lodgerd grows a guest short of memory),
-// then UNITS units, each hashing 1 MiB of one chunk (touching what it holds), one line
+// (in a tmpfs of its own: the guest's /tmp is small), then UNITS units, each hashing 1 MiB of one chunk (touching what it holds), one line
 // per unit to /output and "m" on stdout.
-const JOB = `set -u; H=/tmp/held; mkdir -p $H; n=0; w=0
+const JOB = `set -u; H=/tmp/held; mkdir -p $H; mount -t tmpfs -o size=700m tmpfs $H; n=0; w=0
 while [ $n -lt ${HOLD_CHUNKS} ]; do
   a=$(awk '/^MemAvailable/{print $2}' /proc/meminfo)
   if [ "$a" -gt 49152 ]; then { echo "chunk $n"; head -c 8388000 /dev/zero; } > $H/c$n; n=$((n+1)); w=0

@@ -47,12 +47,12 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     await a.update({ memoryMiB: 512 });
     await b.update({ memoryMiB: 512 });
     // a: touches 256 MiB and frees it (host RSS it can give back), then idles.
-    const ja = await a.exec({ argv: ['sh', '-c', 'head -c 268435456 /dev/zero > /tmp/x; rm /tmp/x; echo freed; sleep 3600'] });
+    const ja = await a.exec({ argv: ['sh', '-c', 'mkdir -p /tmp/h; mount -t tmpfs -o size=400m tmpfs /tmp/h; head -c 268435456 /dev/zero > /tmp/h/x; rm /tmp/h/x; echo freed; sleep 3600'] });
     let aOut = '';
     ja.onStdout((x) => { aOut += x.toString(); });
     // b: holds everything down to 40 MiB available, then 60 units over what it holds.
-    const jb = await b.exec({ argv: ['sh', '-c', 'n=0; while [ $(awk \'/^MemAvailable/{print $2}\' /proc/meminfo) -gt 40960 ]; do head -c 4194304 /dev/zero > /tmp/c$n; n=$((n+1)); done; echo held $n; '
-      + 'i=1; while [ $i -le 60 ]; do echo "$i $(cat /tmp/c$((i % n)) | sha256sum | cut -c1-16)"; i=$((i+1)); sleep 0.5; done; echo done'] });
+    const jb = await b.exec({ argv: ['sh', '-c', 'mkdir -p /tmp/h; mount -t tmpfs -o size=500m tmpfs /tmp/h; n=0; while [ $(awk \'/^MemAvailable/{print $2}\' /proc/meminfo) -gt 40960 ]; do head -c 4194304 /dev/zero > /tmp/h/c$n; n=$((n+1)); done; echo held $n; '
+      + 'i=1; while [ $i -le 60 ]; do echo "$i $(cat /tmp/h/c$((i % n)) | sha256sum | cut -c1-16)"; i=$((i+1)); sleep 0.5; done; echo done'] });
     let bOut = '';
     jb.onStdout((x) => { bOut += x.toString(); });
     const bDone = jb.wait();
