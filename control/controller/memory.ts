@@ -188,7 +188,10 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
     const late = state.pressureSince !== null && now - state.pressureSince >= SUSPEND_AFTER_MS;
     // Who goes to disk: a guest that refused first, then the largest.
     const victims = running.filter((x) => x.memoryMiB > 0).sort((a, b) => Number(state.refused.includes(b.id)) - Number(state.refused.includes(a.id)) || b.memoryMiB - a.memoryMiB);
-    const mustSuspend = shrinkable.length === 0 || (p.critical && releasable < needMiB) || late;
+    // A shrink under way is waited for (its guest is not "unable to shrink", only busy),
+    // unless the budget is critical and it cannot cover what is missing, or pressure is late.
+    const shrinking = state.pending.filter((x) => x.kind === 'shrink').reduce((n, x) => n + x.fromMiB - x.toMiB, 0);
+    const mustSuspend = (shrinkable.length === 0 && shrinking === 0) || (p.critical && releasable + shrinking < needMiB) || late;
     if (!mustSuspend && state.pending.length === 0) {
       const big = shrinkable[0]!;
       const to = big.memoryMiB - Math.min(spare(big), Math.max(step, even(needMiB + 1)));
