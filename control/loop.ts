@@ -9,7 +9,8 @@ import { cpus } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
 import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
 import type { StateStore } from './state-store.ts';
-import { HostFiles, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
+import { MemoryBudget, parsePsi, ProcFile, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
+import { join } from 'node:path';
 
 export interface LoopSandbox extends ActuatedSandbox {
   status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };
@@ -26,14 +27,18 @@ export class ProcHostReader implements HostReader {
   // The host's CPUs, not this process's affinity: a lodgerd pinned to housekeeping CPUs
   // must still split all of them (with availableParallelism() it saw one CPU and put
   // batch on the service's).
-  private readonly files: HostFiles;
-  constructor(proc = '/proc', private readonly cpus = hostCpus()) {
-    this.files = new HostFiles(proc);
+  // With a memory budget (a cgroup below the memory mount standing in for the host's
+  // memory), its limit, usage and pressure are the memory guarded; otherwise /proc's.
+  private readonly memory: MemoryBudget;
+  private readonly cpuPsi: ProcFile;
+  constructor(proc = '/proc', private readonly cpus = hostCpus(), budget: { cgroup: string; cgroupRoot?: string } = { cgroup: '' }) {
+    this.memory = new MemoryBudget(budget.cgroup, { proc, cgroupRoot: budget.cgroupRoot ?? '/sys/fs/cgroup' });
+    this.cpuPsi = new ProcFile(join(proc, 'pressure', 'cpu'));
   }
-
-  read(): Promise<HostObservation> {
-    const { cpuPsi, memAvailableBytes } = this.files.read();
-    return Promise.resolve({ cpus: this.cpus, cpuPressure: cpuPsi?.someAvg10 ?? 0, memAvailableBytes });
+  async read(): Promise<HostObservation> {
+    const psi = this.cpuPsi.read();
+    const memory = await this.memory.read();
+    return { cpus: this.cpus, cpuPressure: psi === null ? 0 : parsePsi(psi).someAvg10, memAvailableBytes: memory.availableBytes, memory };
   }
 }
 
@@ -175,7 +180,7 @@ export class ControlLoop extends EventEmitter {
       sandboxes: sandboxes.map((s) => {
         const st = s.status();
         return {
-          id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', suspended: st.state === 'suspended',
+          id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', suspended: st.state === 'suspended', suspending: st.state === 'suspending' || st.state === 'resuming',
           guestMemAvailableMiB: st.guest && st.state !== 'suspended' ? Math.round(st.guest.memAvailableKiB / 1024) : null,
         };
       }),

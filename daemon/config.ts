@@ -30,6 +30,7 @@ export interface LodgerdConfig {
   jailUidCount: number;
   jobLogMaxBytes: number;
   imageCacheMaxBytes: number;
+  memoryBudgetCgroup: string;
 }
 
 export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; description: string; schema: Record<string, unknown> }> = {
@@ -54,6 +55,7 @@ export const CONFIG_KEYS: Record<keyof LodgerdConfig, { default: unknown; descri
   jail: { default: true, description: 'run each VMM jailed: own uid/gid, namespaces, chroot, no capabilities, rlimits (needs root)', schema: { type: 'boolean' } },
   jailUidBase: { default: 3000000, description: 'first uid (and gid) handed to jailed VMMs, one per live sandbox', schema: { type: 'integer', minimum: 1000, maximum: 4000000000 } },
   jailUidCount: { default: 100000, description: 'how many uids from jailUidBase the jails may use', schema: { type: 'integer', minimum: 1, maximum: 10000000 } },
+  memoryBudgetCgroup: { default: '', description: 'memory cgroup (path below the memory mount, e.g. /lodger-budget) whose limit, usage and pressure lodgerd guards as the host\'s memory; empty: the host\'s own /proc/meminfo', schema: { type: 'string', pattern: '^$|^(/(?!\\.\\.?(/|$))[A-Za-z0-9_.-]+)+$' } },
   jobLogMaxBytes: { default: 104857600, description: 'stdout+stderr stored per job; past it output is dropped with a marker in the log and a reason on the job', schema: { type: 'integer', minimum: 4096 } },
   imageCacheMaxBytes: { default: 10737418240, description: 'disk the image cache (stateDir/images: each image\'s unpacked root and ext4 image, built once) may use; past it the least recently used images no job runs are evicted', schema: { type: 'integer', minimum: 16777216 } },
 };

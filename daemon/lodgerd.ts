@@ -45,7 +45,7 @@ export interface LodgerdOptions {
 }
 
 export class LodgerdError extends Error {
-  constructor(readonly code: 'LODGERD_LISTEN_FAILED' | 'LODGERD_NOT_STARTED', message: string, opts?: { cause?: unknown }) {
+  constructor(readonly code: 'LODGERD_LISTEN_FAILED' | 'LODGERD_NOT_STARTED' | 'LODGERD_MEMORY_BUDGET', message: string, opts?: { cause?: unknown }) {
     super(message, opts);
     this.name = 'LodgerdError';
   }
@@ -280,10 +280,13 @@ export class Lodgerd {
       return;
     }
     const { scheduler, metrics } = this.parts();
+    const host = this.o.hostReader ?? new ProcHostReader('/proc', undefined, { cgroup: this.config.memoryBudgetCgroup });
+    // A memory budget that cannot be read is a configuration error, found at start.
+    await host.read().catch((e: unknown) => { throw new LodgerdError('LODGERD_MEMORY_BUDGET', `memoryBudgetCgroup ${this.config.memoryBudgetCgroup}: ${(e as Error).message}`, { cause: e }); });
     const loop = new ControlLoop({
       policy: this.controllerPolicy(),
       monitors: this.policySet.services.map((s) => new ServiceMonitor(s)),
-      host: this.o.hostReader ?? new ProcHostReader(),
+      host,
       sandboxes: () => this.loopSandboxes(),
       pool: await this.poolTarget(),
       store: new FileStateStore(join(this.config.stateDir, 'controller.json'), this.log),

@@ -24,6 +24,7 @@ import type { BatchPoolPolicy, OnlineServicePolicy } from '../policy/index.ts';
 import { cpuSplit, isCgroupKnob, keptKnobs, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
 import { serviceSlacks } from './slack.ts';
 import { structuralActions } from './structural.ts';
+import { memoryPlan, type MemoryObservation, type MemoryState } from './memory.ts';
 
 export interface ServiceObservation {
   name: string;
@@ -35,6 +36,8 @@ export interface ServiceObservation {
   cpuUse?: number | null;
   /** Time its threads waited for a CPU, percent of wall time (like PSI "some"), when known. */
   runDelayPct?: number | null;
+  /** Resident memory of its processes, bytes, when they are known. */
+  memoryBytes?: number | null;
 }
 
 export interface HostObservation {
@@ -42,6 +45,8 @@ export interface HostObservation {
   /** PSI "some" avg10 for CPU, percent (host-wide: counts batch's own waiting too). */
   cpuPressure: number;
   memAvailableBytes: number;
+  /** The memory guarded (the host's or the budget cgroup's) with its pressure signals (memory.ts). */
+  memory?: MemoryObservation;
 }
 
 export interface SandboxObservation {
@@ -51,6 +56,8 @@ export interface SandboxObservation {
   paused: boolean;
   /** Saved to disk, no VMM running (the memory path's last step). */
   suspended?: boolean;
+  /** Being written to disk or read back from it. */
+  suspending?: boolean;
   /** Guest MemAvailable, when the guest reports it. */
   guestMemAvailableMiB: number | null;
 }
@@ -131,6 +138,8 @@ export interface ControllerState {
   revertedAt?: number | null;
   /** The first round after a gap in the rounds (a stopped or restarted daemon). */
   resumedAt?: number | null;
+  /** The memory path's own state (memory.ts). */
+  memory?: MemoryState;
 }
 
 export interface Plan {
@@ -329,11 +338,15 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     applied, reason: why,
   };
 
+  // Memory first (memory.ts), whatever the fast path does: it may pause a guest as a stop-gap.
+  const mem = memoryPlan(policy, obs, prev.memory, { comfortable, cooldownMs: g.cooldownMs });
+  for (const d of desired.sandboxes) if (mem.pause.includes(d.id)) d.paused = true;
   // Structural steps only when the fast path is not moving this round.
   const fastMoved = state.level !== prev.level || state.paused !== prev.paused;
-  const structural = fastMoved ? { actions: [], state } : structuralActions(policy, obs, state, { minSlack: s.min, comfortable, runDelay });
-  const reason = structural.actions.length ? `${why}; ${structural.actions.map((a) => a.reason).join('; ')}` : why;
-  return { desired, actions: structural.actions, state: structural.state, slack: s.perService, tightened, reason };
+  const structural = fastMoved || mem.step ? { actions: [], state } : structuralActions(policy, obs, state, { minSlack: s.min, comfortable, runDelay });
+  const actions: Action[] = mem.step ? [mem.step] : structural.actions;
+  const reason = [why, mem.why, ...actions.map((a) => a.reason)].filter(Boolean).join('; ');
+  return { desired, actions, state: { ...structural.state, memory: mem.state }, slack: s.perService, tightened, reason };
 }
 
 /** Whether the fast path may give one step back now, and if not, what holds it. */

@@ -1,4 +1,4 @@
-// The structural path: vCPUs and memory one step at a time, suspend to disk and restore.
+// The structural path for CPUs: vCPUs one step at a time (memory is memory.ts's).
 // Slow (tens of ms to seconds), so it moves only while the fast path holds still, and
 // changing direction waits twice as long as continuing: no oscillation around the target.
 import type { Action, ControllerPolicy, ControllerState, Observations } from './decide.ts';
@@ -40,34 +40,7 @@ export function structuralActions(
         reason: `slack ${fmt(s.minSlack)} >= ${g.minSlack} for ${Math.round(now - state.highSince)} ms, ${spare} host CPU spare: ${smallest.vcpus} -> ${smallest.vcpus + 1} vCPUs` });
     }
   }
-  // Memory: give back under host memory pressure (virtio-mem steps, then, with every
-  // sandbox at its minimum, suspend one to disk); take more when a guest runs short and
-  // the host has room beyond its reserve; bring suspended sandboxes back when it has room
-  // for the whole sandbox.
-  if (actions.length === 0) {
-    const step = g.memoryStepMiB;
-    const availMiB = obs.host.memAvailableBytes / 1048576;
-    const reserveMiB = pool.reserve.memoryBytes / 1048576;
-    if (memPressure && cooled('shrink')) {
-      const big = running.filter((x) => x.memoryMiB - step >= pool.sandbox.minMemoryMiB && !x.paused).sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
-      const why = `host MemAvailable ${availMiB.toFixed(0)} MiB below the ${reserveMiB.toFixed(0)} MiB reserve`;
-      if (big) {
-        actions.push({ kind: 'resize', sandbox: big.id, memoryMiB: big.memoryMiB - step, reason: `${why}: ${big.memoryMiB} -> ${big.memoryMiB - step} MiB` });
-      } else {
-        const victim = [...running].sort((a, b) => b.memoryMiB - a.memoryMiB)[0];
-        if (victim) actions.push({ kind: 'suspend', sandbox: victim.id, reason: `${why} and every sandbox at its minimum: suspend ${victim.id} to disk` });
-      }
-    } else if (!memPressure && s.comfortable && cooled('grow')) {
-      const back = obs.sandboxes.find((x) => x.suspended && availMiB - x.memoryMiB - step > reserveMiB);
-      const short = running.find((x) => x.guestMemAvailableMiB !== null && x.guestMemAvailableMiB < x.memoryMiB / 4 && x.memoryMiB + step <= pool.sandbox.maxMemoryMiB);
-      if (back) {
-        actions.push({ kind: 'restore', sandbox: back.id, reason: `host MemAvailable ${availMiB.toFixed(0)} MiB has room for ${back.id} (${back.memoryMiB} MiB) beyond the reserve: restore it from disk` });
-      } else if (short && availMiB - step > reserveMiB) {
-        actions.push({ kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + step,
-          reason: `guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${step} MiB` });
-      }
-    }
-  }
+  // Memory steps are memory.ts's (pressure-driven, read back, suspend and restore).
   const change = actions[0];
   if (!change) return { actions, state };
   const before = obs.sandboxes.find((x) => x.id === change.sandbox);

@@ -1,7 +1,6 @@
 // Host signals read straight from /proc on every tick: PSI, CPU busy time, MemAvailable.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ProcFile } from './procfile.ts';
 
 export interface Psi {
   someAvg10: number;
@@ -22,34 +21,6 @@ export function parsePsi(text: string): Psi {
   const some = line('some');
   const full = line('full');
   return { someAvg10: some.avg10 ?? 0, fullAvg10: full.avg10 ?? 0, someTotalUs: some.total ?? 0 };
-}
-
-function parseMemAvailableBytes(text: string): number {
-  const m = /MemAvailable:\s+(\d+) kB/.exec(text);
-  return m ? Number(m[1]) * 1024 : 0;
-}
-
-/** CPU pressure and MemAvailable for every control round, through kept-open files. */
-export class HostFiles {
-  private readonly psi: ProcFile;
-  private readonly meminfo: ProcFile;
-  constructor(proc: string) {
-    this.psi = new ProcFile(join(proc, 'pressure', 'cpu'));
-    this.meminfo = new ProcFile(join(proc, 'meminfo'));
-  }
-
-  /** Throws when meminfo cannot be read: 0 bytes free would read as memory pressure. PSI is optional. */
-  read(): { cpuPsi: Psi | null; memAvailableBytes: number } {
-    const psi = this.psi.read();
-    const mem = this.meminfo.read();
-    if (mem === null) throw new Error(`cannot read ${this.meminfo.path}`);
-    return { cpuPsi: psi === null ? null : parsePsi(psi), memAvailableBytes: parseMemAvailableBytes(mem) };
-  }
-
-  close(): void {
-    this.psi.close();
-    this.meminfo.close();
-  }
 }
 
 /** Busy fraction of all CPUs between two calls, from the first line of /proc/stat. */

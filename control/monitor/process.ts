@@ -22,6 +22,8 @@ export interface ProcessReading {
   /** Time the threads waited for a CPU, percent of wall time (summed over threads). */
   runDelayPct: number | null;
   pids: number;
+  /** Resident memory of its processes (statm), bytes; null when none was readable. */
+  memoryBytes?: number | null;
   error: string | null;
 }
 
@@ -31,10 +33,13 @@ const RESCAN_MS = 2000;
 /** Bounds on what one service may cost us per round. */
 const MAX_PIDS = 64;
 const MAX_THREADS = 256;
+/** statm counts pages; x86-64 and arm64 Linux hosts use 4 KiB pages by default. */
+const PAGE_BYTES = 4096;
 
 export class ServiceProcesses {
   private threads: ProcFile[] = [];
   private pidCount = 0;
+  private pidList: number[] = [];
   private scannedAt = -Infinity;
   private error: string | null = null;
   private samples: { t: number; run: number; wait: number }[] = [];
@@ -66,11 +71,25 @@ export class ServiceProcesses {
     while (this.samples.length > 2 && this.samples[1]!.t <= now - SPAN_MS) this.samples.shift();
     const ref = this.samples[0]!;
     const dtNs = (now - ref.t) * 1e6;
-    if (this.threads.length === 0 || dtNs < SPAN_MS * 1e6 * 0.5) return { cpuUse: null, runDelayPct: null, pids: this.pidCount, error: this.error };
+    const memoryBytes = this.rss();
+    if (this.threads.length === 0 || dtNs < SPAN_MS * 1e6 * 0.5) return { cpuUse: null, runDelayPct: null, pids: this.pidCount, memoryBytes, error: this.error };
     return {
       cpuUse: Math.max(0, (run - ref.run) / dtNs), runDelayPct: Math.max(0, ((wait - ref.wait) / dtNs) * 100),
-      pids: this.pidCount, error: this.error,
+      pids: this.pidCount, memoryBytes, error: this.error,
     };
+  }
+
+  /** Resident set of the service's processes: statm's second field, in pages (one small read per pid). */
+  private rss(): number | null {
+    let sum = 0;
+    let any = false;
+    for (const pid of this.pidList) {
+      const f = readText(join(this.paths.proc, String(pid), 'statm'));
+      if (f === null) continue;
+      sum += (Number(f.split(' ')[1]) || 0) * PAGE_BYTES;
+      any = true;
+    }
+    return any ? sum : null;
   }
 
   /** The pids the spec names, joined. */
@@ -117,6 +136,7 @@ export class ServiceProcesses {
       this.threads = paths.map((f) => new ProcFile(f));
     }
     this.pidCount = pids.length;
+    this.pidList = pids;
   }
 
   /** Closes the threads' files (they are opened again on the next read). */

@@ -85,7 +85,7 @@ export class ServiceMonitor {
 
   observe(): ServiceReading {
     const p = this.processes?.read() ?? null;
-    return { ...this.latency(), cpuUse: p?.cpuUse ?? null, runDelayPct: p?.runDelayPct ?? null };
+    return { ...this.latency(), cpuUse: p?.cpuUse ?? null, runDelayPct: p?.runDelayPct ?? null, memoryBytes: p?.memoryBytes ?? null };
   }
 
   private latency(): ServiceReading {

@@ -137,6 +137,14 @@ export function deviceGroups(devices: string[]): number[] {
 }
 
 /**
+ * The VMM's OOM score: under memory pressure the kernel's OOM killer takes a batch
+ * sandbox (its state is on disk after a suspend, or its job is retried) before the
+ * online service, which keeps the default 0. Raising one's own score needs no privilege.
+ */
+export const VMM_OOM_SCORE_ADJ = 500;
+export const OOM_SCORE_LINE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; ';
+
+/**
  * The launcher: argv for /bin/sh that joins the cgroups, then becomes (by exec, so the pid
  * stays the VMM's) unshare -> sh (bind mounts) -> chroot -> setpriv -> prlimit -> QEMU.
  * Exit 125: the cgroup could not be joined; 124: the jail could not be set up.
@@ -147,7 +155,7 @@ export function jailedLaunch(qemu: string, args: string[], j: { root: string; id
     + 'for b in $LODGER_JAIL_RW; do mount --bind "$b" "$R$b" || exit 124; done; '
     + 'exec chroot "$R" setpriv --reuid="$LODGER_JAIL_UID" --regid="$LODGER_JAIL_GID" $LODGER_JAIL_GROUPS --no-new-privs --inh-caps=-all --bounding-set=-all -- '
     + `prlimit --nofile=${JAIL_NOFILE}:${JAIL_NOFILE} --nproc=${JAIL_NPROC}:${JAIL_NPROC} --core=0:0 --fsize=${j.fsizeBytes}:${j.fsizeBytes} -- "$@"`;
-  const outer = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+  const outer = OOM_SCORE_LINE + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
     // A file past RLIMIT_FSIZE (a flooded console log) fails the write instead of killing QEMU.
     + "trap '' XFSZ; "
     + 'set -- unshare --mount --ipc --uts --net --propagation private -- /bin/sh -c "$LODGER_JAIL_INNER" lodger-jail "$LODGER_JAIL_ROOT" "$@"; '

@@ -33,14 +33,20 @@ export class VirtioMem {
     // QEMU rate-limits MEMORY_DEVICE_SIZE_CHANGE to one a second: poll the size instead.
     const timeout = targetMiB > fromMiB ? stepTimeoutMs : stepTimeoutMs * 2;
     const deadline = Date.now() + timeout;
+    // A guest that stops giving memory back (it holds what is left: unmovable or in use)
+    // is not waited on for the whole timeout: a shrink without progress for a third of
+    // it fails, so the controller can suspend it instead.
+    const stallMs = targetMiB > fromMiB ? timeout : Math.max(2000, stepTimeoutMs / 3);
     let size = await this.pluggedBytes(qmp);
+    let moved = { size, at: Date.now() };
     while (size !== requested) {
-      if (Date.now() > deadline) {
+      if (size !== moved.size) moved = { size, at: Date.now() };
+      if (Date.now() > deadline || Date.now() - moved.at > stallMs) {
         // Stop the guest chasing a size it cannot reach: pin the request to what it has.
         await qmp.setRequestedSize(VMEM_ID, size).catch(() => {});
         onSize(this.bootMiB + Math.round(size / MiB));
         throw new SandboxError('SANDBOX_RESIZE_FAILED',
-          `virtio-mem reached ${Math.round(size / MiB)} of ${Math.round(requested / MiB)} MiB within ${timeout} ms`);
+          `virtio-mem reached ${Math.round(size / MiB)} of ${Math.round(requested / MiB)} MiB within ${timeout} ms (no progress for ${Date.now() - moved.at} ms)`);
       }
       await new Promise((r) => setTimeout(r, 5));
       size = await this.pluggedBytes(qmp);

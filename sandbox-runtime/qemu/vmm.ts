@@ -6,7 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
-import { jailedLaunch } from './jail.ts';
+import { jailedLaunch, OOM_SCORE_LINE, VMM_OOM_SCORE_ADJ } from './jail.ts';
 import { tail } from './wait.ts';
 
 export interface ProcessExit {
@@ -94,14 +94,14 @@ export class VmmProcess {
    * `onExit` hears an exit that is the sandbox's end (not a retired or released VMM).
    */
   static spawn(o: SpawnOptions, onExit: (e: ProcessExit) => void): VmmProcess {
-    const script = 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+    const script = OOM_SCORE_LINE + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
       + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
     let cpus = '';
     try { cpus = readFileSync(join(o.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
     const errFd = openSync(o.vmmLog, 'a');
     const launch = o.jail ? jailedLaunch(o.qemuBinary, o.args, o.jail) : { argv: ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], env: {} };
     const child = spawn('/bin/sh', launch.argv, {
-      env: { ...(o.jail ? {} : process.env), ...launch.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus },
+      env: { ...(o.jail ? {} : process.env), ...launch.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus, LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ) },
       stdio: ['ignore', 'ignore', errFd],
       detached: o.detached,
     });
