@@ -6,7 +6,8 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SandboxError, type ExecHandle, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import { SandboxError, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import { collect } from './helpers.ts';
 
 export interface ContractBackend {
   name: string;
@@ -22,15 +23,6 @@ export interface ContractBackend {
   knownGaps?: Partial<Record<'guestSeesResize' | 'restore', string>>;
   /** Host paths a stopped sandbox must have left behind none of. */
   leftovers?(sb: Sandbox): string[];
-}
-
-async function collect(h: ExecHandle): Promise<{ out: string; err: string; code: number | null; signal: number | null }> {
-  let out = '';
-  let err = '';
-  h.onStdout((b) => { out += b.toString(); });
-  h.onStderr((b) => { err += b.toString(); });
-  const status = await h.wait(); // before out and err are read: they fill while it runs
-  return { out, err, ...status };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -69,7 +61,7 @@ export function contractSuite(b: ContractBackend): void {
 
   def('exit codes, stdout and stderr apart, argv passed as given, a signal delivered and reported', async (t, _rt, sb) => {
     const r = await collect(await sb.exec({ argv: ['sh', '-c', 'echo out "$1"; echo err >&2; exit 3', 'sh', "it's $HOME"] }));
-    if (b.realGuest) t.deepEqual(r, { out: "out it's $HOME\n", err: 'err\n', code: 3, signal: null });
+    if (b.realGuest) t.deepEqual(r, { stdout: "out it's $HOME\n", stderr: 'err\n', code: 3, signal: null });
     else t.is(r.code, 0);
     if (!b.realGuest) return;
     const h = await sb.exec({ argv: ['sleep', '30'] });
@@ -94,7 +86,7 @@ export function contractSuite(b: ContractBackend): void {
     }
     const seen = async (): Promise<{ cpus: number; memMiB: number }> => {
       const r = await collect(await sb.exec({ argv: ['sh', '-c', 'nproc; grep MemTotal /proc/meminfo'] }));
-      const [cpus, mem] = r.out.trim().split('\n');
+      const [cpus, mem] = r.stdout.trim().split('\n');
       return { cpus: Number(cpus), memMiB: Number(/(\d+) kB/.exec(mem ?? '')?.[1] ?? 0) / 1024 };
     };
     const before = await seen();
@@ -150,7 +142,7 @@ export function contractSuite(b: ContractBackend): void {
     const sb = await boot(`${b.name}-out`, { outputDir: out });
     const paths = b.leftovers?.(sb) ?? [];
     const r = await collect(await sb.exec({ argv: ['sh', '-c', 'echo result > /output/r.txt'] }));
-    t.is(r.code, 0, r.err);
+    t.is(r.code, 0, r.stderr);
     await sb.stop();
     if (b.realGuest) t.is(readFileSync(join(out, 'r.txt'), 'utf8'), 'result\n');
     t.is(sb.status().state, 'stopped');

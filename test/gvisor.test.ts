@@ -5,7 +5,8 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openGvisorRuntime, SandboxError, type ExecHandle, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { openGvisorRuntime, SandboxError, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { collect } from './helpers.ts';
 
 const runscOk = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
 const maybe = runscOk ? test.serial : test.skip;
@@ -37,15 +38,6 @@ async function boot(id: string, extra: Partial<Parameters<GvisorRuntime['create'
   return sb;
 }
 
-async function collect(h: ExecHandle): Promise<{ out: string; err: string; code: number | null; signal: number | null }> {
-  let out = '';
-  let err = '';
-  h.onStdout((b) => { out += b.toString(); });
-  h.onStderr((b) => { err += b.toString(); });
-  const st = await h.wait();
-  return { out, err, ...st };
-}
-
 const knob = (sb: GvisorSandbox, hier: string, file: string): string => readFileSync(join(sb.cgroupDirs!.get(hier)!, file), 'utf8').trim();
 
 // Exit codes, output, /output, pause, suspend and a killed sandbox are the shared
@@ -53,9 +45,9 @@ const knob = (sb: GvisorSandbox, hier: string, file: string): string => readFile
 maybe('the busybox root by default: read-only, Lodger\'s own directories hidden', async (t) => {
   const sb = await boot('gv-root');
   const ls = await collect(await sb.exec({ argv: ['ls', '/'], env: { A: 'b' } }));
-  t.is(ls.code, 0, ls.err);
-  t.regex(ls.out, /^bin$/m);
-  t.notRegex(ls.out, /lodger/, 'Lodger\'s own directories stay hidden');
+  t.is(ls.code, 0, ls.stderr);
+  t.regex(ls.stdout, /^bin$/m);
+  t.notRegex(ls.stdout, /lodger/, 'Lodger\'s own directories stay hidden');
   const ro = await collect(await sb.exec({ argv: ['touch', '/x'] }));
   t.not(ro.code, 0, 'the root is read-only');
 });

@@ -1,23 +1,16 @@
 // A gVisor sandbox's record (sandbox.json: what a later process needs to take it up
 // again), its cgroup's name, and the host knobs a size means.
-import { readFileSync } from 'node:fs';
 import type { CgroupKnobs } from '../cgroup/index.ts';
-import type { SandboxLimits, SandboxSpec } from '../contract.ts';
+import { readRecordFile, type RecordBase } from '../record.ts';
 
 /** What a later process needs to take the sandbox up again (sandbox.json). */
-export interface GvisorRecord {
-  spec: SandboxSpec;
-  limits: SandboxLimits;
-  pid: number | null;
-  state: 'running' | 'paused' | 'suspended';
-  vcpus: number;
-  memoryMiB: number;
+export interface GvisorRecord extends RecordBase {
   nextExec: number;
   pausedWhenSuspended: boolean;
 }
 
 export function readGvisorRecord(path: string): GvisorRecord | Error {
-  try { return JSON.parse(readFileSync(path, 'utf8')) as GvisorRecord; } catch (e) { return e as Error; }
+  return readRecordFile<GvisorRecord>(path);
 }
 
 export const gvisorCgroupName = (id: string): string => `gv-${id}`;

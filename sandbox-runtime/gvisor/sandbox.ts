@@ -4,7 +4,7 @@
 // memory.max/high; the controller's knobs are the same cgroup files as for QEMU.
 import { spawn } from 'node:child_process';
 import { copyFile, cp, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import type { Cgroup, CgroupKnobs } from '../cgroup/index.ts';
 import {
   validateUpdate, type ExecHandle, type Sandbox, type ExecRequest, type ResourceUpdate, type SandboxLimits, type SandboxMetrics, type SandboxSpec,
@@ -15,6 +15,7 @@ import { commandScript, gvisorPaths, ociConfig, RUNNER, IN_CMD, IN_SH, type Gvis
 import { FileExec } from './exec.ts';
 import { globalFlags, isSandboxProcess, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
 import type { GvisorRuntimeOptions } from './runtime.ts';
+import { writeRecordFile } from '../record.ts';
 import { gvisorCgroupName, readGvisorRecord, sizeKnobs, type GvisorRecord } from './record.ts';
 
 
@@ -77,8 +78,7 @@ export class GvisorSandbox implements Sandbox {
       memoryMiB: this.memoryMiB, nextExec: this.nextExec, pausedWhenSuspended: this.pausedWhenSuspended,
     };
     try {
-      writeFileSync(`${this.paths.record}.tmp`, JSON.stringify(rec));
-      renameSync(`${this.paths.record}.tmp`, this.paths.record);
+      writeRecordFile(this.paths.record, rec);
     } catch (e) {
       this.log(`record not written: ${(e as Error).message}`);
     }

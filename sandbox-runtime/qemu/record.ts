@@ -1,8 +1,8 @@
 // Where a sandbox's files (and its cgroup) live, and its record (sandbox.json): what
 // a later process needs to take the sandbox up again or to clean up after it.
-import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { SandboxLimits, SandboxSpec } from '../contract.ts';
+import { readRecordFile, writeRecordFile, type RecordBase } from '../record.ts';
 
 /** The cgroup of sandbox `id`, under the runtime's parent: private to this backend. */
 export const cgroupName = (id: string): string => `sb-${id}`;
@@ -50,33 +50,15 @@ export function sandboxPaths(runDir: string, id: string): QemuPaths {
 }
 
 /** Written to the sandbox's record file; read back by attach(), list() and shutdown(). */
-export interface SandboxRecord {
-  spec: SandboxSpec;
-  limits: SandboxLimits;
-  pid: number | null;
-  state: 'running' | 'paused' | 'suspended';
-  vcpus: number;
-  memoryMiB: number;
+export interface SandboxRecord extends RecordBase {
   baseMemTotalKiB: number;
   wasPausedWhenSuspended: boolean;
   /** The jail uid/gid the VMM runs as; null: not jailed. */
   jail?: { uid: number; gid: number } | null;
 }
 
-/** Replaces the record atomically: a reader never sees half of one. */
-export function writeRecord(path: string, rec: SandboxRecord): void {
-  writeFileSync(`${path}.tmp`, JSON.stringify(rec));
-  renameSync(`${path}.tmp`, path);
-}
-
-/** The record, or the reason there is none. */
-export function readRecord(path: string): SandboxRecord | Error {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as SandboxRecord;
-  } catch (e) {
-    return e as Error;
-  }
-}
+export const writeRecord: (path: string, rec: SandboxRecord) => void = writeRecordFile;
+export const readRecord = (path: string): SandboxRecord | Error => readRecordFile<SandboxRecord>(path);
 
 /** The jail uids the records in `runDir` hold (a sandbox suspended to disk keeps its uid). */
 export function recordedUids(runDir: string): Set<number> {
