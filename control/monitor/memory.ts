@@ -9,9 +9,9 @@
 // "Available" leaves out inactive file cache (reclaimable without a stall), as
 // MemAvailable does. PSI figures are taken from the "total" stall counters over the
 // last ~1 s, not avg10 (which needs 10 s to show a step). Host paths are injected.
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MemoryObservation } from '../controller/index.ts';
+import { ProcFile } from './procfile.ts';
 
 export interface MemoryPaths {
   proc: string;
@@ -22,7 +22,6 @@ export interface MemoryPaths {
 /** Stall and refault rates are taken over at least this span. */
 const SPAN_MS = 1000;
 
-const read = (f: string): Promise<string | null> => readFile(f, 'utf8').catch(() => null);
 /** "key value" lines (memory.stat, memory.events) as a record. */
 function keyed(text: string | null): Record<string, number> {
   const out: Record<string, number> = {};
@@ -43,16 +42,27 @@ interface Sample { t: number; some: number; full: number; refaults: number }
 
 export class MemoryBudget {
   private samples: Sample[] = [];
+  /** Read every round: kept open, as the host reader's (procfile.ts). */
+  private readonly files = new Map<string, ProcFile>();
   private version: 1 | 2 | null = null;
 
   /** `cgroup`: the budget's path below the memory mount (v1) or the v2 root; '' for the host's own memory. */
   constructor(private readonly cgroup: string, private readonly paths: MemoryPaths = { proc: '/proc', cgroupRoot: '/sys/fs/cgroup' }, private readonly clock: () => number = Date.now) {}
 
+  private text(f: string): string | null {
+    let file = this.files.get(f);
+    if (!file) {
+      file = new ProcFile(f);
+      this.files.set(f, file);
+    }
+    return file.read();
+  }
+
   /** Where the budget's files are, and the cgroup version; null for the host. */
-  private async dir(): Promise<{ dir: string; v: 1 | 2 } | null> {
+  private dir(): { dir: string; v: 1 | 2 } | null {
     if (!this.cgroup) return null;
     if (this.version === null) {
-      const v2 = await read(join(this.paths.cgroupRoot, 'cgroup.controllers'));
+      const v2 = this.text(join(this.paths.cgroupRoot, 'cgroup.controllers'));
       this.version = v2 !== null && v2.split(/\s+/).includes('memory') ? 2 : 1;
     }
     return this.version === 2 ? { dir: join(this.paths.cgroupRoot, this.cgroup), v: 2 } : { dir: join(this.paths.cgroupRoot, 'memory', this.cgroup), v: 1 };
@@ -67,7 +77,7 @@ export class MemoryBudget {
    */
   async read(): Promise<MemoryObservation> {
     try {
-      this.last = await this.readNow();
+      this.last = this.readNow();
     } catch (e) {
       if (this.last === null) throw e;
       this.last = { ...this.last, source: `${this.last.source.replace(/ \(stale.*$/, '')} (stale: ${(e as Error).message})` };
@@ -75,9 +85,9 @@ export class MemoryBudget {
     return this.last;
   }
 
-  private async readNow(): Promise<MemoryObservation> {
+  private readNow(): MemoryObservation {
     const now = this.clock();
-    const where = await this.dir();
+    const where = this.dir();
     let total: number;
     let used: number;
     let available: number;
@@ -86,34 +96,34 @@ export class MemoryBudget {
     let psi: { some: number; full: number } | null;
     let psiSource: MemoryObservation['psiSource'];
     if (where === null) {
-      const mi = await read(join(this.paths.proc, 'meminfo')) ?? '';
+      const mi = this.text(join(this.paths.proc, 'meminfo')) ?? '';
       const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(mi)?.[1] ?? 0) * 1024;
       total = kib('MemTotal');
       available = kib('MemAvailable');
       used = total - kib('MemFree');
-      const vm = keyed(await read(join(this.paths.proc, 'vmstat')));
+      const vm = keyed(this.text(join(this.paths.proc, 'vmstat')));
       refaults = vm.workingset_refault_file ?? vm.workingset_refault ?? 0;
       oomKills = vm.oom_kill ?? null;
-      psi = psiTotals(await read(join(this.paths.proc, 'pressure', 'memory')));
+      psi = psiTotals(this.text(join(this.paths.proc, 'pressure', 'memory')));
       psiSource = psi ? 'host' : null;
     } else if (where.v === 1) {
-      const [lim, use, statText, oom] = await Promise.all(['memory.limit_in_bytes', 'memory.usage_in_bytes', 'memory.stat', 'memory.oom_control'].map((f) => read(join(where.dir, f))));
+      const [lim, use, statText, oom] = ['memory.limit_in_bytes', 'memory.usage_in_bytes', 'memory.stat', 'memory.oom_control'].map((f) => this.text(join(where.dir, f)));
       if (lim === null || use === null) throw new Error(`memory budget cgroup ${where.dir} is not readable`);
       const stat = keyed(statText);
       // An unlimited budget (the v1 "max" is a huge number) is capped by the host's RAM.
-      const hostTotal = Number(/^MemTotal:\s+(\d+) kB/m.exec(await read(join(this.paths.proc, 'meminfo')) ?? '')?.[1] ?? 0) * 1024;
+      const hostTotal = Number(/^MemTotal:\s+(\d+) kB/m.exec(this.text(join(this.paths.proc, 'meminfo')) ?? '')?.[1] ?? 0) * 1024;
       total = Math.min(Number(lim), hostTotal || Number(lim));
       used = Number(use);
       available = total - used + (stat.total_inactive_file ?? 0);
       refaults = stat.total_workingset_refault_file ?? 0;
       oomKills = keyed(oom).oom_kill ?? null;
-      psi = psiTotals(await read(join(this.paths.proc, 'pressure', 'memory')));
+      psi = psiTotals(this.text(join(this.paths.proc, 'pressure', 'memory')));
       psiSource = psi ? 'host' : null;
     } else {
-      const [max, cur, statText, events, pressure] = await Promise.all(['memory.max', 'memory.current', 'memory.stat', 'memory.events', 'memory.pressure'].map((f) => read(join(where.dir, f))));
+      const [max, cur, statText, events, pressure] = ['memory.max', 'memory.current', 'memory.stat', 'memory.events', 'memory.pressure'].map((f) => this.text(join(where.dir, f)));
       if (cur === null) throw new Error(`memory budget cgroup ${where.dir} is not readable`);
       const stat = keyed(statText);
-      const hostTotal = Number(/^MemTotal:\s+(\d+) kB/m.exec(await read(join(this.paths.proc, 'meminfo')) ?? '')?.[1] ?? 0) * 1024;
+      const hostTotal = Number(/^MemTotal:\s+(\d+) kB/m.exec(this.text(join(this.paths.proc, 'meminfo')) ?? '')?.[1] ?? 0) * 1024;
       total = max === null || max.trim() === 'max' ? hostTotal : Math.min(Number(max), hostTotal || Number(max));
       used = Number(cur);
       available = total - used + (stat.inactive_file ?? 0);
