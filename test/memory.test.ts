@@ -79,6 +79,8 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     await until('b suspended to disk', () => b.status().state === 'suspended', 180_000);
     const steps = decisions.flatMap((d) => d.results.filter((r) => r.action.kind !== 'knobs' && r.action.kind !== 'pause' && r.action.kind !== 'resume').map((r) => `${r.action.kind} ${r.action.sandbox} ${r.ok ? 'ok' : 'failed'}`));
     t.log(steps.join(', '));
+    // The reasons of every memory step, so a wrong order says why it was taken.
+    for (const d of decisions) if (d.results.some((r) => r.action.kind === 'resize' || r.action.kind === 'suspend')) t.log(d.reason);
     t.regex(steps[0] ?? '', /^resize mem-a ok/, 'virtio-mem give-back of the guest with memory to spare comes first');
     t.true(a.status().memoryMiB < 512, `read back: a is at ${a.status().memoryMiB} MiB`);
     t.true(steps.indexOf('suspend mem-b ok') > 0, 'then b, which cannot give back, is suspended');

@@ -404,7 +404,7 @@ test('memory pressure: virtio-mem steps down to the minimum, then suspend to dis
   };
   let tick = 0;
   run(400, 900); // MemAvailable 900 MiB < the 1024 MiB reserve
-  t.deepEqual(seen, ['resize 388', 'resize 256', 'suspend'], 'steps down by what is missing (to a step above the reserve), then suspends');
+  t.deepEqual(seen, ['resize 384', 'resize 256', 'suspend'], 'steps down by what is missing (to a step above the reserve), then suspends');
   t.true(sbs[0]!.suspended);
   t.is(sbs[0]!.vcpus, 1, 'no vCPU growth under host memory pressure');
   seen.length = 0;

@@ -83,7 +83,11 @@ export const SUSPEND_AFTER_MS = 20_000;
 const CALM_COOLDOWNS = 3;
 const TAKE_COOLDOWNS = 2;
 
-const even = (x: number): number => 2 * Math.floor(x / 2);
+/** Steps are whole multiples of what a guest can unplug at once: Linux's virtio-mem
+ *  subblock is max(the device block, 2 MiB, a pageblock), 4 MiB on our guest kernel
+ *  (no hugetlbfs); a 2 MiB remainder is never given back and read as a refusal. */
+const GRAIN_MIB = 4;
+const grain = (x: number): number => GRAIN_MIB * Math.floor(x / GRAIN_MIB);
 const live = (x: SandboxObservation): boolean => !x.suspended && !x.suspending;
 
 export interface MemoryPlan {
@@ -181,10 +185,15 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
     const needMiB = Math.max(0, p.reserveMiB + step - p.availMiB);
     const spare = (x: SandboxObservation): number => {
       const guest = x.guestMemAvailableMiB === null ? step : x.guestMemAvailableMiB - GUEST_FLOOR_MIB;
-      return even(Math.min(x.memoryMiB - minMiB, guest));
+      return grain(Math.min(x.memoryMiB - minMiB, guest));
     };
     const shrinkable = running.filter((x) => !x.paused && !state.refused.includes(x.id) && spare(x) >= MIN_USEFUL_MIB).sort((a, b) => b.memoryMiB - a.memoryMiB);
-    const releasable = shrinkable.reduce((n, x) => n + spare(x), 0);
+    // A guest shrinking now can give more once its step is done: what it spares beyond that step.
+    const after = state.pending.filter((x) => x.kind === 'shrink').reduce((n, x) => {
+      const sb = byId.get(x.sandbox);
+      return n + (sb ? Math.max(0, spare(sb) - (sb.memoryMiB - x.toMiB)) : 0);
+    }, 0);
+    const releasable = shrinkable.reduce((n, x) => n + spare(x), 0) + after;
     const late = state.pressureSince !== null && now - state.pressureSince >= SUSPEND_AFTER_MS;
     // Who goes to disk: a guest that refused first, then the largest.
     const victims = running.filter((x) => x.memoryMiB > 0).sort((a, b) => Number(state.refused.includes(b.id)) - Number(state.refused.includes(a.id)) || b.memoryMiB - a.memoryMiB);
@@ -194,14 +203,15 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
     const mustSuspend = (shrinkable.length === 0 && shrinking === 0) || (p.critical && releasable + shrinking < needMiB) || late;
     if (!mustSuspend && state.pending.length === 0) {
       const big = shrinkable[0]!;
-      const to = big.memoryMiB - Math.min(spare(big), Math.max(step, even(needMiB + 1)));
+      const to = big.memoryMiB - Math.min(spare(big), Math.max(step, grain(needMiB + GRAIN_MIB)));
       begin(big, 'shrink', to);
       next = { kind: 'resize', sandbox: big.id, memoryMiB: to, reason: `${p.why}: give back ${big.memoryMiB - to} MiB of ${big.id} (${big.memoryMiB} -> ${to} MiB, its guest has ${big.guestMemAvailableMiB ?? '?'} MiB available)` };
     } else if (mustSuspend && !suspending && victims[0]) {
       const v = victims[0];
       begin(v, 'suspend', 0);
-      const because = shrinkable.length === 0 ? (state.refused.includes(v.id) ? `${v.id} did not give back what it was asked` : 'no guest can give back more')
-        : late ? `pressure for ${Math.round((now - state.pressureSince!) / 1000)} s despite give-back` : `critical and shrinking frees at most ${releasable} of ${needMiB.toFixed(0)} MiB missing`;
+      const because = late ? `pressure for ${Math.round((now - state.pressureSince!) / 1000)} s despite give-back`
+        : shrinkable.length === 0 && shrinking === 0 ? (state.refused.includes(v.id) ? `${v.id} did not give back what it was asked` : 'no guest can give back more')
+          : `critical and shrinking frees at most ${releasable + shrinking} of ${needMiB.toFixed(0)} MiB missing`;
       next = { kind: 'suspend', sandbox: v.id, reason: `${p.why}: ${because}: suspend ${v.id} (${v.memoryMiB} MiB) to disk` };
     }
   } else if (state.pending.length === 0 && o.comfortable && state.calmSince !== null && now - state.calmSince >= CALM_COOLDOWNS * o.cooldownMs &&
@@ -216,8 +226,8 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
       state.tookAt = now;
       next = { kind: 'restore', sandbox: back.id, reason: `${p.why}, calm for ${Math.round((now - state.calmSince) / 1000)} s: room for ${back.id} (${back.memoryMiB} MiB) beyond the reserve: restore it from disk` };
     } else if (short) {
-      const by = even(Math.min(step, maxMiB - short.memoryMiB, roomMiB / 2));
-      if (by >= 2) {
+      const by = grain(Math.min(step, maxMiB - short.memoryMiB, roomMiB / 2));
+      if (by >= GRAIN_MIB) {
         begin(short, 'grow', short.memoryMiB + by);
         state.tookAt = now;
         next = { kind: 'resize', sandbox: short.id, memoryMiB: short.memoryMiB + by, reason: `${p.why}, calm: guest MemAvailable ${short.guestMemAvailableMiB} MiB < 1/4 of ${short.memoryMiB} MiB: +${by} MiB` };
