@@ -246,6 +246,7 @@ test('revert and block: a breach right after a release undoes that release alone
   t.deepEqual(applied, ['cpu.idle'], 'and it stays so: the release is blocked by the breach memory');
   t.is(levels.filter((l, i) => i > 0 && l > levels[i - 1]!).length, 1, 'one tightening in 25 s: no flapping');
   t.true((state.effects['cpu.idle']?.value ?? 0) > 0.5, 'its cost was learnt');
+  t.is(state.breach?.backoffMs, 60_000, 'a breach a release caused blocks it for twice the back-off');
   // A looser SLO (another cell, another service's target) is not bound by that breach.
   const loose = decide(at(3), obsAt(25_000, 1, sbs, 16384, 2), state);
   t.is(loose.state.breach, null);

@@ -170,8 +170,13 @@ export interface ControllerPolicy {
 const BASELINE_TAU_MS = 5000;
 /** Older than this, the baseline is not compared with (the loop was not running). */
 const STALE_BASELINE_MS = 2000;
-/** A rise counts as a load step only above this many CPUs too (noise at low load). */
-const MIN_STEP_CPUS = 0.02;
+/**
+ * A rise counts as a load step only if it adds this many CPUs too. At low load the
+ * service's use over a 200 ms span doubles in bursts (redis at 20%: 0.04 -> 0.08 and
+ * 0.08 -> 0.15 CPUs, 2026-12-02), which re-clamped the cpuset for 30 s with the tail
+ * well inside its SLO; a tenth of a core is still a fraction of what a real step adds.
+ */
+const MIN_STEP_CPUS = 0.1;
 /** Load must fall this far below a breach's before its level may be given back early. */
 const LOAD_FALL = 0.85;
 /** A breach is remembered under SLO targets up to this much looser than its own. */
@@ -262,10 +267,14 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   // replaces it (a release, a clamp) or two cool-downs have passed.
   const blame = Math.max(2 * win, 2 * g.cooldownMs);
   if (state.trial && (now - state.trial.at > blame || (state.trial.learnt && violating))) state.trial = null;
-  const breachAt = (level: number, backoffFrom: Breach | null): Breach => {
+  // A breach that follows a release (`reverted`) counts as a repeat: that release is
+  // direct evidence this load needs the knob, and each new try costs a bad window (redis
+  // at 60-80%, 2026-12-02: a try every 30 s, each a 18-60 ms second).
+  const breachAt = (level: number, backoffFrom: Breach | null, reverted = false): Breach => {
     const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
+    const backoffMs = repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : reverted ? Math.min(2 * g.backoffMs, g.maxBackoffMs) : g.backoffMs;
     // The breach's load is the baseline (the load it happened at), not a reading that jumped.
-    return { at: now, load: baseline ?? load, level, backoffMs: repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : g.backoffMs, slo };
+    return { at: now, load: baseline ?? load, level, backoffMs, slo };
   };
 
   let why = '';
@@ -287,7 +296,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.revertedAt = now;
     state.trial = null;
     tightened = true;
-    state.breach = breachAt(prev.level, state.breach);
+    state.breach = breachAt(prev.level, state.breach, true);
     why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
   } else if (danger && prev.level < K && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
