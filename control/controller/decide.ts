@@ -128,7 +128,7 @@ export interface ControllerState {
   effects: KnobEffects;
   /** A release whose cost is being measured. */
   /** A release: its cost is learnt once the window has refreshed (`learnt`); a breach within two windows of it is its doing. */
-  trial: { knob: CgroupKnob; at: number; slackBefore: number; learnt?: boolean } | null;
+  trial: { knob: CgroupKnob; at: number; slackBefore: number; learnt?: boolean; load?: number | null } | null;
   lastResizeAt: number | null;
   lastDirection: 'grow' | 'shrink' | null;
   /** When the last round ran, and under which SLO targets: a release measured across a gap or an SLO change is not learnt from. */
@@ -270,11 +270,14 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   // A breach that follows a release (`reverted`) counts as a repeat: that release is
   // direct evidence this load needs the knob, and each new try costs a bad window (redis
   // at 60-80%, 2026-12-02: a try every 30 s, each a 18-60 ms second).
-  const breachAt = (level: number, backoffFrom: Breach | null, reverted = false): Breach => {
+  // Its load is the load the release was made at: the service's CPU use rises under the
+  // interference the release let in, and falls back once it is reverted, which read as
+  // "load has fallen" and let the same release be tried again within seconds (redis 60%).
+  const breachAt = (level: number, backoffFrom: Breach | null, reverted: { load?: number | null } | null = null): Breach => {
     const repeat = backoffFrom !== null && now - backoffFrom.at < 4 * backoffFrom.backoffMs;
     const backoffMs = repeat ? Math.min(2 * backoffFrom.backoffMs, g.maxBackoffMs) : reverted ? Math.min(2 * g.backoffMs, g.maxBackoffMs) : g.backoffMs;
-    // The breach's load is the baseline (the load it happened at), not a reading that jumped.
-    return { at: now, load: baseline ?? load, level, backoffMs, slo };
+    // Otherwise the baseline (the load it happened at), not a reading that jumped.
+    return { at: now, load: reverted?.load ?? baseline ?? load, level, backoffMs, slo };
   };
 
   let why = '';
@@ -296,7 +299,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.revertedAt = now;
     state.trial = null;
     tightened = true;
-    state.breach = breachAt(prev.level, state.breach, true);
+    state.breach = breachAt(prev.level, state.breach, trial);
     why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
   } else if (danger && prev.level < K && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
@@ -316,7 +319,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   } else if (violating) {
     why = `breach: ${s.worst} (slack ${fmt(s.min)})${showingRevert ? ' after a revert' : ''} with ${state.order.slice(0, state.level).join(', ') || 'no knob'} applied${prev.paused ? ' and paused' : ''}: waiting for the window to show it`;
   } else if (prev.paused || prev.level > keptKnobs(policy.pool).length) {
-    const release = releaseGate(policy, prev, state, now, load, runDelay);
+    const release = releaseGate(policy, prev, state, now, load === null ? null : state.loadBaseline, runDelay);
     if (release.ok && prev.paused) {
       state.paused = false;
       state.releasedAt = now;
@@ -326,7 +329,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
       state.level = prev.level - 1;
       state.releasedAt = now;
       state.highSince = now; // the next release waits for another cool-down
-      state.trial = { knob, at: now, slackBefore: s.min };
+      state.trial = { knob, at: now, slackBefore: s.min, load: baseline ?? load };
       why = `slack ${fmt(s.min)} >= ${g.minSlack} for ${Math.round(g.cooldownMs)} ms: release ${knob}`;
     } else {
       why = `steady: slack ${fmt(s.min)}, ${state.order.slice(0, state.level).join(', ')}${prev.paused ? ', paused' : ''} applied${release.why ? ` (${release.why})` : ''}`;
@@ -369,7 +372,9 @@ function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: Cont
   if (releasing === 'cpuset' && since(now, prev.cpusetChangedAt) < g.cpusetIntervalMs) return { ok: false, why: `cpuset changed less than ${g.cpusetIntervalMs / 1000} s ago` };
   const b = next.breach;
   if (b && !prev.paused && prev.level - 1 <= b.level) {
-    const fell = load !== null && b.load !== null && load < b.load * LOAD_FALL;
+    // The slow average, and by a real step: one 200 ms reading at low load swings by a
+    // third (redis at 60%: 0.07 against 0.09 at the breach let a release through early).
+    const fell = load !== null && b.load !== null && load < b.load * LOAD_FALL && b.load - load >= MIN_STEP_CPUS;
     const waited = now - b.at >= b.backoffMs;
     if (!fell && !waited) return { ok: false, why: `breach memory: ${Math.round((b.backoffMs - (now - b.at)) / 1000)} s of back-off left, load ${load === null ? 'unknown' : load.toFixed(2)} vs ${b.load === null ? '?' : b.load.toFixed(2)} CPUs at the breach` };
   }
