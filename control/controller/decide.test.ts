@@ -436,3 +436,19 @@ test('memory pressure: virtio-mem steps down to the minimum, then suspend to dis
   t.deepEqual(seen, ['restore']);
   t.false(sbs[0]!.suspended);
 });
+
+test('a breach with the cpuset applied takes no vCPU away (batch is already off the services\' CPUs); without a cpuset in the policy it does', (t) => {
+  const run = (knobs: string): number => {
+    const p: ControllerPolicy = { services: [service], pool: defaultPool(`reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [${knobs}], keepApplied: [], growth: { cooldown: 1s, shrinkSlack: 0 }`) };
+    const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
+    let state: ControllerState = INITIAL_STATE;
+    for (let now = 0; now < 10_000; now += TICK) {
+      const plan = decide(p, obsAt(now, 3, sbs, 16384, 2), state); // breaching throughout
+      apply(sbs, plan);
+      state = plan.state;
+    }
+    return sbs[0]!.vcpus;
+  };
+  t.is(run('cpu.idle, cpuset'), 2);
+  t.is(run('cpu.idle, cpu.weight'), 1);
+});
