@@ -4,14 +4,13 @@
 // round); a policy reload and a kill -9 + restart of lodgerd during the breach keep it;
 // it is released when the breach ends. Every process started here is stopped by pid.
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../daemon/index.ts';
 import { startNginx, type Nginx } from '../bench/index.ts';
+import { TestDaemon } from './lodgerd-harness.ts';
 
-const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-clamp-'));
 const socket = join(dir, 'lodgerd.sock');
 const policyDir = join(dir, 'policies');
@@ -19,9 +18,8 @@ const parentName = `lodger-clamp-${process.pid}`;
 // lodgerd lives in this process's cgroup; its sandboxes go below <that>/<parentName>.
 const own = (h: string): string => readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.split(':')[1]!.split(',').includes(h))?.split(':')[2] ?? '/';
 const parentDir = (h: 'cpuset' | 'cpu'): string => join('/sys/fs/cgroup', h, own(h), parentName);
-let daemon: ChildProcess | null = null;
-let log = '';
 let nginx: Nginx | null = null;
+const lodgerd = new TestDaemon(socket, ['--config', join(dir, 'lodgerd.yaml'), '--state-dir', join(dir, 'state'), '--policy-dir', policyDir]);
 let api: ApiClient | null = null;
 
 const sandboxDirs = (): string[] => (existsSync(parentDir('cpuset')) ? readdirSync(parentDir('cpuset')).filter((d) => d.startsWith('sb-')) : []);
@@ -49,14 +47,7 @@ spec:
 }
 
 async function startDaemon(): Promise<void> {
-  log = '';
-  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--config', join(dir, 'lodgerd.yaml'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir], { stdio: ['ignore', 'ignore', 'pipe'] });
-  daemon.stderr!.on('data', (b) => { log += b; });
-  const deadline = Date.now() + 30_000;
-  while (!log.includes(`listening on ${socket}`)) {
-    if (daemon.exitCode !== null || Date.now() > deadline) throw new Error(`lodgerd did not start:\n${log}`);
-    await sleep(50);
-  }
+  await lodgerd.start();
   api = connect(socket);
 }
 
@@ -73,7 +64,7 @@ async function until<T>(f: () => T | undefined | false | Promise<T | undefined |
 
 test.after.always(async () => {
   api?.close();
-  if (daemon?.pid && daemon.exitCode === null) daemon.kill('SIGKILL');
+  if (lodgerd.running) lodgerd.proc!.kill('SIGKILL');
   // The VMMs lodgerd started, found by their cgroups (a stopped lodgerd keeps them on
   // purpose); one that was still being spawned joins its cgroup a moment later, so look
   // until the groups have stayed empty for a while, then remove them.
@@ -130,10 +121,9 @@ test.serial('a sandbox started during a breach has the clamp at once; a policy r
   let watching = true;
   const watcher = (async () => { while (watching) { try { seen.add(`${knob('cpuset', sbA!, 'cpuset.cpus')}/${knob('cpuset', sbB!, 'cpuset.cpus')}/${knob('cpuset', null, 'cpuset.cpus')}`); } catch { /* mid-write */ } await sleep(10); } })();
   policy('2us');
-  t.truthy(await until(() => log.includes('policies loaded (changed on disk)'), 5000), 'reloaded');
+  t.truthy(await until(() => lodgerd.log.includes('policies loaded (changed on disk)'), 5000), 'reloaded');
   await sleep(1500);
-  daemon!.kill('SIGKILL');
-  await new Promise((r) => daemon!.once('exit', r));
+  await lodgerd.stop('SIGKILL');
   const stored = JSON.parse(readFileSync(join(dir, 'state', 'controller.json'), 'utf8')) as { level: number };
   t.is(stored.level, 3, 'the stored controller state says clamped');
   await startDaemon();
@@ -155,6 +145,5 @@ test.serial('a sandbox started during a breach has the clamp at once; a policy r
   for (const id of ['a', 'b']) await api!.call('CancelJob', { id }).catch(() => {});
   api!.close();
   api = null;
-  daemon!.kill('SIGTERM');
-  await Promise.race([new Promise((r) => daemon!.once('exit', r)), sleep(15_000)]);
+  await Promise.race([lodgerd.stop('SIGTERM'), sleep(15_000)]);
 });

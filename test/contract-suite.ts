@@ -79,6 +79,35 @@ export function contractSuite(b: ContractBackend): void {
     t.like(sb.status(), { vcpus: 1, memoryMiB: 256 });
   });
 
+  // What a resize is for, whatever the guest reports: the job's CPU follows it. Two
+  // spinners use about one core at 1 vCPU and about two at 2 (CPU time of the sandbox's
+  // cgroup, host-side; not a timing, a share).
+  def('a resize changes what the job gets: two spinners use about one core at 1 vCPU, more than one at 2', async (t, _rt, sb) => {
+    if (!b.realGuest) {
+      t.pass('no guest');
+      return;
+    }
+    const cores = async (): Promise<number> => {
+      const spin = await sb.exec({ argv: ['sh', '-c', '(while :; do :; done) & (while :; do :; done) & sleep 3; kill %1 %2'] });
+      await sleep(800);
+      const u0 = (await sb.metrics()).cpuUsageUsec;
+      const t0 = performance.now();
+      await sleep(1500);
+      const used = ((await sb.metrics()).cpuUsageUsec - u0) / ((performance.now() - t0) * 1000);
+      await spin.wait();
+      return used;
+    };
+    const one = await cores();
+    await sb.update({ vcpus: 2 });
+    const two = await cores();
+    await sb.update({ vcpus: 1 });
+    const back = await cores();
+    t.log(`cores used: ${one.toFixed(2)} at 1 vCPU, ${two.toFixed(2)} at 2, ${back.toFixed(2)} back at 1`);
+    t.true(one > 0.5 && one < 1.4, `at 1 vCPU: ${one.toFixed(2)} cores`);
+    t.true(two > 1.4, `at 2 vCPUs: ${two.toFixed(2)} cores`);
+    t.true(back > 0.5 && back < 1.4, `back at 1 vCPU: ${back.toFixed(2)} cores`);
+  });
+
   def('the guest sees a resize: its CPU count and memory limit, read from inside', async (t, _rt, sb) => {
     if (!b.realGuest) {
       t.pass('no guest');
@@ -137,11 +166,12 @@ export function contractSuite(b: ContractBackend): void {
     await sb.stop();
   }, 'restore');
 
-  def('/output is collected into the output directory; stop leaves nothing: not listed, no run files or cgroup', async (t, rt) => {
+  def('/output (named by $LODGER_OUTPUT, as HOME by $HOME) is collected into the output directory; stop leaves nothing: not listed, no run files or cgroup', async (t, rt) => {
     const out = join(dir, 'out');
     const sb = await boot(`${b.name}-out`, { outputDir: out });
     const paths = b.leftovers?.(sb) ?? [];
-    const r = await collect(await sb.exec({ argv: ['sh', '-c', 'echo result > /output/r.txt'] }));
+    const r = await collect(await sb.exec({ argv: ['sh', '-c', 'echo "$HOME" >&2; echo result > "$LODGER_OUTPUT/r.txt"'] }));
+    if (b.realGuest) t.is(r.stderr, '/root\n');
     t.is(r.code, 0, r.stderr);
     await sb.stop();
     if (b.realGuest) t.is(readFileSync(join(out, 'r.txt'), 'utf8'), 'result\n');

@@ -1,58 +1,24 @@
 // lodgerd end to end: the real daemon on a temporary state directory and socket, real
 // QEMU sandboxes, driven with the real CLI. Every process started here is stopped by pid.
 import test from 'ava';
-import { execSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
+import { TestDaemon, type CliResult } from './lodgerd-harness.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));
 const socket = join(dir, 'lodgerd.sock');
 const policyDir = join(dir, 'policies');
 mkdirSync(policyDir);
-let daemon: ChildProcess | null = null;
-let daemonLog = '';
 let metricsPort = 0;
-const vmmPids = new Set<number>();
+const lodgerd = new TestDaemon(socket, ['--state-dir', join(dir, 'state'), '--policy-dir', policyDir]);
+const startDaemon = (extra: string[] = []): Promise<void> => lodgerd.start(['--metrics-address', `127.0.0.1:${metricsPort}`, ...extra]);
+const lodger = (args: string[], endpoint?: string[]): Promise<CliResult> => lodgerd.lodger(args, endpoint);
 
-function startDaemon(extra: string[] = []): Promise<void> {
-  daemonLog = '';
-  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', socket, '--policy-dir', policyDir,
-    '--metrics-address', `127.0.0.1:${metricsPort}`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
-  daemon.stderr!.on('data', (b) => {
-    daemonLog += b;
-    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
-  });
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + 30_000;
-    const check = (): void => {
-      if (daemonLog.includes(`listening on ${socket}`)) return resolve();
-      if (daemon?.exitCode !== null || Date.now() > deadline) return reject(new Error(`lodgerd did not start:\n${daemonLog}`));
-      setTimeout(check, 50);
-    };
-    check();
-  });
-}
-
-function lodger(args: string[], endpoint = ['--socket', socket]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), ...endpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b) => { stdout += b; });
-    child.stderr.on('data', (b) => { stderr += b; });
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-test.after.always(() => {
-  if (daemon?.pid && daemon.exitCode === null) daemon.kill('SIGKILL');
-  for (const pid of vmmPids) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-  }
-});
+test.after.always(() => lodgerd.end());
 
 test.serial('three jobs submitted with the CLI run to their exit codes, with logs and output files', async (t) => {
   metricsPort = await freePort();
@@ -146,50 +112,56 @@ test.serial('policies reload on change and on SIGHUP; an invalid file is rejecte
   for (let i = 0; i < 50 && !(await services()).includes('web'); i++) await new Promise((r) => setTimeout(r, 100));
   t.deepEqual(await services(), ['web'], 'picked up on change');
   writeFileSync(join(policyDir, 'broken.yaml'), 'apiVersion: lodger.dev/v1\nkind: OnlineService\nmetadata: { name: x }\nspec:\n  slo: { target: soon }\n  probe: { tcp: { address: "127.0.0.1:9" } }\n');
-  for (let i = 0; i < 50 && !daemonLog.includes('broken.yaml:5:'); i++) await new Promise((r) => setTimeout(r, 100));
-  t.regex(daemonLog, /policy not reloaded \(changed on disk\): .*broken\.yaml:5:18: \/spec\/slo\/target: "soon" is not in the expected form/);
+  for (let i = 0; i < 50 && !lodgerd.log.includes('broken.yaml:5:'); i++) await new Promise((r) => setTimeout(r, 100));
+  t.regex(lodgerd.log, /policy not reloaded \(changed on disk\): .*broken\.yaml:5:18: \/spec\/slo\/target: "soon" is not in the expected form/);
   t.deepEqual(await services(), ['web'], 'the previous policy stays in force');
   unlinkSync(join(policyDir, 'broken.yaml'));
   unlinkSync(join(policyDir, 'web.yaml'));
-  daemon!.kill('SIGHUP');
+  lodgerd.proc!.kill('SIGHUP');
   for (let i = 0; i < 50 && (await services()).length; i++) await new Promise((r) => setTimeout(r, 100));
-  t.regex(daemonLog, /policies loaded \((SIGHUP|changed on disk)\)/);
+  t.regex(lodgerd.log, /policies loaded \((SIGHUP|changed on disk)\)/);
   t.deepEqual(await services(), []);
 });
 
-test.serial('kill -9 of lodgerd while a job runs: a restarted lodgerd takes the job up again, its output whole and nothing run twice', async (t) => {
-  const out = join(dir, 'out-long');
-  // Writes while lodgerd is down too: that output must come back once, in order.
-  await lodger(['submit', '--id', 'long', '--output', out, '--', 'sh', '-c',
-    'for i in $(seq 1 40); do echo "line $i"; echo "err $i" >&2; sleep 0.1; done; echo finished > $LODGER_OUTPUT/r.txt; exit 7']);
-  for (let i = 0; i < 600 && !(await lodger(['logs', 'long'])).stdout.includes('line 3\n'); i++) await new Promise((r) => setTimeout(r, 100));
-  const { sandboxId } = JSON.parse((await lodger(['ps', '--all', '--json'])).stdout).find((j: { id: string }) => j.id === 'long') as { sandboxId: string };
-  const vmm = Number(new RegExp(`\\[sandbox ${sandboxId}\\] ready in \\d+ ms \\([^)]*pid (\\d+)\\)`).exec(daemonLog)?.[1]);
-  t.true(vmm > 0 && existsSync(`/proc/${vmm}`), `the job's VMM runs (sandbox ${sandboxId})`);
-  daemon!.kill('SIGKILL');
-  await new Promise((r) => daemon!.once('exit', r));
-  const before = (await lodger(['logs', 'long'])).code; // the CLI cannot reach a dead daemon
-  t.not(before, 0);
-  await new Promise((r) => setTimeout(r, 1500));
-  t.true(existsSync(`/proc/${vmm}`), 'the sandbox outlives the daemon');
-  await startDaemon();
-  t.true(daemonLog.includes(`job long: taking up sandbox ${sandboxId}`));
-  const w = await lodger(['wait', 'long', '--json']);
-  const job = JSON.parse(w.stdout) as { state: string; attempts: number; exitCode: number; transitions: { state: string; reason: string }[] };
-  t.is(job.state, 'failed', JSON.stringify(job.transitions));
-  t.is(job.exitCode, 7);
-  t.is(job.attempts, 1, 'not run a second time');
-  t.is(job.transitions.filter((x) => x.state === 'starting').length, 1);
-  const seq = Array.from({ length: 40 }, (_, i) => i + 1);
-  const logs = await lodger(['logs', 'long']);
-  t.is(logs.stdout, seq.map((i) => `line ${i}\n`).join(''), 'stdout whole, once, in order');
-  t.is(logs.stderr, seq.map((i) => `err ${i}\n`).join(''), 'stderr whole, once, in order');
-  t.is(readFileSync(join(out, 'r.txt'), 'utf8'), 'finished\n');
-  for (let i = 0; i < 50 && existsSync(`/proc/${vmm}`); i++) await new Promise((r) => setTimeout(r, 100));
-  t.false(existsSync(`/proc/${vmm}`), 'the VMM was stopped at the job\'s end');
-  t.false(readFileSync('/proc/self/cgroup', 'utf8').split('\n').some((l) => existsSync(join('/sys/fs/cgroup', l.split(':')[1]?.split(',')[0] ?? 'x', l.split(':')[2] ?? '', 'lodger', `sb-${sandboxId}`))),
-    'and its cgroup removed');
-});
+const killNine = (backend: 'qemu' | 'gvisor'): void => {
+  const reg = backend === 'gvisor' && !runsc ? test.serial.skip : test.serial;
+  reg(`kill -9 of lodgerd while a job runs (${backend}): a restarted lodgerd takes the job up again, its output whole and nothing run twice`, async (t) => {
+    const id = `long-${backend}`;
+    const out = join(dir, `out-${id}`);
+    // Writes while lodgerd is down too: that output must come back once, in order.
+    await lodger(['submit', '--id', id, '--runtime', backend, '--output', out, '--', 'sh', '-c',
+      'for i in $(seq 1 40); do echo "line $i"; echo "err $i" >&2; sleep 0.1; done; echo finished > $LODGER_OUTPUT/r.txt; exit 7']);
+    for (let i = 0; i < 600 && !(await lodger(['logs', id])).stdout.includes('line 3\n'); i++) await new Promise((r) => setTimeout(r, 100));
+    const { sandboxId } = JSON.parse((await lodger(['ps', '--all', '--json'])).stdout).find((j: { id: string }) => j.id === id) as { sandboxId: string };
+    const vmm = Number(new RegExp(`\\[sandbox ${sandboxId}( gvisor)?\\] ready in \\d+ ms \\([^)]*pid (\\d+)\\)`).exec(lodgerd.log)?.[2]);
+    t.true(vmm > 0 && existsSync(`/proc/${vmm}`), `the job's VMM runs (sandbox ${sandboxId})`);
+    t.is((JSON.parse((await lodger(['ps', '--all', '--json'])).stdout) as { id: string; backend: string }[]).find((j) => j.id === id)?.backend, backend);
+    await lodgerd.stop('SIGKILL');
+    const before = (await lodger(['logs', id])).code; // the CLI cannot reach a dead daemon
+    t.not(before, 0);
+    await new Promise((r) => setTimeout(r, 1500));
+    t.true(existsSync(`/proc/${vmm}`), 'the sandbox outlives the daemon');
+    await startDaemon();
+    t.true(lodgerd.log.includes(`job ${id}: taking up sandbox ${sandboxId}`));
+    const w = await lodger(['wait', id, '--json']);
+    const job = JSON.parse(w.stdout) as { state: string; attempts: number; exitCode: number; transitions: { state: string; reason: string }[] };
+    t.is(job.state, 'failed', JSON.stringify(job.transitions));
+    t.is(job.exitCode, 7);
+    t.is(job.attempts, 1, 'not run a second time');
+    t.is(job.transitions.filter((x) => x.state === 'starting').length, 1);
+    const seq = Array.from({ length: 40 }, (_, i) => i + 1);
+    const logs = await lodger(['logs', id]);
+    t.is(logs.stdout, seq.map((i) => `line ${i}\n`).join(''), 'stdout whole, once, in order');
+    t.is(logs.stderr, seq.map((i) => `err ${i}\n`).join(''), 'stderr whole, once, in order');
+    t.is(readFileSync(join(out, 'r.txt'), 'utf8'), 'finished\n');
+    for (let i = 0; i < 50 && existsSync(`/proc/${vmm}`); i++) await new Promise((r) => setTimeout(r, 100));
+    t.false(existsSync(`/proc/${vmm}`), 'the VMM was stopped at the job\'s end');
+    t.false(readFileSync('/proc/self/cgroup', 'utf8').split('\n').some((l) => existsSync(join('/sys/fs/cgroup', l.split(':')[1]?.split(',')[0] ?? 'x', l.split(':')[2] ?? '', 'lodger', `${backend === 'gvisor' ? 'gv' : 'sb'}-${sandboxId}`))),
+      'and its cgroup removed');
+  });
+};
+killNine('qemu');
+killNine('gvisor');
 
 test.serial('TCP listener: mutual TLS only; a client with a certificate from the CA gets in, others do not', async (t) => {
   const pki = join(dir, 'pki');
@@ -210,12 +182,9 @@ test.serial('TCP listener: mutual TLS only; a client with a certificate from the
   t.is(plain.status, 2);
   t.regex(plain.stderr, /tcpAddress needs tlsCert, tlsKey and tlsClientCa/);
 
-  if (daemon && daemon.exitCode === null) {
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon!.once('exit', r));
-  }
+  await lodgerd.stop('SIGTERM');
   await startDaemon(['--config', cfg, '--tcp-address', `127.0.0.1:${port}`]);
-  t.regex(daemonLog, new RegExp(`API also on 127.0.0.1:${port} \\(TCP, mutual TLS\\)`));
+  t.regex(lodgerd.log, new RegExp(`API also on 127.0.0.1:${port} \\(TCP, mutual TLS\\)`));
   const tcp = (who: string): string[] => ['--socket', `127.0.0.1:${port}`, '--tls-ca', join(pki, 'ca.pem'), '--tls-cert', join(pki, `${who}.pem`), '--tls-key', join(pki, `${who}.key`)];
   const ok = await lodger(['status', '--json'], tcp('client'));
   t.is(ok.code, 0, ok.stderr);
@@ -236,12 +205,7 @@ function vmmsOf(s: string): number[] {
   });
 }
 
-async function stopDaemon(sig: NodeJS.Signals): Promise<void> {
-  if (!daemon || daemon.exitCode !== null) return;
-  const d = daemon;
-  d.kill(sig);
-  await new Promise((r) => d.once('exit', r));
-}
+const stopDaemon = (sig: NodeJS.Signals): Promise<void> => lodgerd.stop(sig);
 
 test.serial('stop semantics: SIGTERM stops the warm pool (also a sandbox still booting); a start after the state directory was removed still removes what a killed lodgerd left; lodger shutdown --drain lets the running job finish and leaves nothing', async (t) => {
   await stopDaemon('SIGTERM');
@@ -254,7 +218,7 @@ test.serial('stop semantics: SIGTERM stops the warm pool (also a sandbox still b
 
   const s2 = join(dir, 'stop-2');
   await startDaemon(['--state-dir', s2]);
-  for (let i = 0; i < 600 && !/\[sandbox pool-[0-9a-f]+\] ready/.test(daemonLog); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 600 && !/\[sandbox pool-[0-9a-f]+\] ready/.test(lodgerd.log); i++) await new Promise((r) => setTimeout(r, 100));
   const [pool] = vmmsOf(s2);
   t.truthy(pool, 'the pool sandbox runs');
   await stopDaemon('SIGKILL');
@@ -265,14 +229,14 @@ test.serial('stop semantics: SIGTERM stops the warm pool (also a sandbox still b
   t.false(existsSync(`/proc/${pool}/cmdline`) && readFileSync(`/proc/${pool}/cmdline`, 'utf8').includes(s2), 'the next start found it in /proc and removed it');
 
   await lodger(['submit', '--id', 'drained', '--', 'sh', '-c', 'sleep 3; echo drained']);
-  for (let i = 0; i < 600 && !daemonLog.includes('job drained: running'); i++) await new Promise((r) => setTimeout(r, 100));
-  const d = daemon!;
+  for (let i = 0; i < 600 && !lodgerd.log.includes('job drained: running'); i++) await new Promise((r) => setTimeout(r, 100));
+  const d = lodgerd.proc!;
   const exited = new Promise<number | null>((r) => d.once('exit', (code) => r(code)));
   const sd = await lodger(['shutdown', '--drain']);
   t.is(sd.code, 0, sd.stderr);
   t.regex(sd.stdout, /lodgerd stopped/);
   t.is(await exited, 0);
-  t.regex(daemonLog, /job drained: succeeded \(exit 0\)/);
-  t.regex(daemonLog, /shut down: no sandbox, cgroup or pool VMM left/);
+  t.regex(lodgerd.log, /job drained: succeeded \(exit 0\)/);
+  t.regex(lodgerd.log, /shut down: no sandbox, cgroup or pool VMM left/);
   t.deepEqual(vmmsOf(s2), [], 'no VMM left');
 });

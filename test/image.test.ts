@@ -4,19 +4,18 @@
 // --image`; bad images are refused with the reason and leave nothing in the cache.
 // Every process started here is stopped by pid.
 import test from 'ava';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
+import { TestDaemon } from './lodgerd-harness.ts';
 
-const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-image-'));
 const socket = join(dir, 'lodgerd.sock');
 const state = join(dir, 'state');
-let daemon: ChildProcess | null = null;
-let daemonLog = '';
-const vmmPids = new Set<number>();
+const lodgerd = new TestDaemon(socket, ['--state-dir', state, '--policy-dir', join(dir, 'policies')]);
+const lodger = (args: string[]): ReturnType<TestDaemon['lodger']> => lodgerd.lodger(args);
 const haveTools = ['umoci', 'skopeo'].every((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status === 0);
 
 function sh(cmd: string, args: string[]): void {
@@ -59,32 +58,7 @@ function startDaemon(port: number): Promise<void> {
   const cfg = join(dir, 'lodgerd.yaml');
   writeFileSync(cfg, 'warmPoolSize: 0\n');
   mkdirSync(join(dir, 'policies'), { recursive: true });
-  daemon = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--config', cfg, '--state-dir', state, '--socket', socket, '--policy-dir', join(dir, 'policies'),
-    '--metrics-address', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  daemon.stderr!.on('data', (b) => {
-    daemonLog += b;
-    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
-  });
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + 120_000;
-    const check = (): void => {
-      if (daemonLog.includes(`listening on ${socket}`)) return resolve();
-      if (daemon?.exitCode !== null || Date.now() > deadline) return reject(new Error(`lodgerd did not start:\n${daemonLog}`));
-      setTimeout(check, 50);
-    };
-    check();
-  });
-}
-
-function lodger(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b) => { stdout += b; });
-    child.stderr.on('data', (b) => { stderr += b; });
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return lodgerd.start(['--config', cfg, '--metrics-address', `127.0.0.1:${port}`], 120_000);
 }
 
 const reasons = async (id: string): Promise<string> => {
@@ -93,10 +67,7 @@ const reasons = async (id: string): Promise<string> => {
 };
 
 test.after.always(() => {
-  if (daemon?.pid && daemon.exitCode === null) process.kill(daemon.pid, 'SIGKILL');
-  for (const pid of vmmPids) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-  }
+  lodgerd.end();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -107,7 +78,7 @@ test.serial('jobs run from an oci-archive and a docker-archive; the image config
 
   const a = await lodger(['submit', '--id', 'from-oci', '--image', `oci-archive:${img.ociArchive}`]);
   t.is(a.code, 0, a.stderr);
-  t.is((await lodger(['wait', 'from-oci'])).code, 0, daemonLog);
+  t.is((await lodger(['wait', 'from-oci'])).code, 0, lodgerd.log);
   t.is((await lodger(['logs', 'from-oci'])).stdout, 'hello image in /work as 1234:1235\nfrom the image\nwhiteout-applied\n');
   t.regex(await reasons('from-oci'), /image sha256:[0-9a-f]{12} unpacked and packed in \d+ ms/);
 
@@ -128,7 +99,7 @@ test.serial('jobs run from an oci-archive and a docker-archive; the image config
 });
 
 test.serial('bad images are refused at submission with what is wrong, and nothing half-built stays in the cache', async (t) => {
-  if (!haveTools || !daemon) return t.fail('needs the first test\'s daemon');
+  if (!haveTools || !lodgerd.running) return t.fail('needs the first test\'s daemon');
   const before = readdirSync(join(state, 'images', 'entries')).sort();
   const copy = (name: string): string => {
     const p = join(dir, name);
@@ -170,6 +141,5 @@ test.serial('bad images are refused at submission with what is wrong, and nothin
   t.is(ps.length, 3, 'no bad image was queued');
   t.deepEqual(readdirSync(join(state, 'images', 'entries')).sort(), before);
   t.deepEqual(readdirSync(join(state, 'images', 'tmp')), []);
-  process.kill(daemon.pid!, 'SIGTERM');
-  await new Promise((r) => daemon!.once('exit', r));
+  await lodgerd.stop('SIGTERM');
 });

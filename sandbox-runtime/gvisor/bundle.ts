@@ -49,7 +49,8 @@ export function ociConfig(b: BundleInput): object {
       // PID 1 only keeps the container alive; commands come through `runsc exec`.
       args: [IN_SH, 'sleep', '2147483647'],
       cwd: '/',
-      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      // The QEMU guest agent's defaults (agent.c), so that the same command line works on both.
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LODGER_OUTPUT=/output'],
       user: { uid: 0, gid: 0 },
       noNewPrivileges: true,
     },

@@ -1,0 +1,72 @@
+// A real lodgerd for end-to-end tests, and the real CLI against it. It remembers the VMM
+// pids lodgerd logs ("... pid N)") so that `end()` can stop them by pid: a stopped lodgerd
+// keeps its sandboxes on purpose, a test must not.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+
+const root = join(import.meta.dirname, '..');
+
+export interface CliResult { code: number | null; stdout: string; stderr: string }
+
+export class TestDaemon {
+  proc: ChildProcess | null = null;
+  /** Everything lodgerd wrote to stderr since the last start. */
+  log = '';
+  readonly vmmPids = new Set<number>();
+
+  /** `args`: the flags every start gets (state dir, policy dir...); `--socket` is added. */
+  constructor(readonly socket: string, readonly args: string[]) {}
+
+  /** Starts lodgerd and resolves once it listens; rejects with its log if it exits or takes longer than `timeoutMs`. */
+  start(extra: string[] = [], timeoutMs = 30_000): Promise<void> {
+    this.log = '';
+    const d = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = d;
+    d.stderr!.on('data', (b) => {
+      this.log += b;
+      for (const m of String(b).matchAll(/pid (\d+)\)/g)) this.vmmPids.add(Number(m[1]));
+    });
+    return new Promise((resolve, reject) => {
+      const deadline = Date.now() + timeoutMs;
+      const check = (): void => {
+        if (this.log.includes(`listening on ${this.socket}`)) return resolve();
+        if (d.exitCode !== null || Date.now() > deadline) return reject(new Error(`lodgerd did not start:\n${this.log}`));
+        setTimeout(check, 50);
+      };
+      check();
+    });
+  }
+
+  get running(): boolean {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  /** Sends `signal` and waits for the exit (at once if it has already exited). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const d = this.proc;
+    if (!d || !this.running) return;
+    const exited = new Promise((r) => d.once('exit', r));
+    d.kill(signal);
+    await exited;
+  }
+
+  /** The CLI against this daemon (or another endpoint). */
+  lodger(args: string[], endpoint = ['--socket', this.socket]): Promise<CliResult> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [join(root, 'bin', 'lodger.js'), ...endpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b) => { stdout += b; });
+      child.stderr.on('data', (b) => { stderr += b; });
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  /** For test.after.always: lodgerd and every VMM it logged, by pid. */
+  end(): void {
+    if (this.proc?.pid && this.running) this.proc.kill('SIGKILL');
+    for (const pid of this.vmmPids) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+    }
+  }
+}
