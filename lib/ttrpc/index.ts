@@ -4,4 +4,4 @@ export { TtrpcClient, type ClientCodec } from './client.ts';
 export { TtrpcServer, type CallContext, type Handler, type MethodCodec, type ServerOptions } from './server.ts';
 export { Code, codeName, TtrpcError, type CodeName } from './status.ts';
 export { encodeFrame, FrameReader, HEADER_LENGTH, MAX_MESSAGE, TYPE_REQUEST, TYPE_RESPONSE } from './frame.ts';
-export { decodeRequest, decodeResponse, encodeRequest, encodeResponse, WireError } from './wire.ts';
+export { decodeRequest, decodeResponse, encodeRequest, encodeResponse, ProtoWriter, WireError } from './wire.ts';

@@ -30,8 +30,6 @@ export interface ServerOptions {
   maxInFlight?: number;
   maxMessage?: number;
   log?: (m: string) => void;
-  /** Told of each call's end: for a log of every call and its result. */
-  onCall?: (ctx: CallContext, req: unknown, result: { ok: true; res: unknown } | { ok: false; status: TtrpcStatus }) => void;
 }
 
 interface Registered {
@@ -125,24 +123,19 @@ export class TtrpcServer {
   private async call(req: TtrpcRequest): Promise<{ status: TtrpcStatus; payload?: Buffer }> {
     const ctx: CallContext = { service: req.service, method: req.method, metadata: req.metadata, timeoutNano: req.timeoutNano };
     const m = this.methods.get(`${req.service}/${req.method}`);
-    let decoded: unknown = undefined;
-    let result: { status: TtrpcStatus; payload?: Buffer };
     try {
       if (!m) throw new TtrpcError(Code.UNIMPLEMENTED, `service ${req.service}: method ${req.method} not implemented`);
+      let decoded: unknown;
       try {
         decoded = m.codec.requestDeserialize(req.payload);
       } catch (e) {
         throw new TtrpcError(Code.INVALID_ARGUMENT, `${req.service}/${req.method}: bad request payload: ${(e as Error).message}`);
       }
       const res = await m.handler(decoded, ctx);
-      const payload = m.codec.responseSerialize(res ?? {});
-      this.o.onCall?.(ctx, decoded, { ok: true, res });
-      return { status: { code: Code.OK, message: '' }, payload };
+      return { status: { code: Code.OK, message: '' }, payload: m.codec.responseSerialize(res ?? {}) };
     } catch (e) {
-      const status = e instanceof TtrpcError ? { code: e.status, message: e.message } : { code: Code.UNKNOWN, message: (e as Error).message ?? String(e) };
-      result = { status };
-      this.o.onCall?.(ctx, decoded, { ok: false, status });
+      // A handler's own error that is no TtrpcError is UNKNOWN, as in Go's ttrpc.
+      return { status: e instanceof TtrpcError ? { code: e.status, message: e.message } : { code: Code.UNKNOWN, message: e instanceof Error ? e.message : String(e) } };
     }
-    return result;
   }
 }

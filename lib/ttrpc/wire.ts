@@ -35,7 +35,8 @@ function varint(out: number[], v: bigint): void {
   out.push(Number(x));
 }
 
-class Writer {
+/** Writes protobuf fields in order (proto3: zero and empty values are left out unless `always`). */
+export class ProtoWriter {
   private readonly parts: Buffer[] = [];
   private head(field: number, wire: number): void {
     const b: number[] = [];
@@ -65,15 +66,15 @@ class Writer {
 }
 
 export function encodeRequest(r: TtrpcRequest): Buffer {
-  const w = new Writer().bytes(1, r.service).bytes(2, r.method).bytes(3, r.payload).uint(4, r.timeoutNano);
-  for (const kv of r.metadata) w.bytes(5, new Writer().bytes(1, kv.key).bytes(2, kv.value).done(), true);
+  const w = new ProtoWriter().bytes(1, r.service).bytes(2, r.method).bytes(3, r.payload).uint(4, r.timeoutNano);
+  for (const kv of r.metadata) w.bytes(5, new ProtoWriter().bytes(1, kv.key).bytes(2, kv.value).done(), true);
   return w.done();
 }
 
 export function encodeResponse(r: TtrpcResponse): Buffer {
   // The status is always present: Go's client reads a missing one as OK, ours too, but be explicit.
-  const status = new Writer().uint(1, r.status.code >>> 0).bytes(2, r.status.message).done();
-  return new Writer().bytes(1, status, true).bytes(2, r.payload).done();
+  const status = new ProtoWriter().uint(1, r.status.code).bytes(2, r.status.message).done();
+  return new ProtoWriter().bytes(1, status, true).bytes(2, r.payload).done();
 }
 
 // ---- reading ----

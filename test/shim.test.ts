@@ -1,0 +1,233 @@
+// containerd-shim-lodger-v2 against a real containerd (Debian's 1.6, a private instance
+// with its own config, root and sockets), a real lodgerd and real QEMU sandboxes: an
+// image built here from busybox-static is imported with ctr and run with
+// `--runtime io.containerd.lodger.v2`. Every process this test causes (containerd, each
+// shim, lodgerd, each VMM) is stopped by its pid, also when a test fails.
+import test from 'ava';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { freePort } from '../bench/index.ts';
+import { connect, type ApiClient } from '../daemon/index.ts';
+
+const repo = join(import.meta.dirname, '..');
+// Short: containerd's and the shims' unix socket paths must fit in 108 bytes.
+const dir = mkdtempSync('/tmp/lshim-');
+const binDir = join(dir, 'bin');
+const lodgerSocket = join(dir, 'lodgerd.sock');
+const cdSocket = join(dir, 'cd.sock');
+const shimLogFile = join(dir, 'shims.log');
+const NS = 'lodger-test';
+const IMAGE = 'docker.io/lodger/busybox:shim-test';
+const haveContainerd = spawnSync('sh', ['-c', 'command -v containerd && command -v ctr']).status === 0;
+const isRoot = process.getuid?.() === 0;
+
+let containerd: ChildProcess | null = null;
+let containerdLog = '';
+let lodgerd: ChildProcess | null = null;
+let lodgerdLog = '';
+let api: ApiClient | null = null;
+const vmmPids = new Set<number>();
+
+/** Processes this test caused that still run: by their command line naming this test's directory. */
+function ourProcesses(pattern: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      if (cmd.includes(pattern) && !/\) Z /.test(stat)) out.push(Number(p));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+const shimPids = (): number[] => ourProcesses(join(binDir, 'containerd-shim-lodger-v2')).filter((p) => p !== process.pid);
+const mountsUnder = (): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
+
+function run(cmd: string, args: string[], timeoutMs = 240_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b) => { stdout += b; });
+    child.stderr.on('data', (b) => { stderr += b; });
+    // Bounded: a hang shows as a failure with what was printed, and the shims' log.
+    const timer = setTimeout(() => { stderr += `\n[test: ${cmd} killed after ${timeoutMs} ms]`; child.kill('SIGKILL'); }, timeoutMs);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+  });
+}
+const ctr = (args: string[], timeoutMs?: number) => run('ctr', ['-a', cdSocket, '-n', NS, ...args], timeoutMs);
+const shimLog = (): string => (existsSync(shimLogFile) ? readFileSync(shimLogFile, 'utf8') : '(no shim log)');
+const why = (r: { stdout: string; stderr: string }): string => `stdout: ${r.stdout}\nstderr: ${r.stderr}\nshims:\n${shimLog()}\nlodgerd:\n${lodgerdLog.slice(-4000)}`;
+
+async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms\nshims:\n${shimLog()}\ncontainerd:\n${containerdLog.slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** An OCI image layout built by hand: one layer, a busybox-static root, sha256 digests. */
+function buildImage(): string {
+  const rootfs = join(dir, 'image-rootfs');
+  for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(join(rootfs, d), { recursive: true });
+  cpSync('/bin/busybox', join(rootfs, 'bin', 'busybox'));
+  for (const app of ['sh', 'echo', 'sleep', 'cat', 'ls']) symlinkSync('busybox', join(rootfs, 'bin', app));
+  writeFileSync(join(rootfs, 'etc', 'passwd'), 'root:x:0:0:root:/:/bin/sh\n');
+  const layout = join(dir, 'layout');
+  const blobs = join(layout, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const layerTar = join(dir, 'layer.tar');
+  const tar = spawnSync('tar', ['-C', rootfs, '--numeric-owner', '--owner=0', '--group=0', '-cf', layerTar, '.'], { encoding: 'utf8' });
+  if (tar.status !== 0) throw new Error(`tar: ${tar.stderr}`);
+  const blob = (data: Buffer): { digest: string; size: number } => {
+    const hex = createHash('sha256').update(data).digest('hex');
+    writeFileSync(join(blobs, hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const layer = blob(readFileSync(layerTar));
+  const config = blob(Buffer.from(JSON.stringify({
+    architecture: 'amd64', os: 'linux', config: { Env: ['PATH=/bin'], Cmd: ['sh'] }, rootfs: { type: 'layers', diff_ids: [layer.digest] },
+  })));
+  const manifest = blob(Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
+  })));
+  writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  writeFileSync(join(layout, 'index.json'), JSON.stringify({
+    schemaVersion: 2,
+    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'io.containerd.image.name': IMAGE, 'org.opencontainers.image.ref.name': 'shim-test' } }],
+  }));
+  const archive = join(dir, 'image.tar');
+  const t2 = spawnSync('tar', ['-C', layout, '-cf', archive, '.'], { encoding: 'utf8' });
+  if (t2.status !== 0) throw new Error(`tar: ${t2.stderr}`);
+  return archive;
+}
+
+async function startLodgerd(): Promise<void> {
+  mkdirSync(join(dir, 'policies'));
+  const metrics = await freePort();
+  lodgerd = spawn(process.execPath, [join(repo, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', lodgerSocket, '--policy-dir', join(dir, 'policies'),
+    '--metrics-address', `127.0.0.1:${metrics}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  lodgerd.stderr!.on('data', (b) => {
+    lodgerdLog += b;
+    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
+  });
+  await until('lodgerd listening', () => {
+    if (lodgerd?.exitCode !== null) throw new Error(`lodgerd exited:\n${lodgerdLog}`);
+    return lodgerdLog.includes(`listening on ${lodgerSocket}`);
+  }, 60_000);
+  api = connect(lodgerSocket);
+}
+
+async function startContainerd(): Promise<void> {
+  mkdirSync(binDir);
+  // containerd finds the shim as containerd-shim-lodger-v2 on its PATH, as setup installs it.
+  symlinkSync(join(repo, 'bin', 'containerd-shim-lodger-v2.js'), join(binDir, 'containerd-shim-lodger-v2'));
+  const config = join(dir, 'containerd.toml');
+  writeFileSync(config, [
+    'version = 2',
+    `root = "${join(dir, 'cd-root')}"`,
+    `state = "${join(dir, 'cd-state')}"`,
+    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    '[grpc]', `  address = "${cdSocket}"`,
+    '[ttrpc]', `  address = "${join(dir, 'cd-ttrpc.sock')}"`,
+    '[debug]', '  level = "debug"',
+    '',
+  ].join('\n'));
+  containerd = spawn('containerd', ['--config', config], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: {
+      ...process.env, PATH: `${binDir}:${dirname(process.execPath)}:${process.env.PATH}`,
+      LODGER_SOCKET: lodgerSocket, LODGER_SHIM_RUN_DIR: join(dir, 's'), LODGER_SHIM_LOG: shimLogFile,
+    },
+  });
+  containerd.stderr!.on('data', (b) => { containerdLog += b; });
+  await until('containerd serving', async () => {
+    if (containerd?.exitCode !== null) throw new Error(`containerd exited:\n${containerdLog}`);
+    return existsSync(cdSocket) && (await run('ctr', ['-a', cdSocket, 'version'], 10_000)).code === 0;
+  }, 60_000);
+}
+
+function kill(pid: number): void {
+  try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+}
+
+test.before(async () => {
+  if (!haveContainerd || !isRoot) return;
+  await startLodgerd();
+  await startContainerd();
+});
+
+test.after.always(async () => {
+  // containerd first (it would start shims again), then shims, lodgerd with its sandboxes, VMMs.
+  if (containerd?.pid && containerd.exitCode === null) {
+    containerd.kill('SIGTERM');
+    await until('containerd stopped', () => containerd?.exitCode !== null || containerd.signalCode !== null, 15_000).catch(() => containerd?.pid && kill(containerd.pid));
+  }
+  for (const pid of shimPids()) kill(pid);
+  if (api) {
+    await api.call('Shutdown', { drain: false }, 20_000).catch(() => {});
+    api.close();
+  }
+  if (lodgerd?.pid) await until('lodgerd stopped', () => lodgerd?.exitCode !== null || lodgerd.signalCode !== null, 30_000).catch(() => lodgerd?.pid && kill(lodgerd.pid));
+  for (const pid of vmmPids) kill(pid);
+  for (const m of mountsUnder().reverse()) spawnSync('umount', ['-l', m]);
+  if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
+});
+
+const jobs = async (): Promise<{ id: string; state: string; exitCode: number; backend: string; error: string }[]> =>
+  (await api!.call<{ jobs: { id: string; state: string; exitCode: number; backend: string; error: string }[] }>('ListJobs', { limit: 1000 })).jobs;
+
+test.serial('an image built from busybox-static imports into the private containerd', async (t) => {
+  if (!haveContainerd) return t.fail('containerd and ctr are needed (npm run setup installs Debian\'s containerd)');
+  if (!isRoot) return t.fail('the shim mounts the container rootfs: run as root');
+  const r = await ctr(['images', 'import', buildImage()]);
+  t.is(r.code, 0, why(r));
+  t.true((await ctr(['images', 'ls', '-q'])).stdout.split('\n').includes(IMAGE));
+});
+
+test.serial('ctr run --runtime io.containerd.lodger.v2 prints the output and returns the exit code of a Lodger job; nothing is left', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const r = await ctr(['run', '--runtime', 'io.containerd.lodger.v2', '--rm', IMAGE, 'hello', 'sh', '-c', 'echo hi; echo oops >&2; exit 3']);
+  t.is(r.code, 3, why(r));
+  t.is(r.stdout, 'hi\n', why(r));
+  t.regex(r.stderr, /oops/);
+  const job = (await jobs()).find((j) => j.id.startsWith(`${NS}.hello-`));
+  t.truthy(job, 'the container ran as a lodgerd job');
+  t.like(job, { state: 'failed', exitCode: 3, backend: 'qemu' });
+  t.deepEqual((await ctr(['containers', 'ls', '-q'])).stdout.trim(), '');
+  await until('the shim exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  const status = await api!.call<{ sandboxes: unknown[] }>('GetStatus', {});
+  t.deepEqual(status.sandboxes, []);
+  t.regex(shimLog(), /← Wait ok \{"exitStatus":3/);
+  t.regex(shimLog(), /exiting: Shutdown/);
+});
+
+test.serial('a long-running task shows in lodgerd while it runs; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const r = await ctr(['run', '-d', '--null-io', '--runtime', 'io.containerd.lodger.v2', IMAGE, 'sleeper', 'sleep', '600']);
+  t.is(r.code, 0, why(r));
+  const job = await until('the job runs', async () => (await jobs()).find((j) => j.id.startsWith(`${NS}.sleeper-`) && j.state === 'running'));
+  const status = await api!.call<{ sandboxes: { jobId: string; backend: string; vcpus: number; maxVcpus: number }[] }>('GetStatus', {});
+  t.like(status.sandboxes.find((s) => s.jobId === job.id), { backend: 'qemu', maxVcpus: 2 });
+  t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
+  t.is(shimPids().length, 1);
+  const k = await ctr(['task', 'kill', 'sleeper']);
+  t.is(k.code, 0, why(k));
+  await until('the task stopped', async () => /sleeper\s+\d+\s+STOPPED/.test((await ctr(['task', 'ls'])).stdout));
+  const del = await ctr(['task', 'delete', 'sleeper']);
+  t.is(del.code, 0, why(del));
+  t.regex(del.stderr, /exit code 143/); // ctr warns of the task's exit status (128 + SIGTERM)
+  t.like((await jobs()).find((j) => j.id === job.id), { state: 'failed', exitCode: 128 + 15 });
+  t.is((await ctr(['containers', 'rm', 'sleeper'])).code, 0);
+  await until('the shim exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
+});
