@@ -164,18 +164,24 @@ test.before(async () => {
   await startContainerd();
 });
 
+/** Waits for a child to exit (after `sig`, if given), at most `ms`; then SIGKILL by its pid. */
+async function stopChild(c: ChildProcess | null, sig: NodeJS.Signals | null, ms: number): Promise<void> {
+  if (!c?.pid || c.exitCode !== null || c.signalCode !== null) return;
+  const gone = new Promise<void>((r) => c.once('exit', () => r()));
+  if (sig) c.kill(sig);
+  await Promise.race([gone, new Promise((r) => setTimeout(r, ms))]);
+  if (c.exitCode === null && c.signalCode === null) kill(c.pid);
+}
+
 test.after.always(async () => {
   // containerd first (it would start shims again), then shims, lodgerd with its sandboxes, VMMs.
-  if (containerd?.pid && containerd.exitCode === null) {
-    containerd.kill('SIGTERM');
-    await until('containerd stopped', () => containerd?.exitCode !== null || containerd.signalCode !== null, 15_000).catch(() => containerd?.pid && kill(containerd.pid));
-  }
+  await stopChild(containerd, 'SIGTERM', 15_000);
   for (const pid of shimPids()) kill(pid);
   if (api) {
     await api.call('Shutdown', { drain: false }, 20_000).catch(() => {});
     api.close();
   }
-  if (lodgerd?.pid) await until('lodgerd stopped', () => lodgerd?.exitCode !== null || lodgerd.signalCode !== null, 30_000).catch(() => lodgerd?.pid && kill(lodgerd.pid));
+  await stopChild(lodgerd, null, 30_000);
   for (const pid of vmmPids) kill(pid);
   for (const m of mountsUnder().reverse()) spawnSync('umount', ['-l', m]);
   if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });

@@ -16,7 +16,8 @@ export interface ShimServiceOptions extends TaskDeps {
 interface IdReq { id: string; execId?: string }
 
 const brief = (v: unknown): string => {
-  const s = JSON.stringify(v, (_k, x: unknown) => (Buffer.isBuffer(x) ? `<${x.length} bytes>` : x));
+  // Buffers reach the replacer as their toJSON form.
+  const s = JSON.stringify(v, (_k, x: unknown) => ((x as { type?: unknown })?.type === 'Buffer' && Array.isArray((x as { data?: unknown }).data) ? `<${(x as { data: unknown[] }).data.length} bytes>` : x));
   return s.length > 600 ? `${s.slice(0, 600)}…` : s;
 };
 

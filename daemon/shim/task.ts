@@ -2,7 +2,7 @@
 // bundle, mounts its rootfs and opens the FIFOs; Start submits the job to lodgerd; its
 // output is copied from StreamLogs to the FIFOs; Wait answers when lodgerd says the job
 // ended; Kill signals it; Delete unmounts and forgets. Every lodgerd call has a deadline.
-import { closeSync, constants, existsSync, openSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { Code, TtrpcError } from '../../lib/index.ts';
@@ -225,6 +225,7 @@ export class Task {
     if (this.status === 'RUNNING') throw new TtrpcError(Code.FAILED_PRECONDITION, `task ${this.req.id} is running: kill it first`);
     if (this.status === 'CREATED') this.exit(0);
     this.deleted = true;
+    rmSync(join(this.req.bundle, 'lodger-job'), { force: true }); // nothing left for `delete` to cancel
     const problem = await this.release();
     if (problem) throw new TtrpcError(Code.INTERNAL, problem);
     void this.d.publish({ topic: '/tasks/delete', containerId: this.req.id, pid: this.pid, exitStatus: this.exitStatus, exitedAtMs: this.exitedAtMs });
