@@ -1,8 +1,11 @@
 // containerd-shim-lodger-v2 against a real containerd (Debian's 1.6, a private instance
 // with its own config, root and sockets), a real lodgerd and real QEMU sandboxes: an
 // image built here from busybox-static is imported with ctr and run with
-// `--runtime io.containerd.lodger.v2`. Every process this test causes (containerd, each
+// `--runtime io.containerd.lodger.v2`, and a pod through containerd's CRI with runtime
+// handler `lodger` (a grpc-js client standing in for the kubelet). Every process this test causes (containerd, each
 // shim, lodgerd, each VMM) is stopped by its pid, also when a test fails.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import test from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -134,7 +137,10 @@ async function startContainerd(): Promise<void> {
     'version = 2',
     `root = "${join(dir, 'cd-root')}"`,
     `state = "${join(dir, 'cd-state')}"`,
-    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    // CRI: the Lodger runtime as handler `lodger`; pods on the host network, so no CNI is used.
+    '[plugins."io.containerd.grpc.v1.cri"]', `  sandbox_image = "${IMAGE}"`, '  restrict_oom_score_adj = true',
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lodger]', '  runtime_type = "io.containerd.lodger.v2"',
+    '[plugins."io.containerd.grpc.v1.cri".cni]', `  bin_dir = "${join(dir, 'cni-bin')}"`, `  conf_dir = "${join(dir, 'cni-conf')}"`,
     '[grpc]', `  address = "${cdSocket}"`,
     '[ttrpc]', `  address = "${join(dir, 'cd-ttrpc.sock')}"`,
     '[debug]', '  level = "debug"',
@@ -234,6 +240,60 @@ test.serial('a long-running task shows in lodgerd while it runs; ctr task kill e
   t.like((await jobs()).find((j) => j.id === job.id), { state: 'failed', exitCode: 128 + 15 });
   t.is((await ctr(['containers', 'rm', 'sleeper'])).code, 0);
   await until('the shim exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
+});
+
+/** A CRI RuntimeService client on containerd's socket (the kubelet's side), from the vendored cri-api proto. */
+function criClient(): { call: <T>(method: string, req: unknown) => Promise<T>; close: () => void } {
+  const def = protoLoader.loadSync('k8s.io/cri-api/pkg/apis/runtime/v1/api.proto', {
+    includeDirs: [join(repo, 'test', 'cri-proto')], keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
+  const client = new pkg.runtime.v1.RuntimeService(`unix://${cdSocket}`, grpc.credentials.createInsecure());
+  const c = client as unknown as Record<string, (req: unknown, meta: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: unknown) => void) => void>;
+  return {
+    call: (method, req) => new Promise((resolve, reject) => {
+      c[method]!.call(client, req, new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (e, r) => (e ? reject(new Error(`${method}: ${e.details}`)) : resolve(r as never)));
+    }),
+    close: () => client.close(),
+  };
+}
+
+test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; teardown leaves nothing', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const imp = await run('ctr', ['-a', cdSocket, '-n', 'k8s.io', 'images', 'import', join(dir, 'image.tar')]);
+  t.is(imp.code, 0, why(imp));
+  const cri = criClient();
+  const logDir = join(dir, 'pods', 'pod1');
+  mkdirSync(logDir, { recursive: true });
+  const sandboxConfig = {
+    metadata: { name: 'pod1', uid: 'uid-pod1', namespace: 'default', attempt: 0 }, hostname: 'pod1', logDirectory: logDir,
+    linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'POD', ipc: 'POD' } } },
+  };
+  try {
+    const { podSandboxId } = await cri.call<{ podSandboxId: string }>('RunPodSandbox', { config: sandboxConfig, runtimeHandler: 'lodger' });
+    t.truthy(podSandboxId);
+    const { containerId } = await cri.call<{ containerId: string }>('CreateContainer', {
+      podSandboxId, sandboxConfig,
+      config: { metadata: { name: 'c1', attempt: 0 }, image: { image: IMAGE }, command: ['sh', '-c', 'echo from-cri; exit 7'], logPath: 'c1.log', linux: {} },
+    });
+    await cri.call('StartContainer', { containerId });
+    const st = await until('the container exited', async () => {
+      const r = await cri.call<{ status: { state: string; exitCode: number } }>('ContainerStatus', { containerId });
+      return r.status.state === 'CONTAINER_EXITED' && r.status;
+    }, 180_000);
+    t.is(st.exitCode, 7);
+    t.regex(readFileSync(join(logDir, 'c1.log'), 'utf8'), /stdout F from-cri\n/);
+    t.like((await jobs()).find((j) => j.id.startsWith('k8s.io.')), { state: 'failed', exitCode: 7, backend: 'qemu' });
+    t.is((await jobs()).filter((j) => j.id.startsWith('k8s.io.')).length, 1, 'the pod sandbox (pause) container is no job');
+    await cri.call('RemoveContainer', { containerId });
+    await cri.call('StopPodSandbox', { podSandboxId });
+    await cri.call('RemovePodSandbox', { podSandboxId });
+  } finally {
+    cri.close();
+  }
+  await until('the shims exited', () => shimPids().length === 0, 30_000);
   t.deepEqual(mountsUnder(), []);
   t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
 });

@@ -22,6 +22,8 @@ export interface BundleJob {
   spec: ApiJobSpec & { command: string[]; rootfs: string };
   /** What of config.json Lodger does not carry out, for the shim's log. */
   ignored: string[];
+  /** CRI's pod sandbox (pause) container: it only holds the pod's namespaces, which a Lodger pod has none of. */
+  podSandbox: boolean;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -30,6 +32,8 @@ const MIB = 1024 * 1024;
 interface OciConfig {
   process?: { args?: unknown; env?: unknown; cwd?: unknown; terminal?: unknown; user?: { uid?: unknown; gid?: unknown; additionalGids?: unknown } };
   root?: { path?: unknown; readonly?: unknown };
+  annotations?: Record<string, unknown>;
+  mounts?: unknown[];
   linux?: { resources?: { memory?: { limit?: unknown }; cpu?: { quota?: unknown; period?: unknown } } };
 }
 
@@ -60,9 +64,11 @@ export function jobFromConfig(config: unknown, bundle: string, name: string): Bu
   const gid = Number(p.user?.gid ?? 0);
   if (!Number.isInteger(uid) || uid < 0 || !Number.isInteger(gid) || gid < 0) throw new BundleError('config.json process.user uid and gid must be non-negative integers');
   if (Array.isArray(p.user?.additionalGids) && p.user.additionalGids.length) ignored.push('process.user.additionalGids');
+  if (Array.isArray(c.mounts) && c.mounts.length) ignored.push(`${c.mounts.length} mounts (the job sees its root only)`);
+  const podSandbox = c.annotations?.['io.kubernetes.cri.container-type'] === 'sandbox';
   const rootPath = typeof c.root?.path === 'string' && c.root.path ? c.root.path : 'rootfs';
   const rootfs = isAbsolute(rootPath) ? rootPath : join(bundle, rootPath);
-  return { spec: { name, command: args as string[], env, workdir: cwd, user: `${uid}:${gid}`, rootfs, ...sizes(c, ignored) }, ignored };
+  return { spec: { name, command: args as string[], env, workdir: cwd, user: `${uid}:${gid}`, rootfs, ...sizes(c, ignored) }, ignored, podSandbox };
 }
 
 /**

@@ -137,6 +137,13 @@ export class Task {
 
   async start(): Promise<void> {
     if (this.status !== 'CREATED') throw new TtrpcError(Code.FAILED_PRECONDITION, `task ${this.req.id} is ${this.status.toLowerCase()}, not created`);
+    if (this.job.podSandbox) {
+      // The pause process would do nothing: the shim holds the task until it is killed.
+      this.status = 'RUNNING';
+      this.d.log('pod sandbox container: held by the shim, no job (the pod\'s containers are the jobs)');
+      void this.d.publish({ topic: '/tasks/start', containerId: this.req.id, pid: this.pid });
+      return;
+    }
     const id = jobIdFor(this.d.namespace, this.req.id);
     try {
       await this.d.api.call('SubmitJob', { id, spec: this.job.spec }, 30_000);
@@ -203,8 +210,8 @@ export class Task {
     if (!Number.isInteger(signal) || signal < 1 || signal > 64) throw new TtrpcError(Code.INVALID_ARGUMENT, `signal ${signal}: must be 1-64`);
     if (this.status === 'STOPPED') throw new TtrpcError(Code.NOT_FOUND, `task ${this.req.id}: process already finished`);
     this.lastSignal = signal;
-    if (this.status === 'CREATED') {
-      // Never started: nothing runs in lodgerd; the task ends as a killed process would.
+    if (this.status === 'CREATED' || this.job.podSandbox) {
+      // Nothing runs in lodgerd (never started, or a pod sandbox): the task ends as a killed process would.
       await this.stdout?.end();
       await this.stderr?.end();
       return this.exit(128 + signal);
