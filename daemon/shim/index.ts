@@ -4,3 +4,4 @@ export { ArgsError, parseArgs, socketPath, type ShimArgs } from './args.ts';
 export { BundleError, jobFromConfig, jobIdFor, mountArgs, type BundleJob, type Mount } from './bundle.ts';
 export { encodeEvent, encodeForward, type TaskEvent } from './events.ts';
 export { TASK_SERVICE, taskCodecs } from './proto.ts';
+export { SHIM_BINARY, shimChecks } from './doctor.ts';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TtrpcClient, TtrpcError } from '../../lib/index.ts';
 import type { ApiClient } from '../cli/index.ts';
-import { ArgsError, BundleError, encodeForward, jobFromConfig, jobIdFor, mountArgs, parseArgs, socketPath, TASK_SERVICE, taskCodecs } from './index.ts';
+import { ArgsError, BundleError, encodeForward, jobFromConfig, jobIdFor, mountArgs, parseArgs, shimChecks, socketPath, TASK_SERVICE, taskCodecs } from './index.ts';
 import { shimServer } from './service.ts';
 
 test('the command line containerd 1.6 writes parses; a bad one says why', (t) => {
@@ -185,4 +185,24 @@ test('Create refuses a bundle that cannot run, with the reason', async (t) => {
   t.is(tty?.code, 'INVALID_ARGUMENT');
   client.close();
   await server.close();
+});
+
+test('doctor: the shim on PATH and the CRI runtime in containerd\'s config, each with what to do', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lodger-shim-doctor-'));
+  const bin = join(dir, 'bin');
+  mkdirSync(bin);
+  const cfg = join(dir, 'config.toml');
+  writeFileSync(cfg, 'version = 2\n');
+  const none = shimChecks({ path: `/nonexistent:${bin}`, containerdConfig: cfg });
+  t.like(none[0], { name: 'shim', ok: false, required: false });
+  t.truthy(none[0]!.fix);
+  t.like(none[1], { name: 'containerd', ok: false });
+  writeFileSync(join(bin, 'containerd-shim-lodger-v2'), '#!/bin/sh\n', { mode: 0o755 });
+  writeFileSync(cfg, '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lodger]\n  runtime_type = "io.containerd.lodger.v2"\n');
+  const ok = shimChecks({ path: bin, containerdConfig: cfg });
+  t.like(ok[0], { ok: true, detail: `containerd-shim-lodger-v2 at ${join(bin, 'containerd-shim-lodger-v2')}` });
+  t.like(ok[1], { ok: true });
+  const missing = shimChecks({ path: bin, containerdConfig: join(dir, 'missing.toml') })[1]!;
+  t.false(missing.ok);
+  t.regex(missing.detail, /not found/);
 });
