@@ -115,7 +115,10 @@ function buildImage(): string {
 async function startLodgerd(): Promise<void> {
   mkdirSync(join(dir, 'policies'));
   const metrics = await freePort();
-  lodgerd = spawn(process.execPath, [join(repo, 'bin', 'lodgerd.js'), '--state-dir', join(dir, 'state'), '--socket', lodgerSocket, '--policy-dir', join(dir, 'policies'),
+  // Its own cgroup parent (a Shutdown removes it) and no warm pool (the test starts its jobs cold).
+  const config = join(dir, 'lodgerd.yaml');
+  writeFileSync(config, `cgroupParent: lodger-shim-test-${process.pid}\nwarmPoolSize: 0\n`);
+  lodgerd = spawn(process.execPath, [join(repo, 'bin', 'lodgerd.js'), '-c', config, '--state-dir', join(dir, 'state'), '--socket', lodgerSocket, '--policy-dir', join(dir, 'policies'),
     '--metrics-address', `127.0.0.1:${metrics}`], { stdio: ['ignore', 'ignore', 'pipe'] });
   lodgerd.stderr!.on('data', (b) => {
     lodgerdLog += b;

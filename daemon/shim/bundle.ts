@@ -63,7 +63,8 @@ export function jobFromConfig(config: unknown, bundle: string, name: string): Bu
   const uid = Number(p.user?.uid ?? 0);
   const gid = Number(p.user?.gid ?? 0);
   if (!Number.isInteger(uid) || uid < 0 || !Number.isInteger(gid) || gid < 0) throw new BundleError('config.json process.user uid and gid must be non-negative integers');
-  if (Array.isArray(p.user?.additionalGids) && p.user.additionalGids.length) ignored.push('process.user.additionalGids');
+  const gids = p.user?.additionalGids;
+  if (Array.isArray(gids) && gids.length) ignored.push('process.user.additionalGids');
   if (Array.isArray(c.mounts) && c.mounts.length) ignored.push(`${c.mounts.length} mounts (the job sees its root only)`);
   const podSandbox = c.annotations?.['io.kubernetes.cri.container-type'] === 'sandbox';
   const rootPath = typeof c.root?.path === 'string' && c.root.path ? c.root.path : 'rootfs';

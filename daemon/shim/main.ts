@@ -26,7 +26,11 @@ async function start(a: ShimArgs, argv: string[]): Promise<void> {
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...rest, 'serve'], { cwd: bundle, detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
   const outcome = await new Promise<string | null>((resolve) => {
     const timer = setTimeout(() => resolve(`the shim server did not listen within ${READY_MS} ms`), READY_MS);
-    child.once('message', (m: { ready?: boolean; error?: string }) => { clearTimeout(timer); resolve(m.ready ? null : m.error ?? 'the shim server failed'); });
+    child.once('message', (m) => {
+      clearTimeout(timer);
+      const msg = m as { ready?: boolean; error?: string };
+      resolve(msg.ready ? null : msg.error ?? 'the shim server failed');
+    });
     child.once('exit', (code, sig) => { clearTimeout(timer); resolve(`the shim server exited (${sig ?? code}) before it listened`); });
     child.once('error', (e) => { clearTimeout(timer); resolve(e.message); });
   });
