@@ -1,9 +1,9 @@
 // containerd-shim-lodger-v2 against a real containerd (Debian's 1.6, a private instance
-// with its own config, root and sockets), a real lodgerd and real QEMU sandboxes: an
-// image built here from busybox-static is imported with ctr and run with
-// `--runtime io.containerd.lodger.v2`, and a pod through containerd's CRI with runtime
-// handler `lodger` (a grpc-js client standing in for the kubelet). Every process this test causes (containerd, each
-// shim, lodgerd, each VMM) is stopped by its pid, also when a test fails.
+// with its own config, root and sockets), a real lodgerd and real QEMU sandboxes: an image
+// built here from busybox-static is imported with ctr and run with `--runtime
+// io.containerd.lodger.v2`, and a pod goes through containerd's CRI with runtime handler
+// `lodger` (a grpc-js client standing in for the kubelet). Every process this test causes
+// (containerd, each shim, lodgerd, each VMM) is stopped by its pid, also when a test fails.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import test from 'ava';
@@ -272,7 +272,7 @@ test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit
   mkdirSync(logDir, { recursive: true });
   const sandboxConfig = {
     metadata: { name: 'pod1', uid: 'uid-pod1', namespace: 'default', attempt: 0 }, hostname: 'pod1', logDirectory: logDir,
-    linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'POD', ipc: 'POD' } } },
+    linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } } },
   };
   try {
     const { podSandboxId } = await cri.call<{ podSandboxId: string }>('RunPodSandbox', { config: sandboxConfig, runtimeHandler: 'lodger' });
