@@ -152,6 +152,11 @@ export class Task {
       // lodgerd's own status (INVALID_ARGUMENT for a spec it refuses) is passed on.
       throw new TtrpcError(code && code !== 14 ? code : Code.UNAVAILABLE, `lodgerd refused the job: ${(e as Error).message}`);
     }
+    if ((this.status as Status) !== 'CREATED') {
+      // Killed while lodgerd took the job: the task has ended, so must the job.
+      await this.d.api.call('CancelJob', { id, reason: `containerd killed the task while it started` }, 10_000).catch((e: Error) => this.d.log(`job ${id}: not cancelled: ${e.message}`));
+      throw new TtrpcError(Code.FAILED_PRECONDITION, `task ${this.req.id} was killed while it started`);
+    }
     this.jobId = id;
     writeFileSync(join(this.req.bundle, 'lodger-job'), id); // for `delete` after a crash of this shim
     this.status = 'RUNNING';
