@@ -114,6 +114,15 @@ function buildImage(): string {
 
 async function startLodgerd(): Promise<void> {
   mkdirSync(join(dir, 'policies'));
+  // No services and no CPU reserved: the controller grows a job's sandbox whenever the host has a CPU spare.
+  writeFileSync(join(dir, 'policies', 'pool.yaml'), `apiVersion: lodger.dev/v1
+kind: BatchPool
+metadata: { name: shim-test }
+spec:
+  reserve: { cpus: 0, memory: 128Mi }
+  sandbox: { minVcpus: 1, maxVcpus: 2, minMemory: 256Mi, maxMemory: 512Mi }
+  growth: { cooldown: 1s }
+`);
   const metrics = await freePort();
   // Its own cgroup parent (a Shutdown removes it) and no warm pool (the test starts its jobs cold).
   const config = join(dir, 'lodgerd.yaml');
@@ -230,8 +239,12 @@ test.serial('a long-running task shows in lodgerd while it runs; ctr task kill e
   const r = await ctr(['run', '-d', '--null-io', '--runtime', 'io.containerd.lodger.v2', IMAGE, 'sleeper', 'sleep', '600']);
   t.is(r.code, 0, why(r));
   const job = await until('the job runs', async () => (await jobs()).find((j) => j.id.startsWith(`${NS}.sleeper-`) && j.state === 'running'));
-  const status = await api!.call<{ sandboxes: { jobId: string; backend: string; vcpus: number; maxVcpus: number }[] }>('GetStatus', {});
-  t.like(status.sandboxes.find((s) => s.jobId === job.id), { backend: 'qemu', maxVcpus: 2 });
+  // In the control loop like any job: with a CPU to spare, the controller grows its sandbox to its most vCPUs.
+  const grown = await until('the controller grew the sandbox', async () => {
+    const st = await api!.call<{ sandboxes: { jobId: string; backend: string; vcpus: number; maxVcpus: number }[] }>('GetStatus', {});
+    return st.sandboxes.find((s) => s.jobId === job.id && s.vcpus === 2);
+  });
+  t.like(grown, { backend: 'qemu', maxVcpus: 2 });
   t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
   t.is(shimPids().length, 1);
   const k = await ctr(['task', 'kill', 'sleeper']);
