@@ -58,7 +58,12 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       await get(req).kill(req.signal);
       return {};
     },
-    Delete: async (req: IdReq) => get(req).delete(),
+    Delete: async (req: IdReq) => {
+      const res = await get(req).delete();
+      // containerd's Shutdown follows at once; should it never come, the shim is not left behind.
+      setTimeout(() => { log('no Shutdown within 60 s of Delete'); o.onShutdown(); }, 60_000).unref();
+      return res;
+    },
     Pids: (req: IdReq) => ({ processes: [{ pid: get(req).pid }] }),
     Connect: () => ({ shimPid: process.pid, taskPid: task?.pid ?? 0, version: o.version }),
     CloseIO: (req: IdReq & { stdin: boolean }) => {
