@@ -28,7 +28,7 @@ export function encodeFrame(streamId: number, type: number, data: Buffer, flags 
 }
 
 export class FrameReader {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   /** Bytes of an oversized message still to discard. */
   private skip = 0;
 

@@ -83,7 +83,7 @@ export class TtrpcServer {
     const reader = new FrameReader(this.o.maxMessage ?? MAX_MESSAGE);
     let inFlight = 0;
     const max = this.o.maxInFlight ?? 256;
-    const reply = (streamId: number, status: TtrpcStatus, payload = Buffer.alloc(0)): void => {
+    const reply = (streamId: number, status: TtrpcStatus, payload: Buffer = Buffer.alloc(0)): void => {
       if (!sock.destroyed && sock.writable) sock.write(encodeFrame(streamId, TYPE_RESPONSE, encodeResponse({ status, payload })));
     };
     sock.on('data', (chunk: Buffer) => {
