@@ -215,7 +215,7 @@ test('SignalJob: a bad signal is INVALID_ARGUMENT, an unknown job NOT_FOUND, one
   t.is(await code(client.call('SignalJob', { id: 'long', signal: 0 })), 3);
   t.is(await code(client.call('SignalJob', { id: 'long', signal: 65 })), 3);
   t.is(await code(client.call('SignalJob', { id: 'nope', signal: 15 })), 5);
-  t.like(await client.call<{ id: string; state: string }>('SignalJob', { id: 'long', signal: 15 }), { id: 'long', state: 'running' });
+  t.is((await client.call<{ id: string }>('SignalJob', { id: 'long', signal: 15 })).id, 'long');
   finish();
   await d.scheduler.waitFinal('long');
   t.is(await code(client.call('SignalJob', { id: 'long', signal: 15 })), 9);
