@@ -151,6 +151,8 @@ async function startContainerd(): Promise<void> {
     `state = "${join(dir, 'cd-state')}"`,
     // CRI: the Lodger runtime as handler `lodger`; pods on the host network, so no CNI is used.
     '[plugins."io.containerd.grpc.v1.cri"]', `  sandbox_image = "${IMAGE}"`, '  restrict_oom_score_adj = true',
+    // A config naming runtimes replaces the built-in list: runc (the default handler) is named too.
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]', '  runtime_type = "io.containerd.runc.v2"',
     '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lodger]', '  runtime_type = "io.containerd.lodger.v2"',
     '[plugins."io.containerd.grpc.v1.cri".cni]', `  bin_dir = "${join(dir, 'cni-bin')}"`, `  conf_dir = "${join(dir, 'cni-conf')}"`,
     '[grpc]', `  address = "${cdSocket}"`,
