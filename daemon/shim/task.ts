@@ -6,7 +6,7 @@ import { closeSync, constants, existsSync, openSync, readdirSync, rmSync, writeF
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { Code, TtrpcError } from '../../lib/index.ts';
-import type { ApiClient } from '../cli/index.ts';
+import type { ApiClient, ApiJob as CliApiJob } from '../cli/index.ts';
 import { BundleError, jobIdFor, mountAll, readBundleJob, unmountAll, type BundleJob, type Mount } from './bundle.ts';
 import type { TaskEvent } from './events.ts';
 import type { Log } from './log.ts';
@@ -14,13 +14,7 @@ import { timestamp } from './proto.ts';
 
 type Status = 'CREATED' | 'RUNNING' | 'STOPPED';
 
-interface ApiJob {
-  id: string;
-  state: string;
-  exitCode: number;
-  hasExitCode: boolean;
-  error: string;
-}
+type ApiJob = Pick<CliApiJob, 'id' | 'state' | 'exitCode' | 'hasExitCode' | 'error'>;
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
 /** Output held for a FIFO nobody reads (a detached `ctr run`) before more is dropped. */
