@@ -196,3 +196,29 @@ test('runtime per job and per pool: stored resolved, shown by the API; a backend
     await d.stop();
   }
 });
+
+test('SignalJob: a bad signal is INVALID_ARGUMENT, an unknown job NOT_FOUND, one with no command running FAILED_PRECONDITION', async (t) => {
+  let finish!: () => void;
+  const gate = new Promise<void>((r) => { finish = r; });
+  const { config, make } = setup(async (req) => {
+    if (req.argv[0] === 'long') await gate;
+    return 0;
+  });
+  const d = make();
+  await d.start();
+  const client = connect(config.socket);
+  const code = (p: Promise<unknown>): Promise<number | undefined> => p.then(() => 0, (e: { grpcCode?: number }) => e.grpcCode);
+  d.store.submit('long', spec(['long']));
+  while (d.store.get('long').state !== 'running' || !d.scheduler.sandboxes().length) await new Promise((r) => setTimeout(r, 10));
+  // Until the exec id is stored the command may not be running yet: wait for it.
+  while (typeof d.store.get('long').attach?.execId !== 'number') await new Promise((r) => setTimeout(r, 10));
+  t.is(await code(client.call('SignalJob', { id: 'long', signal: 0 })), 3);
+  t.is(await code(client.call('SignalJob', { id: 'long', signal: 65 })), 3);
+  t.is(await code(client.call('SignalJob', { id: 'nope', signal: 15 })), 5);
+  t.is((await client.call<{ id: string }>('SignalJob', { id: 'long', signal: 15 })).id, 'long');
+  finish();
+  await d.scheduler.waitFinal('long');
+  t.is(await code(client.call('SignalJob', { id: 'long', signal: 15 })), 9);
+  client.close();
+  await d.stop();
+});

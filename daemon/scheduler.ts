@@ -66,6 +66,11 @@ export function sandboxSpecFor(job: JobRecord, sandboxId: string): SandboxSpec {
   };
 }
 
+/** A signal for a job whose command is not running (queued, still starting, or ended). */
+export class JobNotRunning extends Error {
+  readonly code = 'JOB_NOT_RUNNING';
+}
+
 export interface JobEvent {
   at: number;
   jobId: string;
@@ -304,6 +309,15 @@ export class Scheduler extends EventEmitter {
     await r.exec?.signal(15).catch(() => {});
     // Give the job a moment to exit on SIGTERM, then take its sandbox down.
     setTimeout(() => { void r.sandbox?.stop({ graceMs: 0 }).catch(() => {}); }, 3000).unref();
+    return this.o.store.get(id);
+  }
+
+  /** Sends a signal to a running job's command; its end is the job's, as for any exit. */
+  async signal(id: string, signo: number): Promise<JobRecord> {
+    const job = this.o.store.get(id);
+    const exec = this.running.get(id)?.exec;
+    if (!exec || FINAL_STATES.has(job.state)) throw new JobNotRunning(`job ${id} is ${job.state}: no command runs to take signal ${signo}`);
+    await exec.signal(signo);
     return this.o.store.get(id);
   }
 

@@ -9,7 +9,7 @@ import { parsePolicyText, PolicyError, slack, type ControlLoop, type PolicySet, 
 import { ImageError, type ImageCache } from '../sandbox-runtime/index.ts';
 import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
 import { imageStatus, resolveImageSpec } from './images.ts';
-import type { JobEvent, Scheduler } from './scheduler.ts';
+import { JobNotRunning, type JobEvent, type Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
 
 export interface ApiContext {
@@ -46,6 +46,7 @@ function toApiJob(j: JobRecord, defaultBackend = ''): Record<string, unknown> {
 function fail(done: Done, e: unknown): void {
   if (e instanceof InvalidRequest) return done({ code: grpc.status.INVALID_ARGUMENT, details: e.message });
   if (e instanceof ImageError) return done(imageStatus(e));
+  if (e instanceof JobNotRunning) return done({ code: grpc.status.FAILED_PRECONDITION, details: e.message });
   if (e instanceof StoreError) {
     const code = e.code === 'JOB_NOT_FOUND' ? grpc.status.NOT_FOUND : e.code === 'JOB_EXISTS' ? grpc.status.ALREADY_EXISTS : grpc.status.FAILED_PRECONDITION;
     return done({ code, details: e.message });
@@ -91,6 +92,12 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       return { jobs: store.list(states as JobState[], req.limit || 100).map((j) => toApiJob(j, ctx.defaultBackend)) };
     }),
     CancelJob: unary<{ id?: string; reason?: string }>(async (req) => toApiJob(await scheduler.cancel(needId(req.id), req.reason || 'cancelled by request'), ctx.defaultBackend)),
+    SignalJob: unary<{ id?: string; signal?: number }>(async (req) => {
+      const id = needId(req.id);
+      const sig = req.signal ?? 0;
+      if (!Number.isInteger(sig) || sig < 1 || sig > 64) throw new InvalidRequest(`signal ${sig}: must be 1-64`);
+      return toApiJob(await scheduler.signal(id, sig), ctx.defaultBackend);
+    }),
     WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)), ctx.defaultBackend)),
     StreamLogs: (call: grpc.ServerWritableStream<{ id?: string; follow?: boolean }, unknown>) => {
       let job: JobRecord;

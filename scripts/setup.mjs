@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES = [
   'prometheus', // the dashboards' queries are checked against a real Prometheus
   'redis-tools', 'util-linux', 'fonts-dejavu-core', // colocation benchmark: redis-benchmark, taskset, chart text
   'umoci', 'skopeo', // image tests and bench build OCI layouts and convert them to oci-archive / docker-archive
+  'containerd', // the shim test runs a private containerd (1.6, with ctr and runc) against containerd-shim-lodger-v2
 ];
 
 // Lodger's minimal guest kernel (twice as fast to boot); without them the Debian cloud

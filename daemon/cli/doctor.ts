@@ -1,3 +1,4 @@
+import { shimChecks } from '../shim/index.ts';
 import { chooseBackend, defaultHostPaths, runDoctor, type AccelRequest, type Check, type RuntimeRequest } from '../../sandbox-runtime/index.ts';
 
 export async function doctorCommand(opts: { json: boolean; accel: AccelRequest; runtime?: RuntimeRequest }): Promise<number> {
@@ -9,6 +10,7 @@ export async function doctorCommand(opts: { json: boolean; accel: AccelRequest; 
   const choice = await chooseBackend(opts.runtime ?? 'auto', { accel: opts.accel });
   const runtimeCheck: Check = { name: 'runtime', ok: true, required: false, detail: `${choice.backend}: ${choice.reason}` };
   checks.unshift(runtimeCheck);
+  checks.push(...shimChecks());
   const failed = checks.some((c) => c.required && !c.ok);
   if (opts.json) {
     console.log(JSON.stringify({ ok: !failed, checks }, null, 2));

@@ -3,7 +3,8 @@ import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
 import { connect, type ApiClient } from './client.ts';
 import { resolve } from 'node:path';
 
-interface ApiJob {
+/** A job as the API returns it. */
+export interface ApiJob {
   id: string;
   state: string;
   exitCode: number;

@@ -1,0 +1,317 @@
+// containerd-shim-lodger-v2 against a real containerd (Debian's 1.6, a private instance
+// with its own config, root and sockets), a real lodgerd and real QEMU sandboxes: an image
+// built here from busybox-static is imported with ctr and run with `--runtime
+// io.containerd.lodger.v2`, and a pod goes through containerd's CRI with runtime handler
+// `lodger` (a grpc-js client standing in for the kubelet). Every process this test causes
+// (containerd, each shim, lodgerd, each VMM) is stopped by its pid, also when a test fails.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import test from 'ava';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { freePort } from '../bench/index.ts';
+import { connect, type ApiClient } from '../daemon/index.ts';
+
+const repo = join(import.meta.dirname, '..');
+// Short: containerd's and the shims' unix socket paths must fit in 108 bytes.
+const dir = mkdtempSync('/tmp/lshim-');
+const binDir = join(dir, 'bin');
+const lodgerSocket = join(dir, 'lodgerd.sock');
+const cdSocket = join(dir, 'cd.sock');
+const shimLogFile = join(dir, 'shims.log');
+const NS = 'lodger-test';
+const IMAGE = 'docker.io/lodger/busybox:shim-test';
+const haveContainerd = spawnSync('sh', ['-c', 'command -v containerd && command -v ctr']).status === 0;
+const isRoot = process.getuid?.() === 0;
+
+let containerd: ChildProcess | null = null;
+let containerdLog = '';
+let lodgerd: ChildProcess | null = null;
+let lodgerdLog = '';
+let api: ApiClient | null = null;
+const vmmPids = new Set<number>();
+
+/** Processes this test caused that still run: by their command line naming this test's directory. */
+function ourProcesses(pattern: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      if (cmd.includes(pattern) && !/\) Z /.test(stat)) out.push(Number(p));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+const shimPids = (): number[] => ourProcesses(join(binDir, 'containerd-shim-lodger-v2')).filter((p) => p !== process.pid);
+const mountsUnder = (): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
+
+function run(cmd: string, args: string[], timeoutMs = 240_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b) => { stdout += b; });
+    child.stderr.on('data', (b) => { stderr += b; });
+    // Bounded: a hang shows as a failure with what was printed, and the shims' log.
+    const timer = setTimeout(() => { stderr += `\n[test: ${cmd} killed after ${timeoutMs} ms]`; child.kill('SIGKILL'); }, timeoutMs);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+  });
+}
+const ctr = (args: string[], timeoutMs?: number) => run('ctr', ['-a', cdSocket, '-n', NS, ...args], timeoutMs);
+const shimLog = (): string => (existsSync(shimLogFile) ? readFileSync(shimLogFile, 'utf8') : '(no shim log)');
+const why = (r: { stdout: string; stderr: string }): string => `stdout: ${r.stdout}\nstderr: ${r.stderr}\nshims:\n${shimLog()}\nlodgerd:\n${lodgerdLog.slice(-4000)}`;
+
+async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms\nshims:\n${shimLog()}\ncontainerd:\n${containerdLog.slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** An OCI image layout built by hand: one layer, a busybox-static root, sha256 digests. */
+function buildImage(): string {
+  const rootfs = join(dir, 'image-rootfs');
+  for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(join(rootfs, d), { recursive: true });
+  cpSync('/bin/busybox', join(rootfs, 'bin', 'busybox'));
+  for (const app of ['sh', 'echo', 'sleep', 'cat', 'ls']) symlinkSync('busybox', join(rootfs, 'bin', app));
+  writeFileSync(join(rootfs, 'etc', 'passwd'), 'root:x:0:0:root:/:/bin/sh\n');
+  const layout = join(dir, 'layout');
+  const blobs = join(layout, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const layerTar = join(dir, 'layer.tar');
+  const tar = spawnSync('tar', ['-C', rootfs, '--numeric-owner', '--owner=0', '--group=0', '-cf', layerTar, '.'], { encoding: 'utf8' });
+  if (tar.status !== 0) throw new Error(`tar: ${tar.stderr}`);
+  const blob = (data: Buffer): { digest: string; size: number } => {
+    const hex = createHash('sha256').update(data).digest('hex');
+    writeFileSync(join(blobs, hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const layer = blob(readFileSync(layerTar));
+  const config = blob(Buffer.from(JSON.stringify({
+    architecture: 'amd64', os: 'linux', config: { Env: ['PATH=/bin'], Cmd: ['sh'] }, rootfs: { type: 'layers', diff_ids: [layer.digest] },
+  })));
+  const manifest = blob(Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
+  })));
+  writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  writeFileSync(join(layout, 'index.json'), JSON.stringify({
+    schemaVersion: 2,
+    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'io.containerd.image.name': IMAGE, 'org.opencontainers.image.ref.name': 'shim-test' } }],
+  }));
+  const archive = join(dir, 'image.tar');
+  const t2 = spawnSync('tar', ['-C', layout, '-cf', archive, '.'], { encoding: 'utf8' });
+  if (t2.status !== 0) throw new Error(`tar: ${t2.stderr}`);
+  return archive;
+}
+
+async function startLodgerd(): Promise<void> {
+  mkdirSync(join(dir, 'policies'));
+  // No services and no CPU reserved: the controller grows a job's sandbox whenever the host has a CPU spare.
+  writeFileSync(join(dir, 'policies', 'pool.yaml'), `apiVersion: lodger.dev/v1
+kind: BatchPool
+metadata: { name: shim-test }
+spec:
+  reserve: { cpus: 0, memory: 128Mi }
+  sandbox: { minVcpus: 1, maxVcpus: 2, minMemory: 256Mi, maxMemory: 512Mi }
+  growth: { cooldown: 1s }
+`);
+  const metrics = await freePort();
+  // Its own cgroup parent (a Shutdown removes it) and no warm pool (the test starts its jobs cold).
+  const config = join(dir, 'lodgerd.yaml');
+  writeFileSync(config, `cgroupParent: lodger-shim-test-${process.pid}\nwarmPoolSize: 0\n`);
+  lodgerd = spawn(process.execPath, [join(repo, 'bin', 'lodgerd.js'), '-c', config, '--state-dir', join(dir, 'state'), '--socket', lodgerSocket, '--policy-dir', join(dir, 'policies'),
+    '--metrics-address', `127.0.0.1:${metrics}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  lodgerd.stderr!.on('data', (b) => {
+    lodgerdLog += b;
+    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
+  });
+  await until('lodgerd listening', () => {
+    if (lodgerd?.exitCode !== null) throw new Error(`lodgerd exited:\n${lodgerdLog}`);
+    return lodgerdLog.includes(`listening on ${lodgerSocket}`);
+  }, 60_000);
+  api = connect(lodgerSocket);
+}
+
+async function startContainerd(): Promise<void> {
+  mkdirSync(binDir);
+  // containerd finds the shim as containerd-shim-lodger-v2 on its PATH, as setup installs it.
+  symlinkSync(join(repo, 'bin', 'containerd-shim-lodger-v2.js'), join(binDir, 'containerd-shim-lodger-v2'));
+  const config = join(dir, 'containerd.toml');
+  writeFileSync(config, [
+    'version = 2',
+    `root = "${join(dir, 'cd-root')}"`,
+    `state = "${join(dir, 'cd-state')}"`,
+    // CRI: the Lodger runtime as handler `lodger`; pods on the host network, so no CNI is used.
+    '[plugins."io.containerd.grpc.v1.cri"]', `  sandbox_image = "${IMAGE}"`, '  restrict_oom_score_adj = true',
+    // A config naming runtimes replaces the built-in list: runc (the default handler) is named too.
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]', '  runtime_type = "io.containerd.runc.v2"',
+    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lodger]', '  runtime_type = "io.containerd.lodger.v2"',
+    '[plugins."io.containerd.grpc.v1.cri".cni]', `  bin_dir = "${join(dir, 'cni-bin')}"`, `  conf_dir = "${join(dir, 'cni-conf')}"`,
+    '[grpc]', `  address = "${cdSocket}"`,
+    '[ttrpc]', `  address = "${join(dir, 'cd-ttrpc.sock')}"`,
+    '[debug]', '  level = "debug"',
+    '',
+  ].join('\n'));
+  containerd = spawn('containerd', ['--config', config], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: {
+      ...process.env, PATH: `${binDir}:${dirname(process.execPath)}:${process.env.PATH}`,
+      LODGER_SOCKET: lodgerSocket, LODGER_SHIM_RUN_DIR: join(dir, 's'), LODGER_SHIM_LOG: shimLogFile,
+    },
+  });
+  containerd.stderr!.on('data', (b) => { containerdLog += b; });
+  await until('containerd serving', async () => {
+    if (containerd?.exitCode !== null) throw new Error(`containerd exited:\n${containerdLog}`);
+    return existsSync(cdSocket) && (await run('ctr', ['-a', cdSocket, 'version'], 10_000)).code === 0;
+  }, 60_000);
+}
+
+function kill(pid: number): void {
+  try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+}
+
+test.before(async () => {
+  if (!haveContainerd || !isRoot) return;
+  await startLodgerd();
+  await startContainerd();
+});
+
+/** Waits for a child to exit (after `sig`, if given), at most `ms`; then SIGKILL by its pid. */
+async function stopChild(c: ChildProcess | null, sig: NodeJS.Signals | null, ms: number): Promise<void> {
+  if (!c?.pid || c.exitCode !== null || c.signalCode !== null) return;
+  const gone = new Promise<void>((r) => c.once('exit', () => r()));
+  if (sig) c.kill(sig);
+  await Promise.race([gone, new Promise((r) => setTimeout(r, ms))]);
+  if (c.exitCode === null && c.signalCode === null) kill(c.pid);
+}
+
+test.after.always(async () => {
+  // containerd first (it would start shims again), then shims, lodgerd with its sandboxes, VMMs.
+  await stopChild(containerd, 'SIGTERM', 15_000);
+  for (const pid of shimPids()) kill(pid);
+  if (api) {
+    await api.call('Shutdown', { drain: false }, 20_000).catch(() => {});
+    api.close();
+  }
+  await stopChild(lodgerd, null, 30_000);
+  for (const pid of vmmPids) kill(pid);
+  for (const m of mountsUnder().reverse()) spawnSync('umount', ['-l', m]);
+  if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
+});
+
+const jobs = async (): Promise<{ id: string; state: string; exitCode: number; backend: string; error: string }[]> =>
+  (await api!.call<{ jobs: { id: string; state: string; exitCode: number; backend: string; error: string }[] }>('ListJobs', { limit: 1000 })).jobs;
+
+test.serial('an image built from busybox-static imports into the private containerd', async (t) => {
+  if (!haveContainerd) return t.fail('containerd and ctr are needed (npm run setup installs Debian\'s containerd)');
+  if (!isRoot) return t.fail('the shim mounts the container rootfs: run as root');
+  const r = await ctr(['images', 'import', buildImage()]);
+  t.is(r.code, 0, why(r));
+  t.true((await ctr(['images', 'ls', '-q'])).stdout.split('\n').includes(IMAGE));
+});
+
+test.serial('ctr run --runtime io.containerd.lodger.v2 prints the output and returns the exit code of a Lodger job; nothing is left', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const r = await ctr(['run', '--runtime', 'io.containerd.lodger.v2', '--rm', IMAGE, 'hello', 'sh', '-c', 'echo hi; echo oops >&2; exit 3']);
+  t.is(r.code, 3, why(r));
+  t.is(r.stdout, 'hi\n', why(r));
+  t.regex(r.stderr, /oops/);
+  const job = (await jobs()).find((j) => j.id.startsWith(`${NS}.hello-`));
+  t.truthy(job, 'the container ran as a lodgerd job');
+  t.like(job, { state: 'failed', exitCode: 3, backend: 'qemu' });
+  t.deepEqual((await ctr(['containers', 'ls', '-q'])).stdout.trim(), '');
+  await until('the shim exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  const status = await api!.call<{ sandboxes: unknown[] }>('GetStatus', {});
+  t.deepEqual(status.sandboxes, []);
+  t.regex(shimLog(), /← Wait ok \{"exitStatus":3/);
+  t.regex(shimLog(), /exiting: Shutdown/);
+});
+
+test.serial('a long-running task shows in lodgerd while it runs; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const r = await ctr(['run', '-d', '--null-io', '--runtime', 'io.containerd.lodger.v2', IMAGE, 'sleeper', 'sleep', '600']);
+  t.is(r.code, 0, why(r));
+  const job = await until('the job runs', async () => (await jobs()).find((j) => j.id.startsWith(`${NS}.sleeper-`) && j.state === 'running'));
+  // In the control loop like any job: with a CPU to spare, the controller grows its sandbox to its most vCPUs.
+  const grown = await until('the controller grew the sandbox', async () => {
+    const st = await api!.call<{ sandboxes: { jobId: string; backend: string; vcpus: number; maxVcpus: number }[] }>('GetStatus', {});
+    return st.sandboxes.find((s) => s.jobId === job.id && s.vcpus === 2);
+  });
+  t.like(grown, { backend: 'qemu', maxVcpus: 2 });
+  t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
+  t.is(shimPids().length, 1);
+  const k = await ctr(['task', 'kill', 'sleeper']);
+  t.is(k.code, 0, why(k));
+  await until('the task stopped', async () => /sleeper\s+\d+\s+STOPPED/.test((await ctr(['task', 'ls'])).stdout));
+  const del = await ctr(['task', 'delete', 'sleeper']);
+  t.is(del.code, 0, why(del));
+  t.regex(del.stderr, /exit code 143/); // ctr warns of the task's exit status (128 + SIGTERM)
+  t.like((await jobs()).find((j) => j.id === job.id), { state: 'failed', exitCode: 128 + 15 });
+  t.is((await ctr(['containers', 'rm', 'sleeper'])).code, 0);
+  await until('the shim exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
+});
+
+/** A CRI RuntimeService client on containerd's socket (the kubelet's side), from the vendored cri-api proto. */
+function criClient(): { call: <T>(method: string, req: unknown) => Promise<T>; close: () => void } {
+  const def = protoLoader.loadSync('k8s.io/cri-api/pkg/apis/runtime/v1/api.proto', {
+    includeDirs: [join(repo, 'test', 'cri-proto')], keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
+  const client = new pkg.runtime.v1.RuntimeService(`unix://${cdSocket}`, grpc.credentials.createInsecure());
+  const c = client as unknown as Record<string, (req: unknown, meta: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: unknown) => void) => void>;
+  return {
+    call: (method, req) => new Promise((resolve, reject) => {
+      c[method]!.call(client, req, new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (e, r) => (e ? reject(new Error(`${method}: ${e.details}`)) : resolve(r as never)));
+    }),
+    close: () => client.close(),
+  };
+}
+
+test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; teardown leaves nothing', async (t) => {
+  if (!haveContainerd || !isRoot) return t.fail('see the first test');
+  const imp = await run('ctr', ['-a', cdSocket, '-n', 'k8s.io', 'images', 'import', join(dir, 'image.tar')]);
+  t.is(imp.code, 0, why(imp));
+  const cri = criClient();
+  const logDir = join(dir, 'pods', 'pod1');
+  mkdirSync(logDir, { recursive: true });
+  const sandboxConfig = {
+    metadata: { name: 'pod1', uid: 'uid-pod1', namespace: 'default', attempt: 0 }, hostname: 'pod1', logDirectory: logDir,
+    linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } } },
+  };
+  try {
+    const { podSandboxId } = await cri.call<{ podSandboxId: string }>('RunPodSandbox', { config: sandboxConfig, runtimeHandler: 'lodger' });
+    t.truthy(podSandboxId);
+    const { containerId } = await cri.call<{ containerId: string }>('CreateContainer', {
+      podSandboxId, sandboxConfig,
+      config: { metadata: { name: 'c1', attempt: 0 }, image: { image: IMAGE }, command: ['sh', '-c', 'echo from-cri; exit 7'], logPath: 'c1.log', linux: {} },
+    });
+    await cri.call('StartContainer', { containerId });
+    const st = await until('the container exited', async () => {
+      const r = await cri.call<{ status: { state: string; exitCode: number } }>('ContainerStatus', { containerId });
+      return r.status.state === 'CONTAINER_EXITED' && r.status;
+    }, 180_000);
+    t.is(st.exitCode, 7);
+    t.regex(readFileSync(join(logDir, 'c1.log'), 'utf8'), /stdout F from-cri\n/);
+    t.like((await jobs()).find((j) => j.id.startsWith('k8s.io.')), { state: 'failed', exitCode: 7, backend: 'qemu' });
+    t.is((await jobs()).filter((j) => j.id.startsWith('k8s.io.')).length, 1, 'the pod sandbox (pause) container is no job');
+    await cri.call('RemoveContainer', { containerId });
+    await cri.call('StopPodSandbox', { podSandboxId });
+    await cri.call('RemovePodSandbox', { podSandboxId });
+  } finally {
+    cri.close();
+  }
+  await until('the shims exited', () => shimPids().length === 0, 30_000);
+  t.deepEqual(mountsUnder(), []);
+  t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
+});
