@@ -5,7 +5,7 @@
 // Every process started here is stopped by pid.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, copyFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, rmdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
@@ -14,6 +14,7 @@ import { TestDaemon } from './lodgerd-harness.ts';
 const dir = mkdtempSync(join(tmpdir(), 'lodger-image-'));
 const socket = join(dir, 'lodgerd.sock');
 const state = join(dir, 'state');
+const cgroupParent = `lodger-image-test-${process.pid}`;
 const lodgerd = new TestDaemon(socket, ['--state-dir', state, '--policy-dir', join(dir, 'policies')]);
 const lodger = (args: string[]): ReturnType<TestDaemon['lodger']> => lodgerd.lodger(args);
 const haveTools = ['umoci', 'skopeo'].every((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status === 0);
@@ -56,7 +57,7 @@ function buildImage(): { layout: string; ociArchive: string; dockerArchive: stri
 
 function startDaemon(port: number): Promise<void> {
   const cfg = join(dir, 'lodgerd.yaml');
-  writeFileSync(cfg, 'warmPoolSize: 0\n');
+  writeFileSync(cfg, `warmPoolSize: 0\ncgroupParent: ${cgroupParent}\n`);
   mkdirSync(join(dir, 'policies'), { recursive: true });
   return lodgerd.start(['--config', cfg, '--metrics-address', `127.0.0.1:${port}`], 120_000);
 }
@@ -68,6 +69,14 @@ const reasons = async (id: string): Promise<string> => {
 
 test.after.always(() => {
   lodgerd.end();
+  // A stopped lodgerd keeps its cgroup parent (and its sandboxes' groups, ended above).
+  for (const h of readdirSync('/sys/fs/cgroup')) {
+    const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.split(':')[1]?.split(',').includes(h))?.split(':')[2] ?? '/';
+    const p = join('/sys/fs/cgroup', h, own, cgroupParent);
+    if (!existsSync(p)) continue;
+    for (const d of readdirSync(p, { withFileTypes: true })) if (d.isDirectory()) try { rmdirSync(join(p, d.name)); } catch { /* busy */ }
+    try { rmdirSync(p); } catch { /* busy */ }
+  }
   rmSync(dir, { recursive: true, force: true });
 });
 
