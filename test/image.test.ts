@@ -9,6 +9,7 @@ import { cpSync, existsSync, mkdirSync, rmdirSync, mkdtempSync, readdirSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
+import { CgroupManager } from '../sandbox-runtime/index.ts';
 import { TestDaemon } from './lodgerd-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'lodger-image-'));
@@ -70,9 +71,7 @@ const reasons = async (id: string): Promise<string> => {
 test.after.always(() => {
   lodgerd.end();
   // A stopped lodgerd keeps its cgroup parent (and its sandboxes' groups, ended above).
-  for (const h of readdirSync('/sys/fs/cgroup')) {
-    const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.split(':')[1]?.split(',').includes(h))?.split(':')[2] ?? '/';
-    const p = join('/sys/fs/cgroup', h, own, cgroupParent);
+  for (const p of new CgroupManager({ host: { root: '/sys/fs/cgroup', proc: '/proc' }, parent: cgroupParent }).parents.values()) {
     if (!existsSync(p)) continue;
     for (const d of readdirSync(p, { withFileTypes: true })) if (d.isDirectory()) try { rmdirSync(join(p, d.name)); } catch { /* busy */ }
     try { rmdirSync(p); } catch { /* busy */ }

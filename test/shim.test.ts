@@ -13,6 +13,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { dirname, join } from 'node:path';
 import { freePort } from '../bench/index.ts';
 import { connect, type ApiClient } from '../daemon/index.ts';
+import { TestDaemon } from './lodgerd-harness.ts';
 
 const repo = join(import.meta.dirname, '..');
 // Short: containerd's and the shims' unix socket paths must fit in 108 bytes.
@@ -28,10 +29,8 @@ const isRoot = process.getuid?.() === 0;
 
 let containerd: ChildProcess | null = null;
 let containerdLog = '';
-let lodgerd: ChildProcess | null = null;
-let lodgerdLog = '';
+const lodgerd = new TestDaemon(lodgerSocket, ['--state-dir', join(dir, 'state'), '--policy-dir', join(dir, 'policies')]);
 let api: ApiClient | null = null;
-const vmmPids = new Set<number>();
 
 /** Processes this test caused that still run: by their command line naming this test's directory. */
 function ourProcesses(pattern: string): number[] {
@@ -62,7 +61,7 @@ function run(cmd: string, args: string[], timeoutMs = 240_000): Promise<{ code: 
 }
 const ctr = (args: string[], timeoutMs?: number) => run('ctr', ['-a', cdSocket, '-n', NS, ...args], timeoutMs);
 const shimLog = (): string => (existsSync(shimLogFile) ? readFileSync(shimLogFile, 'utf8') : '(no shim log)');
-const why = (r: { stdout: string; stderr: string }): string => `stdout: ${r.stdout}\nstderr: ${r.stderr}\nshims:\n${shimLog()}\nlodgerd:\n${lodgerdLog.slice(-4000)}`;
+const why = (r: { stdout: string; stderr: string }): string => `stdout: ${r.stdout}\nstderr: ${r.stderr}\nshims:\n${shimLog()}\nlodgerd:\n${lodgerd.log.slice(-4000)}`;
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 120_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -127,16 +126,7 @@ spec:
   // Its own cgroup parent (a Shutdown removes it) and no warm pool (the test starts its jobs cold).
   const config = join(dir, 'lodgerd.yaml');
   writeFileSync(config, `cgroupParent: lodger-shim-test-${process.pid}\nwarmPoolSize: 0\n`);
-  lodgerd = spawn(process.execPath, [join(repo, 'bin', 'lodgerd.js'), '-c', config, '--state-dir', join(dir, 'state'), '--socket', lodgerSocket, '--policy-dir', join(dir, 'policies'),
-    '--metrics-address', `127.0.0.1:${metrics}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  lodgerd.stderr!.on('data', (b) => {
-    lodgerdLog += b;
-    for (const m of String(b).matchAll(/pid (\d+)\)/g)) vmmPids.add(Number(m[1]));
-  });
-  await until('lodgerd listening', () => {
-    if (lodgerd?.exitCode !== null) throw new Error(`lodgerd exited:\n${lodgerdLog}`);
-    return lodgerdLog.includes(`listening on ${lodgerSocket}`);
-  }, 60_000);
+  await lodgerd.start(['-c', config, '--metrics-address', `127.0.0.1:${metrics}`], 60_000);
   api = connect(lodgerSocket);
 }
 
@@ -201,8 +191,8 @@ test.after.always(async () => {
     await api.call('Shutdown', { drain: false }, 20_000).catch(() => {});
     api.close();
   }
-  await stopChild(lodgerd, null, 30_000);
-  for (const pid of vmmPids) kill(pid);
+  await stopChild(lodgerd.proc, null, 30_000);
+  lodgerd.end();
   for (const m of mountsUnder().reverse()) spawnSync('umount', ['-l', m]);
   if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
 });

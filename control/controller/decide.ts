@@ -362,7 +362,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
 }
 
 /** Whether the fast path may give one step back now, and if not, what holds it. */
-function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: ControllerState, now: number, load: number | null, runDelay: number | null): { ok: boolean; why: string } {
+function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: ControllerState, now: number, avgLoad: number | null, runDelay: number | null): { ok: boolean; why: string } {
   const g = policy.pool.growth;
   if (next.highSince === null || now - next.highSince < g.cooldownMs) return { ok: false, why: '' };
   if (since(now, prev.clampedAt) < g.reverseMs) return { ok: false, why: `no release within ${g.reverseMs / 1000} s of a clamp` };
@@ -374,9 +374,9 @@ function releaseGate(policy: ControllerPolicy, prev: ControllerState, next: Cont
   if (b && !prev.paused && prev.level - 1 <= b.level) {
     // The slow average, and by a real step: one 200 ms reading at low load swings by a
     // third (redis at 60%: 0.07 against 0.09 at the breach let a release through early).
-    const fell = load !== null && b.load !== null && load < b.load * LOAD_FALL && b.load - load >= MIN_STEP_CPUS;
+    const fell = avgLoad !== null && b.load !== null && avgLoad < b.load * LOAD_FALL && b.load - avgLoad >= MIN_STEP_CPUS;
     const waited = now - b.at >= b.backoffMs;
-    if (!fell && !waited) return { ok: false, why: `breach memory: ${Math.round((b.backoffMs - (now - b.at)) / 1000)} s of back-off left, load ${load === null ? 'unknown' : load.toFixed(2)} vs ${b.load === null ? '?' : b.load.toFixed(2)} CPUs at the breach` };
+    if (!fell && !waited) return { ok: false, why: `breach memory: ${Math.round((b.backoffMs - (now - b.at)) / 1000)} s of back-off left, load ${avgLoad === null ? 'unknown' : avgLoad.toFixed(2)} vs ${b.load === null ? '?' : b.load.toFixed(2)} CPUs at the breach` };
   }
   return { ok: true, why: '' };
 }
