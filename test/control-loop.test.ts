@@ -19,7 +19,7 @@ test.serial('a breach is clamped within the sampling interval, and released afte
     name: 'web', source: 't', slo: { percentile: 99, targetMs: 50, windowMs: 500 }, prometheus: null, cpus: null,
     probe: { kind: 'http', url: `http://127.0.0.1:${port}/`, method: 'GET', intervalMs: 20, timeoutMs: 500 },
   };
-  const pool = defaultPool('sandbox: { maxVcpus: 2, maxMemory: 512Mi }, reserve: { cpus: 1 }, knobs: [cpu.idle, cpuset, cpu.weight, pause], keepApplied: [], growth: { cooldown: 600ms, reverse: 600ms, backoff: 1s, cpusetInterval: 1s }', 'p');
+  const pool = defaultPool('sandbox: { maxVcpus: 2, maxMemory: 512Mi }, reserve: { cpus: 1 }, knobs: [cpu.idle, cpuset, cpu.weight, pause], keepApplied: [], escalate: [], growth: { cooldown: 600ms, reverse: 600ms, backoff: 1s, cpusetInterval: 1s }', 'p');
   const rt = new FakeRuntime();
   const sb = await rt.create({ id: 'batch', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 512 });
   await sb.start();
@@ -63,7 +63,7 @@ test.serial('one loop across a policy reload and a restart: the clamp stays; a s
     probe: { kind: 'http', url: `http://127.0.0.1:${port}/`, method: 'GET', intervalMs: 20, timeoutMs: 500 },
   });
   // Nothing kept applied: the suite checks that every knob is given back.
-  const pool = defaultPool('sandbox: { maxVcpus: 2, maxMemory: 512Mi }, knobs: [cpuset, cpu.idle, cpu.weight], keepApplied: [], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms, cpusetInterval: 300ms }', 'p');
+  const pool = defaultPool('sandbox: { maxVcpus: 2, maxMemory: 512Mi }, knobs: [cpuset, cpu.idle, cpu.weight], keepApplied: [], escalate: [], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms, cpusetInterval: 300ms }', 'p');
   const rt = new FakeRuntime();
   const sandboxes = [await rt.create({ id: 'a', vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 512 })];
   await sandboxes[0]!.start();

@@ -10,7 +10,7 @@ const service: OnlineServicePolicy = {
   probe: { kind: 'tcp', host: '127.0.0.1', port: 1, intervalMs: 100, timeoutMs: 500 }, prometheus: null, cpus: null,
 };
 // Nothing kept applied: these tests are about giving every knob back (keepApplied has its own test).
-const pool = defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 2Gi }, knobs: [cpu.idle, cpuset, cpu.weight, pause], keepApplied: []');
+const pool = defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 2Gi }, knobs: [cpu.idle, cpuset, cpu.weight, pause], keepApplied: [], escalate: []');
 const policy: ControllerPolicy = { services: [service], pool };
 const noPause: ControllerPolicy = { services: [service], pool: { ...pool, knobs: ['cpuset', 'cpu.idle', 'cpu.weight'] } };
 const TICK = 100;
@@ -226,7 +226,7 @@ test('the knob ranking is learned: a knob whose release cost slack is released l
 
 test('revert and block: a breach right after a release undoes that release alone and blocks it for the back-off; another SLO forgets it', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
-  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], escalate: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
   const at = (targetMs: number): ControllerPolicy => ({ services: [{ ...service, slo: { ...service.slo, targetMs } }], pool: fast });
   // The plant: the tail holds while cpu.idle is applied; without it, it breaches.
   const lat = (applied: string[]): number => (applied.includes('cpu.idle') ? 1 : 3);
@@ -258,7 +258,7 @@ test('revert and block: a breach right after a release undoes that release alone
 
 test('neither noise at low load nor the service working harder under the interference a release let in is "load has fallen": no new try within the back-off', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
-  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpuset, cpu.idle], keepApplied: [cpu.idle], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpuset, cpu.idle], keepApplied: [cpu.idle], escalate: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s, backoff: 30s }');
   let state: ControllerState = { ...INITIAL_STATE, level: 2, order: ['cpu.idle', 'cpuset'] };
   let applied: string[] = ['cpu.idle', 'cpuset'];
   const releases: number[] = [];
@@ -279,7 +279,7 @@ test('neither noise at low load nor the service working harder under the interfe
 
 test('a breach that shows only after the release was measured (but within two windows) still reverts that release alone', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
-  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
+  const fast = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpu.idle, cpuset, cpu.weight], keepApplied: [], escalate: [], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
   let state: ControllerState = { ...INITIAL_STATE, level: 1, order: ['cpu.idle', 'cpuset', 'cpu.weight'] };
   let releasedAt: number | null = null;
   const reasons: string[] = [];
@@ -312,31 +312,61 @@ test('after a gap in the rounds, latency is not acted on for a window (probes in
   t.true(later.tightened, 'a breach a window after the gap is acted on');
 });
 
-test('keepApplied: the work-conserving knobs are applied from the first round and never given back; only the cpuset is released, and clamped again on danger', (t) => {
+test('keepApplied and escalate (the defaults): the work-conserving knobs are on from the first round and never given back; the cpuset comes only when a breach outlasts two windows, is held by breach memory, and goes first', (t) => {
   const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
   const kept = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [cpuset, cpu.idle, cpu.weight], growth: { cooldown: 1s, reverse: 2s, cpusetInterval: 2s }');
   t.deepEqual(kept.keepApplied, ['cpu.idle', 'cpu.weight'], 'the schema\'s default');
+  t.deepEqual(kept.escalate, ['cpuset'], 'the schema\'s default');
   const pol: ControllerPolicy = { services: [service], pool: kept };
   let state = INITIAL_STATE;
   let plan = decide(pol, obsAt(0, 1, sbs, 16384, 2), state);
   t.deepEqual(plan.desired.applied, ['cpu.idle', 'cpu.weight'], 'applied at once, though nothing is wrong');
   t.like(plan.desired.pool, { cpuIdle: true, cpus: '0-1' });
   state = plan.state;
-  plan = decide(pol, obsAt(100, 3, sbs, 16384, 2), state);
-  t.true(plan.desired.applied.includes('cpuset'), 'a breach clamps the cpuset too');
+  // One slow second (a probe's outlier keeps the window over target for one window): no cpuset.
+  for (let now = 100; now <= 1100; now += TICK) {
+    plan = decide(pol, obsAt(now, now <= 1000 ? 3 : 1, sbs, 16384, 2), state);
+    state = plan.state;
+    t.false(plan.desired.applied.includes('cpuset'), `a one-window breach does not earn the cpuset (${now} ms)`);
+  }
+  for (let now = 1200; now < 5000; now += TICK) state = decide(pol, obsAt(now, 1, sbs, 16384, 2), state).state;
+  // A breach that goes on: the cpuset after two windows, not before.
+  for (let now = 5000; now < 7000; now += TICK) {
+    plan = decide(pol, obsAt(now, 3, sbs, 16384, 2), state);
+    state = plan.state;
+    t.false(plan.desired.applied.includes('cpuset'), `not yet at ${now} ms`);
+  }
+  plan = decide(pol, obsAt(7000, 3, sbs, 16384, 2), state);
   state = plan.state;
+  t.true(plan.desired.applied.includes('cpuset'), 'escalated after two windows');
+  t.like(plan.desired.pool, { cpus: '1' });
+  t.regex(plan.reason, /for 2000 ms with cpu\.idle, cpu\.weight applied: escalate to cpuset/);
   // The breach memory holds the cpuset for its 30 s back-off, then it goes.
-  for (let now = 200; now < 40_000; now += TICK) {
+  let now = 7100;
+  for (; now < 47_000; now += TICK) {
     plan = decide(pol, obsAt(now, 1, sbs, 16384, 2), state);
     state = plan.state;
     t.true(plan.desired.applied.includes('cpu.idle') && plan.desired.applied.includes('cpu.weight'), `kept at ${now} ms`);
-    if (now < 30_000) t.true(plan.desired.applied.includes('cpuset'), `cpuset held by the breach memory at ${now} ms`);
+    if (now < 37_000) t.true(plan.desired.applied.includes('cpuset'), `cpuset held by the breach memory at ${now} ms`);
+    if (!plan.desired.applied.includes('cpuset')) break;
   }
   t.deepEqual([...plan.desired.applied].sort(), ['cpu.idle', 'cpu.weight'], 'the cpuset alone was given back');
-  t.regex(plan.reason, /only cpu\.idle, cpu\.weight \(kept applied\)/);
+  t.regex(plan.reason, /release cpuset/);
+  t.is(state.trial?.knob, 'cpuset', 'the release is under trial');
+  // A breach right after that release does not revert it at once; one that goes on two windows does.
+  const from = now + TICK;
+  for (now = from; now < from + 2000; now += TICK) {
+    plan = decide(pol, obsAt(now, 3, sbs, 16384, 2), state);
+    state = plan.state;
+    t.false(plan.desired.applied.includes('cpuset'), `${now - from} ms into the breach: ${plan.reason}`);
+  }
+  plan = decide(pol, obsAt(now, 3, sbs, 16384, 2), state);
+  t.true(plan.desired.applied.includes('cpuset'));
+  t.regex(plan.reason, /after releasing cpuset: revert it/);
   // A state from before keepApplied, with nothing applied, comes back with the kept knobs on.
   const old = reconcileState({ ...INITIAL_STATE, order: ['cpuset', 'cpu.idle', 'cpu.weight'], level: 1 }, pol);
   t.deepEqual(old.order.slice(0, old.level).sort(), ['cpu.idle', 'cpu.weight', 'cpuset'], 'what was applied stays applied, and the kept ones join it');
+  t.is(old.order.at(-1), 'cpuset', 'the escalated knob is last in the order: given back first');
 });
 
 test('after a resume, a new breach pauses again only once it has lasted a window (not on its first round)', (t) => {
@@ -439,7 +469,7 @@ test('memory pressure: virtio-mem steps down to the minimum, then suspend to dis
 
 test('a breach with the cpuset applied takes no vCPU away (batch is already off the services\' CPUs); without a cpuset in the policy it does', (t) => {
   const run = (knobs: string): number => {
-    const p: ControllerPolicy = { services: [service], pool: defaultPool(`reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [${knobs}], keepApplied: [], growth: { cooldown: 1s, shrinkSlack: 0 }`) };
+    const p: ControllerPolicy = { services: [service], pool: defaultPool(`reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 1Gi }, knobs: [${knobs}], keepApplied: [], escalate: [], growth: { cooldown: 1s, shrinkSlack: 0 }`) };
     const sbs: Sb[] = [{ id: 'a', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }];
     let state: ControllerState = INITIAL_STATE;
     for (let now = 0; now < 10_000; now += TICK) {

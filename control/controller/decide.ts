@@ -8,11 +8,13 @@
 // The fast path (after Heracles' top-level controller, Katalyst's asymmetric ramps and
 // PARTIES' revert-and-block):
 // - danger (slack below 0, or the service's own CPU use stepping up: the leading
-//   indicator, seen before the latency window fills) clamps every cgroup knob at once;
+//   indicator, seen before the latency window fills) clamps every cgroup knob at once
+//   but the escalated ones (`escalate`: the cpuset, which is not work-conserving);
 //   danger soon after a release is that release's doing: it alone is reverted, the
 //   applied knobs re-ranked, and the release blocked by breach memory;
-// - with every knob applied and the breach going on for a whole window, pause (if the
-//   policy lists it);
+// - a breach that outlasts two windows with those applied earns the escalated knobs
+//   (and reverts a release of one); a window more with every knob applied, pause (if
+//   the policy lists it);
 // - knobs are given back one at a time, the least valuable first (ranking learned from
 //   the slack each release cost), only above the growth band held for a cool-down, never
 //   sooner than `reverse` after a clamp, the cpuset at most once per `cpusetInterval`;
@@ -21,7 +23,7 @@
 //   repeat) has passed; it holds under the same SLO only (another service's or a looser
 //   target forgets it), and nothing is learnt across a gap in the rounds or an SLO change.
 import type { BatchPoolPolicy, OnlineServicePolicy } from '../policy/index.ts';
-import { cpuSplit, isCgroupKnob, keptKnobs, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
+import { cpuSplit, escalatedKnobs, isCgroupKnob, keptKnobs, learnEffect, rankKnobs, settingsFor, type CgroupKnob, type KnobEffects, type KnobSettings } from './knobs.ts';
 import { serviceSlacks } from './slack.ts';
 import { structuralActions } from './structural.ts';
 import { memoryPlan, type MemoryObservation, type MemoryState } from './memory.ts';
@@ -128,7 +130,7 @@ export interface ControllerState {
   effects: KnobEffects;
   /** A release whose cost is being measured. */
   /** A release: its cost is learnt once the window has refreshed (`learnt`); a breach within two windows of it is its doing. */
-  trial: { knob: CgroupKnob; at: number; slackBefore: number; learnt?: boolean; load?: number | null } | null;
+  trial: { knob: CgroupKnob; at: number; slackBefore: number; learnt?: boolean; breachLearnt?: boolean; load?: number | null } | null;
   lastResizeAt: number | null;
   lastDirection: 'grow' | 'shrink' | null;
   /** When the last round ran, and under which SLO targets: a release measured across a gap or an SLO change is not learnt from. */
@@ -179,6 +181,14 @@ const STALE_BASELINE_MS = 2000;
 const MIN_STEP_CPUS = 0.1;
 /** Load must fall this far below a breach's before its level may be given back early. */
 const LOAD_FALL = 0.85;
+/**
+ * A breach earns the escalated knobs (the cpuset) once it has lasted this many SLO
+ * windows. One slow probe keeps a 50-sample window's p99 over target for exactly one
+ * window; under cpu.idle such seconds came and went on their own, while each cpuset
+ * clamp they caused held half the host from batch for 30 s and more (2026-12-02 runs:
+ * lodgerd held the cpuset at the end of 12 of 16 cells, idle-all beat it at 6 of 8).
+ */
+const ESCALATE_WINDOWS = 2;
 /** A breach is remembered under SLO targets up to this much looser than its own. */
 const SLO_SAME = 1.1;
 
@@ -196,9 +206,10 @@ function sameSlo(then: Record<string, number> | undefined, now: Record<string, n
 export function reconcileState(prev: ControllerState, policy: ControllerPolicy): ControllerState {
   const ks = policy.pool.knobs.filter(isCgroupKnob);
   const keep = keptKnobs(policy.pool);
-  const known = [...prev.order.filter((k) => ks.includes(k)), ...rankKnobs(policy.pool.knobs, prev.effects, keep).filter((k) => !prev.order.includes(k))];
-  // Kept knobs first; whatever was applied stays applied (a reorder may only tighten).
-  const order = [...known.filter((k) => keep.includes(k)), ...known.filter((k) => !keep.includes(k))];
+  const esc = escalatedKnobs(policy.pool);
+  const known = [...prev.order.filter((k) => ks.includes(k)), ...rankKnobs(policy.pool.knobs, prev.effects, keep, esc).filter((k) => !prev.order.includes(k))];
+  // Kept knobs first, escalated ones last; whatever was applied stays applied (a reorder may only tighten).
+  const order = [...known.filter((k) => keep.includes(k)), ...known.filter((k) => !keep.includes(k) && !esc.includes(k)), ...known.filter((k) => esc.includes(k))];
   const wasOn = prev.order.slice(0, Math.max(0, prev.level)).filter((k) => ks.includes(k));
   const level = Math.min(Math.max(keep.length, ...wasOn.map((k) => order.indexOf(k) + 1)), ks.length);
   return { ...INITIAL_STATE, ...prev, order, level, paused: prev.paused && policy.pool.knobs.includes('pause') };
@@ -212,6 +223,9 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const prev = reconcileState(prevIn, policy);
   const state: ControllerState = { ...prev };
   const K = prev.order.length;
+  // The fast clamp applies the first F knobs of the order; the escalated ones follow it.
+  const esc = escalatedKnobs(pool);
+  const F = K - prev.order.filter((k) => esc.includes(k)).length;
   const s = serviceSlacks(policy.services, obs.services);
   const windowMs = Math.max(...policy.services.map((x) => x.slo.windowMs), 0);
   const slo = Object.fromEntries(policy.services.map((x) => [x.name, x.slo.targetMs]));
@@ -259,14 +273,15 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const trial = state.trial;
   const win = Math.max(windowMs, 1000);
   // A breach after the cost was learnt is learnt too: it is the cost that counts.
-  if (trial && Number.isFinite(s.min) && (!trial.learnt || violating) && (violating || rising || now - trial.at >= win)) {
+  if (trial && Number.isFinite(s.min) && (!trial.learnt || (violating && !trial.breachLearnt)) && (violating || rising || now - trial.at >= win)) {
     state.effects = learnEffect(prev.effects, trial.knob, trial.slackBefore - s.min);
-    state.trial = { ...trial, learnt: true };
+    state.trial = { ...trial, learnt: true, ...(violating ? { breachLearnt: true } : {}) };
   }
   // The latest release is the suspect for danger that follows, until the next change
   // replaces it (a release, a clamp) or two cool-downs have passed.
-  const blame = Math.max(2 * win, 2 * g.cooldownMs);
-  if (state.trial && (now - state.trial.at > blame || (state.trial.learnt && violating))) state.trial = null;
+  // An escalated knob's release stays the suspect until a breach has had time to earn it back.
+  const blameFor = (k: CgroupKnob): number => Math.max(2 * win, 2 * g.cooldownMs) + (esc.includes(k) ? ESCALATE_WINDOWS * windowMs : 0);
+  if (state.trial && (now - state.trial.at > blameFor(state.trial.knob) || (state.trial.learnt && violating && !esc.includes(state.trial.knob)))) state.trial = null;
   // A breach that follows a release (`reverted`) counts as a repeat: that release is
   // direct evidence this load needs the knob, and each new try costs a bad window (redis
   // at 60-80%, 2026-12-02: a try every 30 s, each a 18-60 ms second).
@@ -283,16 +298,18 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   let why = '';
   let tightened = false;
   const danger = violating || (rising && K > 0);
+  const persistent = violating && since(now, state.violatingSince) >= ESCALATE_WINDOWS * windowMs;
   // PARTIES' revert: danger soon after a release was that release's doing (a breach, or
   // the service's CPU use jumping: under interference it works harder per request); undo
   // it alone (a setting known to hold) and block it.
-  const revertible = danger && trial !== null && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= blame;
+  // An escalated knob given back is reverted only by a breach that earns it again.
+  const revertible = trial !== null && (esc.includes(trial.knob) ? persistent : danger) && prev.level < K && prev.order[prev.level] === trial.knob && now - trial.at <= blameFor(trial.knob);
   const showingRevert = danger && since(now, prev.revertedAt) < win;
   if (revertible) {
     state.level = prev.level + 1;
     // Re-rank among the applied knobs only (the set applied does not change), so the
     // knob just measured to matter is not the next one given back.
-    const ranked = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool));
+    const ranked = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool), esc);
     const on = prev.order.slice(0, state.level);
     state.order = [...ranked.filter((k) => on.includes(k)), ...prev.order.slice(state.level)];
     state.clampedAt = now;
@@ -301,15 +318,24 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     tightened = true;
     state.breach = breachAt(prev.level, state.breach, trial);
     why = `${violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`} ${Math.round(now - trial.at)} ms after releasing ${trial.knob}: revert it`;
-  } else if (danger && prev.level < K && !showingRevert) {
+  } else if (danger && prev.level < F && !showingRevert) {
     // Clamp at once and fully: one knob per window left the tail several times worse.
-    state.order = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool));
-    state.level = K;
+    state.order = rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool), esc);
+    state.level = F;
     state.clampedAt = now;
     state.trial = null;
     tightened = true;
     why = violating ? `breach: ${s.worst} (slack ${fmt(s.min)})` : `load step: services' CPU ${fmt(load!)} vs ${fmt(baseline!)} before`;
-    why += `: clamp ${state.order.join(', ')}`;
+    why += `: clamp ${state.order.slice(0, F).join(', ')}`;
+    state.breach = breachAt(prev.level, state.breach);
+  } else if (persistent && prev.level < K && !showingRevert) {
+    // The breach outlasted the fast knobs: escalate (the cpuset).
+    state.order = [...prev.order.slice(0, prev.level), ...rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool), esc).filter((k) => !prev.order.slice(0, prev.level).includes(k))];
+    state.level = K;
+    state.clampedAt = now;
+    state.trial = null;
+    tightened = true;
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, state.violatingSince))} ms with ${prev.order.slice(0, prev.level).join(', ') || 'no knob'} applied: escalate to ${state.order.slice(prev.level).join(', ')}`;
     state.breach = breachAt(prev.level, state.breach);
   } else if (violating && prev.level >= K && pool.knobs.includes('pause') && !prev.paused && since(now, state.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
     state.paused = true;

@@ -61,6 +61,12 @@ export function keptKnobs(pool: { knobs: Knob[]; keepApplied?: CgroupKnob[] }): 
   return (pool.keepApplied ?? []).filter((k) => pool.knobs.includes(k));
 }
 
+/** The pool's knobs a breach must earn (its `escalate`, those it lists and does not keep applied). */
+export function escalatedKnobs(pool: { knobs: Knob[]; keepApplied?: CgroupKnob[]; escalate?: CgroupKnob[] }): CgroupKnob[] {
+  const keep = keptKnobs(pool);
+  return (pool.escalate ?? []).filter((k) => pool.knobs.includes(k) && !keep.includes(k));
+}
+
 /** Per knob: the slack it was measured to hold (slack lost when it was released), averaged. */
 export type KnobEffects = Partial<Record<CgroupKnob, { value: number; n: number }>>;
 
@@ -88,9 +94,9 @@ export function learnEffect(effects: KnobEffects, knob: CgroupKnob, sample: numb
  * The cgroup knobs from most to least valuable: the learned effects blended with the
  * policy's order as a prior worth two measurements (the first knob "holds" 0.5 slack,
  * falling linearly), so one lucky measurement does not overturn it; the knobs in `keep`
- * first whatever their worth. Released from the end.
+ * first whatever their worth, those in `last` last. Released from the end.
  */
-export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects, keep: readonly CgroupKnob[] = []): CgroupKnob[] {
+export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects, keep: readonly CgroupKnob[] = [], last: readonly CgroupKnob[] = []): CgroupKnob[] {
   const ks = policyKnobs.filter(isCgroupKnob);
   const score = (k: CgroupKnob, i: number): number => {
     const prior = (PRIOR_TOP * (ks.length - i)) / ks.length;
@@ -98,7 +104,8 @@ export function rankKnobs(policyKnobs: Knob[], effects: KnobEffects, keep: reado
     const n = Math.min(e?.n ?? 0, EFFECT_MEMORY);
     return (prior * PRIOR_WEIGHT + (e?.value ?? 0) * n) / (PRIOR_WEIGHT + n) + (ks.length - i) * 1e-6; // position breaks ties
   };
-  // Knobs kept applied come first, so that they are never the next one given back.
-  const kept = (k: CgroupKnob): number => (keep.includes(k) ? 1 : 0);
+  // Knobs kept applied come first, so that they are never the next one given back; the
+  // escalated ones last: applied last, given back first.
+  const kept = (k: CgroupKnob): number => (keep.includes(k) ? 1 : last.includes(k) ? -1 : 0);
   return ks.map((k, i) => ({ k, s: score(k, i) })).sort((a, b) => kept(b.k) - kept(a.k) || b.s - a.s).map((x) => x.k);
 }

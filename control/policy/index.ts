@@ -46,6 +46,8 @@ export interface BatchPoolPolicy {
   knobs: Knob[];
   /** Knobs applied always (work-conserving: giving them back gains batch nothing the services leave idle). */
   keepApplied: Exclude<Knob, 'pause'>[];
+  /** Knobs a breach must earn by outlasting two windows (not work-conserving: a cpuset). */
+  escalate: Exclude<Knob, 'pause'>[];
   /** Backend for the pool's jobs that name none; absent: lodgerd's own setting. */
   runtime?: 'auto' | 'qemu' | 'gvisor';
   growth: {
@@ -151,6 +153,7 @@ export function parsePolicyText(text: string, file: string): PolicySet {
         sandbox,
         knobs: spec.knobs,
         keepApplied: spec.keepApplied.filter((k: Knob) => spec.knobs.includes(k)),
+        escalate: spec.escalate.filter((k: Knob) => spec.knobs.includes(k) && !spec.keepApplied.includes(k)),
         ...(spec.runtime ? { runtime: spec.runtime } : {}),
         growth: {
           cooldownMs: parseDurationMs(g.cooldown), minSlack: g.minSlack, shrinkSlack: g.shrinkSlack,
