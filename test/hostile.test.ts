@@ -158,11 +158,7 @@ test.serial('5,000 malformed API requests (fast-check): each is refused with INV
   t.log(`${refused} of 5000 API requests refused`);
 });
 
-// Known bug, found by this case and left to control/'s owner (control/ is being reworked
-// elsewhere): parsePolicyText('*!') throws the yaml library's ReferenceError ("Unresolved
-// alias ...") instead of a PolicyError at file:line, so lodgerd logs it without a location.
-// test.failing passes while the bug is there and fails once it is fixed: then make it test.serial.
-test.failing('5,000 malformed policy files (fast-check): each is refused with a PolicyError at file:line:column', (t) => {
+test('5,000 malformed policy files (fast-check): each is refused with a PolicyError at file:line:column', (t) => {
   const yamlish = fc.oneof(fc.string({ maxLength: 200 }),
     fc.record({ apiVersion: fc.constantFrom('lodger.dev/v1', 'x'), kind: fc.constantFrom('OnlineService', 'BatchPool', 'Nope'), metadata: fc.anything({ maxDepth: 2 }), spec: fc.anything({ maxDepth: 3 }) })
       .map((o) => JSON.stringify(o)));

@@ -44,6 +44,9 @@ test('bad values, missing keys and YAML syntax errors are located', (t) => {
   t.regex(errorOf(svc('  slo: { target: 5ms }\n')).message, /\/spec: needs exactly one of: probe, prometheus$/);
   t.regex(errorOf(svc('  slo: { target: 5ms }\n  probe: { interval: 1s }\n')).message, /\/spec\/probe: needs exactly one of: http, tcp, redis, memcached$/);
   t.regex(errorOf('apiVersion: lodger.dev/v1\nkind: [unclosed\n').message, /^p\.yaml:\d+:\d+: YAML: /);
+  // An alias with no anchor: the yaml library throws a ReferenceError of its own from toJS.
+  t.regex(errorOf('*!').message, /^p\.yaml:1:1: YAML: /);
+  t.regex(errorOf('apiVersion: lodger.dev/v1\nkind:\n  - *nope\n').message, /^p\.yaml:3:5: YAML: .*nope/);
   t.regex(errorOf('apiVersion: lodger.dev/v2\nkind: BatchPool\nmetadata: { name: x }\nspec: { sandbox: { maxVcpus: 1, maxMemory: 1Gi } }\n').message, /^p\.yaml:1:13: \/apiVersion: must be "lodger.dev\/v1"/);
 });
 

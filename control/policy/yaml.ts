@@ -1,7 +1,7 @@
 // YAML documents validated by a JSON Schema, with every error located at the file, line
 // and column of the node it is about. Shared by policy files and lodgerd's config.
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { isMap, isPair, isScalar, LineCounter, parseAllDocuments, type Document } from 'yaml';
+import { isMap, isPair, isScalar, LineCounter, parseAllDocuments, visit, type Document } from 'yaml';
 
 export class YamlSchemaError extends Error {
   readonly code: string = 'YAML_INVALID';
@@ -95,7 +95,17 @@ export function parseValidated(
       throw makeError(file, pos.line, pos.col, `YAML: ${err.message.split('\n')[0]}`);
     }
     if (doc.contents === null) continue; // an empty document between separators
-    const value = (doc.toJS() ?? {}) as Record<string, unknown>;
+    let value: Record<string, unknown>;
+    try {
+      value = (doc.toJS() ?? {}) as Record<string, unknown>;
+    } catch (e) {
+      // toJS throws (a ReferenceError) on an alias with no anchor before it, e.g. `*x`:
+      // point at the first alias, the likeliest culprit.
+      let at = doc.contents?.range?.[0] ?? 0;
+      visit(doc, { Alias(_, node) { at = node.range?.[0] ?? at; return visit.BREAK; } });
+      const pos = lc.linePos(at);
+      throw makeError(file, pos.line, pos.col, `YAML: ${(e as Error).message.split('\n')[0]}`);
+    }
     if (!validate(value)) {
       // Report the deepest error: it names the key the author got wrong.
       const errors = [...(validate.errors ?? [])].sort((a, b) => b.instancePath.length - a.instancePath.length);
