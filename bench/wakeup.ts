@@ -13,7 +13,7 @@ import { writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { CgroupManager, type Cgroup } from '../sandbox-runtime/cgroup/index.ts';
+import { CgroupManager, type Cgroup } from '../sandbox-runtime/index.ts';
 import { percentile } from './services.ts';
 
 const { values } = parseArgs({ options: {
