@@ -32,7 +32,9 @@ const service: OnlineServicePolicy = {
   name: 'svc', source: 'bench', slo: { percentile: 99, targetMs: 20, windowMs: 300 }, prometheus: null, cpus: null,
   probe: { kind: 'http', url, method: 'GET', intervalMs: 10, timeoutMs: 200 },
 };
-const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 1, maxMemory: 256Mi }, knobs: [cpu.idle], keepApplied: [], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms }', 'p');
+const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 1, maxMemory: 256Mi }, knobs: [cpu.idle], keepApplied: [], growth: { cooldown: 300ms, reverse: 300ms, backoff: 300ms, maxBackoff: 300ms }', 'p');
+// maxBackoff too: every step here follows a release, and breach memory would otherwise
+// double the back-off on each until the knob is no longer given back between steps.
 const loop = new ControlLoop({ policy: { services: [service], pool }, monitors: [new ServiceMonitor(service)], host: new ProcHostReader(), sandboxes: () => [sb], tickMs: 100 });
 const fromObservation: number[] = [];
 const fromStep: number[] = [];
@@ -42,10 +44,11 @@ try {
   for (let i = 0; i < steps; i++) {
     const seen = loop.reactions.length;
     delay = 40; // the load step: the service's latency jumps over its 20 ms SLO
-    const stepAt = performance.now();
-    while (loop.reactions.length === seen && performance.now() - stepAt < 5000) await new Promise((r) => setTimeout(r, 1));
+    // The loop's clock is the wall clock: its reactions are stamped with Date.now().
+    const stepAt = Date.now();
+    while (loop.reactions.length === seen && Date.now() - stepAt < 5000) await new Promise((r) => setTimeout(r, 1));
     const r = loop.reactions[seen];
-    if (!r) throw new Error(`no reaction to load step ${i + 1}`);
+    if (!r) throw new Error(`no reaction to load step ${i + 1}: ${loop.decisions.slice(-4).map((d) => d.reason).join(" | ")} / now: ${loop.lastReason}`);
     // Read the knob back from the kernel: the clamp really is on the sandbox's cgroup.
     if (idleFile && readFileSync(idleFile, 'utf8').trim() !== '1') throw new Error('cpu.idle not set in the cgroup after the reaction');
     fromObservation.push(r.ms);
@@ -53,7 +56,11 @@ try {
     delay = 0;
     // Let the window drain and the knob be released before the next step.
     const calmAt = performance.now();
-    while (loop.controllerState.level > 0 && performance.now() - calmAt < 10_000) await new Promise((res) => setTimeout(res, 20));
+    // Released in the kernel too, not only decided: a step while the release is being
+    // written finds nothing to write and makes no reaction.
+    const released = (): boolean => loop.controllerState.level === 0 && (!idleFile || readFileSync(idleFile, 'utf8').trim() === '0');
+    while (!released() && performance.now() - calmAt < 10_000) await new Promise((res) => setTimeout(res, 20));
+    await new Promise((res) => setTimeout(res, 50));
     say(`step ${i + 1}/${steps}: violating observation -> clamp ${r.ms.toFixed(2)} ms, load step -> clamp ${fromStep.at(-1)!.toFixed(1)} ms`);
   }
 } finally {
