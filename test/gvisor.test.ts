@@ -96,7 +96,7 @@ maybe('kill -9 of the runsc sandbox process surfaces as SANDBOX_VMM_EXITED; a ne
 
 // PID 1 is Lodger's spooler (bundle.ts): it polls for command scripts, so what it costs
 // idle and how soon a command starts are its two figures.
-maybe('the spooler: idle, the sandbox uses little CPU; a command\'s first output comes within 300 ms', async (t) => {
+maybe('the spooler: idle, the sandbox uses little CPU; a command\'s first output comes within 300 ms; orphans are reaped', async (t) => {
   const sb = await boot('gv-spool');
   await collect(await sb.exec({ argv: ['true'] }));
   await new Promise((r) => setTimeout(r, 1000));
@@ -113,6 +113,11 @@ maybe('the spooler: idle, the sandbox uses little CPU; a command\'s first output
     await h.wait();
   }
   firsts.sort((a, b) => a - b);
+  // A command's orphans are the spooler's (PID 1) to reap: none stays a zombie.
+  await collect(await sb.exec({ argv: ['sh', '-c', 'sleep 0.2 & sleep 0.2 & exit 0'] }));
+  await new Promise((r) => setTimeout(r, 600));
+  const zombies = await collect(await sb.exec({ argv: ['sh', '-c', 'cat /proc/[0-9]*/stat | grep -c ") Z " || true'] }));
+  t.is(zombies.stdout, '0\n', 'no zombies left in the sandbox');
   t.log(`idle: ${(idle * 100).toFixed(2)}% of a CPU over 10 s (sentry, gofer and spooler); start to first output: median ${firsts[2]!.toFixed(0)} ms, max ${firsts[4]!.toFixed(0)} ms`);
   // The sentry alone idles at ~3.8% here (spooler napping 100 s); the spooler adds ~0.6 at 50 ms.
   t.true(idle < 0.08, `idle sandbox used ${(idle * 100).toFixed(2)}% of a CPU`);
