@@ -30,7 +30,6 @@ contractSuite({
   close: async () => { await gvisor?.cgroups?.removeParents().catch(() => {}); },
   knownGaps: {
     guestSeesResize: 'gVisor fixes its CPU count and MemTotal when the sandbox boots; a resize is host bandwidth and limits only',
-    restore: 'runsc 0.0~20240729 checkpoints, but its restore panics in its urpc handler on this host',
   },
 });
 

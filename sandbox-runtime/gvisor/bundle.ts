@@ -8,7 +8,7 @@ export interface GvisorPaths {
   bundle: string;
   /** runsc's --root: its own state for this one sandbox. */
   runscRoot: string;
-  /** Read-only inside (/.lodger/cmd): the runner, busybox, each command's script. */
+  /** Read-only inside (/.lodger/cmd): the spooler, busybox, each command's script. */
   cmd: string;
   /** Writable inside (/.lodger/io): each command's stdout, stderr, pid and exit status. */
   io: string;
@@ -33,6 +33,9 @@ export function gvisorPaths(runDir: string, id: string): GvisorPaths {
 export const IN_CMD = '/.lodger/cmd';
 export const IN_IO = '/.lodger/io';
 export const IN_SH = `${IN_CMD}/busybox`;
+/** The spooler's script in the command directory, and where PID 1 finds it. */
+export const SPOOLER_FILE = 'spool.sh';
+export const IN_SPOOLER = `${IN_CMD}/${SPOOLER_FILE}`;
 
 export interface BundleInput {
   rootfs: string;
@@ -40,14 +43,14 @@ export interface BundleInput {
   hostname: string;
 }
 
-/** config.json: the root read-only, /output writable, no network (runsc --network=none), init idles. */
+/** config.json: the root read-only, /output writable, no network (runsc --network=none), init is the spooler. */
 export function ociConfig(b: BundleInput): object {
   const bind = (destination: string, source: string, rw: boolean): object => ({ destination, type: 'bind', source, options: ['rbind', rw ? 'rw' : 'ro'] });
   return {
     ociVersion: '1.0.2',
     process: {
-      // PID 1 only keeps the container alive; commands come through `runsc exec`.
-      args: [IN_SH, 'sleep', '2147483647'],
+      // PID 1 is the spooler (spoolerScript): every command is its child, none comes through `runsc exec`.
+      args: [IN_SH, 'sh', IN_SPOOLER],
       cwd: '/',
       // The QEMU guest agent's defaults (agent.c), so that the same command line works on both.
       env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LODGER_OUTPUT=/output'],
@@ -69,20 +72,64 @@ export function ociConfig(b: BundleInput): object {
 }
 
 /**
- * Runs command N inside the sandbox: its output into io/N.out and io/N.err, its pid into
- * io/N.pid, then its exit status into io/N.exit (written last, renamed into place, so the
- * host reads a whole one). Output lives in files, so a new lodgerd picks up where the old
- * one stopped. A shell reports death by signal S as 128+S.
+ * Nap between two looks at the command directory. Measured on an idle sandbox (systrap,
+ * 10 s): 3.8% of a CPU napping 100 s, 4.4% at 50 ms, 5.1-6.1% at 30 ms; first output
+ * 49 ms (median) after exec at 30 ms. 50 ms: half the cost of 30, first output well under 300 ms.
  */
-export const RUNNER = `n=$1
-case "$n" in ''|*[!0-9]*) exit 2;; esac
-${IN_SH} sh ${IN_CMD}/$n.sh > ${IN_IO}/$n.out 2> ${IN_IO}/$n.err < /dev/null &
-p=$!
-echo $p > ${IN_IO}/$n.pid
-wait $p
-echo $? > ${IN_IO}/$n.exit.tmp
-${IN_SH} mv ${IN_IO}/$n.exit.tmp ${IN_IO}/$n.exit
+export const SPOOL_POLL_S = 0.05;
+
+/**
+ * PID 1 of every gVisor sandbox: runs command N once its script N.sh appears in the
+ * command directory (the host writes 1, 2, 3... in order, each renamed into place whole),
+ * as its own child: its output into io/N.out and io/N.err, its pid into io/N.pid, then
+ * its exit status into io/N.exit (written last, renamed into place, so the host reads a
+ * whole one; a shell reports death by signal S as 128+S). Output lives in files, so a new
+ * lodgerd picks up where the old one stopped.
+ *
+ * Why not `runsc exec`: a checkpoint taken while an exec session lives does not restore
+ * (gVisor #11439: "no host FD available for :host:0"), and where that is fixed runsc
+ * kills every process exec started after a restore (#11544). The spooler and its children
+ * are the container's own processes, holding no host FD (its stdio is /dev/null), so they
+ * go through a checkpoint and keep running after a restore, counter included.
+ *
+ * Idle, it naps in a builtin (`read -t` on a FIFO no one else can open: it is unlinked at
+ * once), so a poll forks nothing; `jobs` reaps finished runners and orphans. Only the
+ * host writes the command directory (read-only inside); nothing here reads io/.
+ */
+export function spoolerScript(d: { cmd: string; io: string; sh: string; pollS?: number } = { cmd: IN_CMD, io: IN_IO, sh: IN_SH }): string {
+  const poll = d.pollS ?? SPOOL_POLL_S;
+  return `B=${shQuote(d.sh)}; C=${shQuote(d.cmd)}; I=${shQuote(d.io)}
+exec </dev/null >/dev/null 2>&1
+run() {
+  exec 3<&-
+  "$B" sh "$C/$1.sh" > "$I/$1.out" 2> "$I/$1.err" < /dev/null &
+  p=$!
+  echo $p > "$I/$1.pid"
+  wait $p
+  echo $? > "$I/$1.exit.tmp"
+  exec "$B" mv -f "$I/$1.exit.tmp" "$I/$1.exit"
+}
+W=/tmp/.lodger-spool.$$
+"$B" rm -f $W
+if "$B" mkfifo -m 600 $W && [ -p $W ]; then
+  exec 3<>$W
+  "$B" rm -f $W
+  nap() { read -t ${poll} x <&3; }
+else
+  nap() { "$B" usleep ${Math.round(poll * 1e6)}; }
+fi
+n=1
+while :; do
+  if [ -f "$C/$n.sh" ]; then
+    run $n &
+    n=$((n+1))
+    continue
+  fi
+  jobs
+  nap
+done
 `;
+}
 
 /** Single-quoted for sh: nothing inside is expanded. */
 export function shQuote(s: string): string {

@@ -1,9 +1,9 @@
-// A command's output and exit, read from the files the in-sandbox runner writes
-// (bundle.ts RUNNER). Files, not pipes: they outlive this process, so a lodgerd that
+// A command's output and exit, read from the files the in-sandbox spooler writes
+// (bundle.ts spoolerScript). Files, not pipes: they outlive this process, so a lodgerd that
 // restarts reads on from the offsets it had stored. The sandbox writes these files, so
 // every read is bounded, opened without following links, and validated.
-import { constants, type Stats } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { constants, existsSync, type Stats } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExitStatus } from '../agent/index.ts';
 import type { ExecHandle } from '../contract.ts';
@@ -40,6 +40,19 @@ export async function readFrom(path: string, offset: number, max: number): Promi
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Command n's pid from io/n.pid, null while there is none (yet). Strict: digits and one
+ * newline, 2 and up (1 is the spooler itself); anything else the sandbox put there is an error.
+ */
+export async function readPid(io: string, n: number): Promise<number | null> {
+  const b = await readFrom(join(io, `${n}.pid`), 0, 16);
+  if (b === null || b.length === 0) return null;
+  const m = /^(\d{1,7})\n$/.exec(b.toString('latin1'));
+  // A pid file not yet whole is empty: a sandbox's echo writes it in one write.
+  if (!m || Number(m[1]) < 2) throw new SandboxError('SANDBOX_AGENT_ERROR', `command ${n}: unreadable pid ${JSON.stringify(b.toString('latin1'))}`);
+  return Number(m[1]);
 }
 
 export interface FileExecHost {
@@ -115,12 +128,23 @@ export class FileExec implements ExecHandle {
     throw new SandboxError('SANDBOX_BAD_STATE', `command ${this.id}: no longer followed`);
   }
 
+  /**
+   * Signals the command by its pid. A command that has ended is not signalled (its pid
+   * may be another process's by now); one that ends while the signal is on its way is not
+   * an error.
+   */
   async signal(signo: number): Promise<void> {
     if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new SandboxError('SANDBOX_BAD_SPEC', `signal ${signo} is not in [1, 64]`);
-    const text = await readFile(this.file('pid'), 'latin1').catch(() => '');
-    const m = /^(\d{1,7})\n?$/.exec(text);
-    if (!m) throw new SandboxError('SANDBOX_BAD_STATE', `command ${this.id} has no pid yet`);
-    await this.host.signal(Number(m[1]), signo);
+    const pid = await readPid(this.host.io, this.id);
+    if (pid === null) throw new SandboxError('SANDBOX_BAD_STATE', `command ${this.id} has no pid yet`);
+    if (existsSync(this.file('exit'))) return;
+    try {
+      await this.host.signal(pid, signo);
+    } catch (e) {
+      // Ended just now: its exit status follows within the spooler's mv.
+      for (let i = 0; i < 10 && !existsSync(this.file('exit')); i++) await new Promise((r) => setTimeout(r, 20));
+      if (!existsSync(this.file('exit'))) throw e;
+    }
   }
 
   wait(): Promise<ExitStatus> {

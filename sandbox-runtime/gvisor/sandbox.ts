@@ -2,18 +2,18 @@
 // cgroup (runsc and everything it forks are born there; runsc itself touches no
 // cgroup). Resizing is the host's: vCPUs are CPU bandwidth (cpu.max = n CPUs), memory is
 // memory.max/high; the controller's knobs are the same cgroup files as for QEMU.
-import { spawn } from 'node:child_process';
-import { copyFile, cp, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, cp, lstat, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Cgroup, CgroupKnobs } from '../cgroup/index.ts';
 import {
   validateUpdate, type ExecHandle, type Sandbox, type ExecRequest, type ResourceUpdate, type SandboxLimits, type SandboxMetrics, type SandboxSpec,
   type SandboxState, type SandboxStatus, type SuspendReport, type UpdateReport, type UpdateStep, type VmmExit,
 } from '../contract.ts';
 import { ResizeError, SandboxError, VmmExitedError } from '../errors.ts';
-import { commandScript, gvisorPaths, ociConfig, RUNNER, IN_CMD, IN_SH, type GvisorPaths } from './bundle.ts';
-import { FileExec } from './exec.ts';
-import { globalFlags, isSandboxProcess, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
+import { commandScript, gvisorPaths, ociConfig, spoolerScript, SPOOLER_FILE, type GvisorPaths } from './bundle.ts';
+import { FileExec, readPid } from './exec.ts';
+import { isSandboxProcess, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
 import type { GvisorRuntimeOptions } from './runtime.ts';
 import { writeRecordFile } from '../record.ts';
 import { gvisorCgroupName, readGvisorRecord, sizeKnobs, type GvisorRecord } from './record.ts';
@@ -40,6 +40,10 @@ export class GvisorSandbox implements Sandbox {
   private readonly execs = new Set<FileExec>();
   private pausedWhenSuspended = false;
   private stopping: Promise<void> | null = null;
+  /** Command scripts are written one at a time, so the spooler (which takes 1, 2, 3... in order) never waits on a number skipped. */
+  private spooling: Promise<unknown> = Promise.resolve();
+  /** Signals on their way (`runsc kill`): a checkpoint waits for them, and none starts during one. */
+  private readonly signalling = new Set<Promise<void>>();
 
   constructor(private spec: SandboxSpec, private readonly opts: GvisorRuntimeOptions) {
     this.id = spec.id;
@@ -101,9 +105,9 @@ export class GvisorSandbox implements Sandbox {
         this.cgroup = await this.opts.cgroups.create(gvisorCgroupName(this.id));
         await this.cgroup.apply({ ...sizeKnobs(this.vcpus, this.memoryMiB), ...this.spec.cgroup });
       }
-      // busybox is the runner's shell whatever the job's root holds.
+      // busybox is the spooler's shell whatever the job's root holds.
       await copyFile(this.opts.busybox, `${p.cmd}/busybox`);
-      await writeFile(`${p.cmd}/run.sh`, RUNNER);
+      await writeFile(join(p.cmd, SPOOLER_FILE), spoolerScript());
       const rootfs = this.spec.rootfsDir ?? this.opts.defaultRoot;
       await writeFile(`${p.bundle}/config.json`, JSON.stringify(ociConfig({ rootfs, paths: p, hostname: this.id })));
       await this.boot(['create', `--bundle=${p.bundle}`, this.id]);
@@ -216,7 +220,7 @@ export class GvisorSandbox implements Sandbox {
   private handle(n: number, offsets?: [number, number]): FileExec {
     const h = new FileExec(n, {
       io: this.paths.io, died: this.died,
-      signal: async (pid, signo) => { await runsc(this.rs, ['kill', `--pid=${pid}`, this.id, String(signo)], { timeoutMs: 10_000 }); },
+      signal: (pid, signo) => this.signalPid(pid, signo),
     }, offsets);
     this.execs.add(h);
     void h.wait().catch(() => {}).finally(() => this.execs.delete(h));
@@ -227,28 +231,64 @@ export class GvisorSandbox implements Sandbox {
     this.live('exec');
     if (this.state === 'paused') throw new SandboxError('SANDBOX_BAD_STATE', `cannot exec: sandbox ${this.id} is paused`);
     if (!req.argv.length) throw new SandboxError('SANDBOX_BAD_SPEC', 'exec needs a command');
-    // The runner writes each command's pid and status as root into /.lodger/io.
+    // The spooler writes each command's pid and status as root into /.lodger/io.
     if (req.user && (req.user.uid !== 0 || req.user.gid !== 0)) {
       throw new SandboxError('SANDBOX_BAD_SPEC', `sandbox ${this.id}: the gVisor backend runs commands as root only (asked for ${req.user.uid}:${req.user.gid})`);
     }
     let script: string;
     try { script = commandScript(req); } catch (e) { throw new SandboxError('SANDBOX_BAD_SPEC', (e as Error).message); }
-    const n = this.nextExec++;
-    this.record();
-    await writeFile(`${this.paths.cmd}/${n}.sh`, script);
-    // `runsc exec --detach` exited 128 here without a word, so the exec client runs in a
-    // session of its own, outliving this process; the command's output goes to files.
-    const client = spawn(this.opts.runscBinary, [...globalFlags(this.rs), 'exec', this.id, IN_SH, 'sh', `${IN_CMD}/run.sh`, String(n)], { stdio: 'ignore', detached: true });
-    let failed: number | null = null;
-    client.on('exit', (code) => { if (code !== 0) failed = code ?? -1; });
-    client.on('error', () => { failed = -1; });
-    client.unref();
-    for (let i = 0; !existsSync(`${this.paths.io}/${n}.pid`); i++) {
-      if (this.exitInfo) throw this.exitError();
-      if (failed !== null || i > 1000) throw new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: runsc exec of command ${n} ${failed !== null ? `exited ${failed}` : 'did not start it in 20 s'}`);
-      await new Promise((r) => setTimeout(r, 20));
+    if (!existsSync(join(this.paths.cmd, SPOOLER_FILE))) {
+      throw new SandboxError('SANDBOX_BAD_STATE', `sandbox ${this.id} was started by a Lodger without the spooler: it takes no new command (its running ones are still followed)`);
     }
+    const n = await this.spool(script);
+    await this.started(n);
     return this.handle(n);
+  }
+
+  /**
+   * Puts the next command's script where the spooler looks (cmd/N.sh): written under a
+   * name it ignores, then renamed, so it never reads half a script; numbered on from the
+   * record, past any N.sh already there (a record written before a crash may lag), so
+   * no number is skipped or used twice. The record follows, before exec() returns.
+   */
+  private spool(script: string): Promise<number> {
+    const next = this.spooling.then(async () => {
+      let n = this.nextExec;
+      while (existsSync(join(this.paths.cmd, `${n}.sh`))) n++;
+      const tmp = join(this.paths.cmd, `.${n}.sh.tmp`);
+      await writeFile(tmp, script, { mode: 0o644 });
+      await rename(tmp, join(this.paths.cmd, `${n}.sh`));
+      this.nextExec = n + 1;
+      this.record();
+      return n;
+    });
+    this.spooling = next.catch(() => {});
+    return next;
+  }
+
+  /** Waits for the spooler to report command n's pid: 20 s of the sandbox running (a pause or suspend stops the clock). */
+  private async started(n: number): Promise<void> {
+    for (let ranMs = 0; ;) {
+      if (this.exitInfo) throw this.exitError();
+      if (this.intent === 'release') throw new SandboxError('SANDBOX_BAD_STATE', `sandbox ${this.id} was let go of before command ${n} started`);
+      if (await readPid(this.paths.io, n) !== null) return;
+      if (ranMs > 20_000) throw new SandboxError('SANDBOX_AGENT_ERROR', `sandbox ${this.id}: its spooler did not start command ${n} in 20 s`);
+      await new Promise((r) => setTimeout(r, 10));
+      if (this.state === 'running') ranMs += 10;
+    }
+  }
+
+  /**
+   * `runsc kill --pid`: a call to the sandbox's controller that leaves nothing inside
+   * (unlike `runsc exec`), refused while a checkpoint is taken or restored, and waited
+   * for by one. The pid is the sandbox's word, validated by readPid: at worst it names
+   * another process of the same sandbox.
+   */
+  private async signalPid(pid: number, signo: number): Promise<void> {
+    this.live('signal a command');
+    const p = runsc(this.rs, ['kill', `--pid=${pid}`, this.id, String(signo)], { timeoutMs: 10_000 }).then(() => {});
+    this.signalling.add(p);
+    try { await p; } finally { this.signalling.delete(p); }
   }
 
   async resumeExec(execId: number, offsets: [number, number]): Promise<ExecHandle> {
@@ -309,6 +349,7 @@ export class GvisorSandbox implements Sandbox {
       await rm(this.paths.checkpoint, { recursive: true, force: true });
       await mkdir(this.paths.checkpoint, { recursive: true });
       this.intent = 'retire';
+      await Promise.allSettled([...this.signalling]);
       if (was === 'paused') await runsc(this.rs, ['resume', this.id], { timeoutMs: 10_000 });
       await runsc(this.rs, ['checkpoint', `--image-path=${this.paths.checkpoint}`, this.id], { timeoutMs: 120_000, code: 'SANDBOX_SUSPEND_FAILED', log: this.paths.log });
       for (let i = 0; i < 200 && this.pidValue !== null && isSandboxProcess(this.opts.host.proc, this.pidValue, this.paths.runscRoot); i++) await new Promise((r) => setTimeout(r, 25));
