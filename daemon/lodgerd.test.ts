@@ -37,7 +37,9 @@ function setup(command?: FakeCommand) {
   const make = (): Lodgerd => new Lodgerd({
     config, version: '9.9.9-test', log: (m) => logs.push(m),
     openRuntime: async () => ({ runtime, accel: { accel: 'tcg', reason: 'fake' }, cgroups: null }),
-    hostReader: { read: async () => ({ cpus: 2, cpuPressure: 0, memAvailableBytes: 8 << 30 }) },
+    // 8 GiB (not 8 << 30, which is 0 in 32-bit JS shifts and read as a host out of memory:
+    // the memory path suspended the job's sandbox, and SignalJob's test hung 1 run in 2).
+    hostReader: { read: async () => ({ cpus: 2, cpuPressure: 0, memAvailableBytes: 8 * 2 ** 30 }) },
   });
   return { dir, config, runtime, logs, make };
 }
