@@ -59,7 +59,7 @@ async function measure(name: string, rt: SandboxRuntime, n: number, hostLoopS: n
     const loop = await run(sb, ['sh', '-c', LOOP(n)]);
     return {
       backend: name, accel: rt.accel, startToFirstOutputMs: r1(median(first)), resizeUpMs: r1(up), resizeDownMs: r1(down),
-      hostOverheadMiB: r1(overheadMiB), loopSeconds: r1(loop.totalMs / 100) / 10, cpuThroughputVsHost: Math.round((hostLoopS / (loop.totalMs / 1000)) * 100) / 100,
+      hostOverheadMiB: r1(overheadMiB), loopSeconds: Math.round(loop.totalMs / 10) / 100, cpuThroughputVsHost: Math.round((hostLoopS / (loop.totalMs / 1000)) * 100) / 100,
     };
   } finally {
     await sb.stop({ graceMs: 0 });
@@ -101,5 +101,5 @@ export function backendTable(rows: BackendRow[]): string {
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const json = process.argv.includes('--json');
   const res = await benchBackends({ log: json ? undefined : (m) => console.error(m) });
-  console.log(json ? JSON.stringify(res) : `${backendTable(res.rows)}\nhost loop ${res.hostLoopSeconds} s`);
+  console.log(json ? JSON.stringify(res) : `${backendTable(res.rows)}\nhost loop ${res.hostLoopSeconds.toFixed(2)} s`);
 }
