@@ -13,7 +13,7 @@ import { writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { CgroupManager, type Cgroup } from '../sandbox-runtime/index.ts';
+import { CgroupManager } from '../sandbox-runtime/index.ts';
 import { percentile } from './services.ts';
 
 const { values } = parseArgs({ options: {
@@ -41,7 +41,6 @@ const mgr = new CgroupManager({ host: { root: '/sys/fs/cgroup', proc: '/proc' },
 const parent = await mgr.openParent();
 const batch = await mgr.create('batch');
 const spinners: ChildProcess[] = [];
-const set = async (cg: Cgroup, s: { cpus: string; cpuIdle: boolean }): Promise<void> => { await cg.apply(s); };
 
 async function measure(): Promise<number[]> {
   const meter = spawn('taskset', ['-c', '0', join(dir, 'meter'), values.seconds], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -70,8 +69,8 @@ try {
         signal('SIGCONT');
         const s = sc === 'cpuset-moves' ? { cpus: ALL, cpuIdle: true } : SETTINGS[sc];
         // cpu.idle on the parent too, as lodgerd sets it: on the child alone it only ranks siblings.
-        await set(parent, { cpus: ALL, cpuIdle: s.cpuIdle });
-        await set(batch, s);
+        await parent.apply({ cpus: ALL, cpuIdle: s.cpuIdle });
+        await batch.apply(s);
         if (sc === 'cpuset-moves') {
           // cpu.idle throughout, the cpuset moved every 250 ms: a controller that clamps and releases it.
           let off = false;

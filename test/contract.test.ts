@@ -1,11 +1,10 @@
 // The one contract suite (test/contract-suite.ts) against both real backends and the fake.
 // QEMU runs under TCG here; gVisor's suite is skipped, saying why, where runsc is missing.
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { openGvisorRuntime, type Sandbox } from '../sandbox-runtime/index.ts';
 import { FakeRuntime, type FakeSandbox } from '../sandbox-runtime/testing.ts';
 import { contractSuite } from './contract-suite.ts';
-import { testRuntime, type TestRuntime } from './helpers.ts';
+import { runscInstalled, testRuntime, type TestRuntime } from './helpers.ts';
 
 /** What a real sandbox leaves on the host while it lives: its cgroup directories and run directory. */
 const hostPaths = (sb: Sandbox): string[] => {
@@ -21,11 +20,10 @@ contractSuite({
   close: async () => { await qemu?.stopAll(); },
 });
 
-const runsc = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
-if (!runsc) console.error('contract.test: runsc is not installed (npm run setup installs it from backports): the gVisor suite is skipped');
+if (!runscInstalled) console.error('contract.test: runsc is not installed (npm run setup installs it from backports): the gVisor suite is skipped');
 let gvisor: Awaited<ReturnType<typeof openGvisorRuntime>> | null = null;
 contractSuite({
-  name: 'gvisor', realGuest: true, kill: killPid, leftovers: hostPaths, ...(runsc ? {} : { skip: 'runsc is not installed' }),
+  name: 'gvisor', realGuest: true, kill: killPid, leftovers: hostPaths, ...(runscInstalled ? {} : { skip: 'runsc is not installed' }),
   open: async (dir) => (gvisor = await openGvisorRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-contract-gv-${process.pid}` })).runtime,
   close: async () => { await gvisor?.cgroups?.removeParents().catch(() => {}); },
   knownGaps: {

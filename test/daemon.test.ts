@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/index.ts';
 import { TestDaemon, type CliResult } from './lodgerd-harness.ts';
+import { runscInstalled } from './helpers.ts';
 
 const root = join(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));
@@ -74,8 +75,7 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.regex(text, /^# HELP lodger_service_latency_seconds /m);
 });
 
-const runsc = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
-(runsc ? test.serial : test.serial.skip)('a job submitted with --runtime gvisor runs under gVisor beside the QEMU jobs of the same lodgerd; ps names each backend', async (t) => {
+(runscInstalled ? test.serial : test.serial.skip)('a job submitted with --runtime gvisor runs under gVisor beside the QEMU jobs of the same lodgerd; ps names each backend', async (t) => {
   const g = await lodger(['submit', '--id', 'on-gvisor', '--runtime', 'gvisor', '--', 'sh', '-c', 'echo "from $(uname -r)"']);
   t.is(g.code, 0, g.stderr);
   t.is((await lodger(['wait', 'on-gvisor'])).code, 0);
@@ -124,7 +124,7 @@ test.serial('policies reload on change and on SIGHUP; an invalid file is rejecte
 });
 
 const killNine = (backend: 'qemu' | 'gvisor'): void => {
-  const reg = backend === 'gvisor' && !runsc ? test.serial.skip : test.serial;
+  const reg = backend === 'gvisor' && !runscInstalled ? test.serial.skip : test.serial;
   reg(`kill -9 of lodgerd while a job runs (${backend}): a restarted lodgerd takes the job up again, its output whole and nothing run twice`, async (t) => {
     const id = `long-${backend}`;
     const out = join(dir, `out-${id}`);

@@ -6,18 +6,17 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openGvisorRuntime, SandboxError, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
-import { collect } from './helpers.ts';
+import { collect, runscInstalled } from './helpers.ts';
 
-const runscOk = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
-const maybe = runscOk ? test.serial : test.skip;
-if (!runscOk) console.error('gvisor.test: runsc is not installed (npm run setup installs it from backports): gVisor contract tests skipped');
+const maybe = runscInstalled ? test.serial : test.skip;
+if (!runscInstalled) console.error('gvisor.test: runsc is not installed (npm run setup installs it from backports): gVisor contract tests skipped');
 
 const dir = mkdtempSync(join(tmpdir(), 'lodger-gvisor-test-'));
 let rt: GvisorRuntime | null = null;
 const started: GvisorSandbox[] = [];
 
 test.before(async () => {
-  if (!runscOk) return;
+  if (!runscInstalled) return;
   rt = (await openGvisorRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-gvtest-${process.pid}` })).runtime;
 });
 

@@ -1,10 +1,16 @@
 // Shared set-up for suites that use real QEMU: a runtime whose run files and cgroups are
 // private to this test process, and a registry that stops every sandbox started, by pid,
 // even when a test fails.
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openRuntime, type HostedRuntime, type HostedSandbox, type QemuRuntimeOptions, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import {
+  openGvisorRuntime, openRuntime, type CgroupManager, type GvisorRuntime, type GvisorSandbox, type HostedRuntime, type HostedSandbox,
+  type QemuRuntimeOptions, type SandboxSpec,
+} from '../sandbox-runtime/index.ts';
+
+/** Whether the gVisor backend can be tested here (setup installs runsc from backports). */
+export const runscInstalled = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
 
 export interface TestRuntime {
   runtime: HostedRuntime;
@@ -32,17 +38,38 @@ export async function testRuntime(name: string): Promise<TestRuntime> {
       await sb.start();
       return sb;
     },
-    async stopAll() {
-      for (const sb of started) {
-        await sb.stop({ graceMs: 1000 }).catch(() => {});
-        const pid = sb.pid;
-        if (pid) {
-          try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-        }
-      }
-      await cgroups?.removeParents();
-    },
+    stopAll: () => stopAll(started, cgroups),
   };
+}
+
+/** The same for the gVisor backend: its run files and cgroups private to this test process. */
+export async function testGvisorRuntime(name: string): Promise<{ runtime: GvisorRuntime; dir: string; boot(spec: Partial<SandboxSpec> & { id: string }): Promise<GvisorSandbox>; stopAll(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), `lodger-${name}-gv-`));
+  const { runtime, cgroups } = await openGvisorRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-test-gv-${process.pid}` });
+  const started: GvisorSandbox[] = [];
+  return {
+    runtime,
+    dir,
+    async boot(spec) {
+      const sb = await runtime.create({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768, ...spec });
+      started.push(sb);
+      await sb.start();
+      return sb;
+    },
+    stopAll: () => stopAll(started, cgroups),
+  };
+}
+
+/** Stops every sandbox started, then kills its VMM or runsc sandbox process by pid, then removes the cgroups. */
+async function stopAll(started: { stop(o: { graceMs: number }): Promise<unknown>; readonly pid: number | null }[], cgroups: CgroupManager | null): Promise<void> {
+  for (const sb of started) {
+    const pid = sb.pid;
+    await sb.stop({ graceMs: 1000 }).catch(() => {});
+    if (pid) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+    }
+  }
+  await cgroups?.removeParents();
 }
 
 export async function collect(h: { onStdout(cb: (b: Buffer) => void): void; onStderr(cb: (b: Buffer) => void): void; wait(): Promise<{ code: number | null; signal: number | null }> }) {

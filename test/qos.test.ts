@@ -11,9 +11,9 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, ProcHostReader, ServiceMonitor, defaultPool, type OnlineServicePolicy } from '../control/index.ts';
-import { testRuntime, type TestRuntime } from './helpers.ts';
+import { runscInstalled, testGvisorRuntime, testRuntime, type TestRuntime } from './helpers.ts';
 import { runHey, startNginx, type Nginx } from '../bench/index.ts';
-import { openGvisorRuntime, type GvisorRuntime, type Sandbox } from '../sandbox-runtime/index.ts';
+import type { Sandbox } from '../sandbox-runtime/index.ts';
 
 // The load: 70% of what nginx serves flat out on its one CPU, measured first. Below about
 // half, CFS gives the sleeping nginx worker the CPU whenever it wakes and the spinning
@@ -23,36 +23,20 @@ const LOAD = 0.7;
 const SECONDS = 5;
 
 let rt: TestRuntime | undefined;
-let gv: { runtime: GvisorRuntime; stop: () => Promise<void> } | undefined;
+let gv: Awaited<ReturnType<typeof testGvisorRuntime>> | undefined;
 let nginx: Nginx | undefined;
-const runscOk = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
 
 test.after.always(async () => {
   await nginx?.stop();
   await rt?.stopAll();
-  await gv?.stop();
+  await gv?.stopAll();
 });
 
-// The spinning sandbox, on each backend: a QEMU microVM, and a gVisor sandbox (stopped,
-// and its runsc sandbox process killed by pid, in teardown).
+// The spinning sandbox, on each backend: a QEMU microVM and a gVisor sandbox.
 const SPEC = { id: 'spinner', vcpus: 2, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 256 };
 const backends: { name: string; skip?: string; boot: () => Promise<Sandbox & { cgroupDirs: ReadonlyMap<string, string> | null }> }[] = [
   { name: 'qemu', boot: async () => { rt = await testRuntime('qos'); return rt.boot(SPEC); } },
-  {
-    name: 'gvisor', skip: runscOk ? undefined : 'runsc is not installed (npm run setup installs it)',
-    boot: async () => {
-      const { runtime, cgroups } = await openGvisorRuntime({ host: { runDir: join(mkdtempSync(join(tmpdir(), 'lodger-qos-gv-')), 'run') }, cgroupParent: `lodger-qos-gv-${process.pid}` });
-      const sb = await runtime.create(SPEC);
-      gv = { runtime, stop: async () => {
-        const pid = sb.pid;
-        await sb.stop({ graceMs: 0 }).catch(() => {});
-        if (pid) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-        await cgroups?.removeParents().catch(() => {});
-      } };
-      await sb.start();
-      return sb;
-    },
-  },
+  { name: 'gvisor', skip: runscInstalled ? undefined : 'runsc is not installed (npm run setup installs it)', boot: async () => { gv = await testGvisorRuntime('qos'); return gv.boot(SPEC); } },
 ];
 
 for (const backend of backends) (backend.skip ? test.serial.skip : test.serial)(`${backend.name}: nginx's p99 next to a spinning batch sandbox is lower with the controller than without; the clamp reaches the kernel${backend.skip ? ` (${backend.skip})` : ''}`, async (t) => {

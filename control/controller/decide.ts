@@ -225,7 +225,7 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
   const K = prev.order.length;
   // The fast clamp applies the first F knobs of the order; the escalated ones follow it.
   const esc = escalatedKnobs(pool);
-  const F = K - prev.order.filter((k) => esc.includes(k)).length;
+  const F = K - esc.length;
   const s = serviceSlacks(policy.services, obs.services);
   const windowMs = Math.max(...policy.services.map((x) => x.slo.windowMs), 0);
   const slo = Object.fromEntries(policy.services.map((x) => [x.name, x.slo.targetMs]));
@@ -330,12 +330,13 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
     state.breach = breachAt(prev.level, state.breach);
   } else if (persistent && prev.level < K && !showingRevert) {
     // The breach outlasted the fast knobs: escalate (the cpuset).
-    state.order = [...prev.order.slice(0, prev.level), ...rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool), esc).filter((k) => !prev.order.slice(0, prev.level).includes(k))];
+    const on = prev.order.slice(0, prev.level);
+    state.order = [...on, ...rankKnobs(pool.knobs, state.effects, keptKnobs(policy.pool), esc).filter((k) => !on.includes(k))];
     state.level = K;
     state.clampedAt = now;
     state.trial = null;
     tightened = true;
-    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, state.violatingSince))} ms with ${prev.order.slice(0, prev.level).join(', ') || 'no knob'} applied: escalate to ${state.order.slice(prev.level).join(', ')}`;
+    why = `breach: ${s.worst} (slack ${fmt(s.min)}) for ${Math.round(since(now, state.violatingSince))} ms with ${on.join(', ') || 'no knob'} applied: escalate to ${state.order.slice(prev.level).join(', ')}`;
     state.breach = breachAt(prev.level, state.breach);
   } else if (violating && prev.level >= K && pool.knobs.includes('pause') && !prev.paused && since(now, state.violatingSince) >= windowMs && since(now, prev.clampedAt) >= windowMs) {
     state.paused = true;
