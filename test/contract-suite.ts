@@ -108,15 +108,19 @@ export function contractSuite(b: ContractBackend): void {
     t.true(back > 0.5 && back < 1.4, `back at 1 vCPU: ${back.toFixed(2)} cores`);
   });
 
+  // Where a job looks for its size: the CPU count (nproc: the online CPUs of a VM, the
+  // affinity in a container) and the memory limit (MemTotal in a VM; a container's
+  // MemTotal is not its limit, its memory cgroup's limit is, where one is mounted).
   def('the guest sees a resize: its CPU count and memory limit, read from inside', async (t, _rt, sb) => {
     if (!b.realGuest) {
       t.pass('no guest');
       return;
     }
     const seen = async (): Promise<{ cpus: number; memMiB: number }> => {
-      const r = await collect(await sb.exec({ argv: ['sh', '-c', 'nproc; grep MemTotal /proc/meminfo'] }));
-      const [cpus, mem] = r.stdout.trim().split('\n');
-      return { cpus: Number(cpus), memMiB: Number(/(\d+) kB/.exec(mem ?? '')?.[1] ?? 0) / 1024 };
+      const r = await collect(await sb.exec({ argv: ['sh', '-c', 'nproc; grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || true'] }));
+      const [cpus, mem, limit] = r.stdout.trim().split('\n');
+      const memTotal = Number(/(\d+) kB/.exec(mem ?? '')?.[1] ?? 0) / 1024;
+      return { cpus: Number(cpus), memMiB: limit && /^\d+$/.test(limit) ? Math.min(memTotal, Number(limit) / 1048576) : memTotal };
     };
     const before = await seen();
     await sb.update({ vcpus: 2, memoryMiB: 512 });
@@ -124,10 +128,11 @@ export function contractSuite(b: ContractBackend): void {
     await sb.update({ vcpus: 1, memoryMiB: 256 });
     const down = await seen();
     t.log(`before ${JSON.stringify(before)}, at 2 vCPUs / 512 MiB ${JSON.stringify(up)}, back ${JSON.stringify(down)}`);
+    t.is(before.cpus, 1);
     t.is(up.cpus, 2);
     t.is(down.cpus, 1);
-    t.true(Math.abs(up.memMiB - before.memMiB - 256) <= 8, `MemTotal grew by ${(up.memMiB - before.memMiB).toFixed(0)} MiB, not 256`);
-    t.true(Math.abs(down.memMiB - before.memMiB) <= 8, `MemTotal back to ${down.memMiB.toFixed(0)} MiB from ${before.memMiB.toFixed(0)}`);
+    t.true(Math.abs(up.memMiB - before.memMiB - 256) <= 8, `the memory limit grew by ${(up.memMiB - before.memMiB).toFixed(0)} MiB, not 256`);
+    t.true(Math.abs(down.memMiB - before.memMiB) <= 8, `the memory limit back at ${down.memMiB.toFixed(0)} MiB from ${before.memMiB.toFixed(0)}`);
   }, 'guestSeesResize');
 
   def('pause stops the job, resume continues it, no output lost or repeated', async (t, _rt, sb) => {

@@ -26,9 +26,6 @@ contractSuite({
   name: 'gvisor', realGuest: true, kill: killPid, leftovers: hostPaths, ...(runscInstalled ? {} : { skip: 'runsc is not installed' }),
   open: async (dir) => (gvisor = await openGvisorRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-contract-gv-${process.pid}` })).runtime,
   close: async () => { await gvisor?.cgroups?.removeParents().catch(() => {}); },
-  knownGaps: {
-    guestSeesResize: 'gVisor fixes its CPU count and MemTotal when the sandbox boots; a resize is host bandwidth and limits only',
-  },
 });
 
 // The fake runs no guest: a command ending in `sleep N` takes N seconds, any other returns at once.

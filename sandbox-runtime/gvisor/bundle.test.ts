@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { commandScript, gvisorPaths, ociConfig, parseExit, shQuote, spoolerScript } from './bundle.ts';
 import { readPid } from './exec.ts';
-import { parseState } from './runsc.ts';
+import { parsePidFile, parseState } from './runsc.ts';
 import { decideBackend } from '../open.ts';
 
 test('a command script passes argv and environment verbatim (a real sh runs it)', (t) => {
@@ -28,13 +28,16 @@ test('exit files: whole numbers only, 129-192 read as a signal', (t) => {
 
 test('the bundle: read-only root, writable /output, Lodger\'s command dir read-only, a network namespace of its own', (t) => {
   const paths = gvisorPaths('/run/l', 'sb1');
-  const c = ociConfig({ rootfs: '/r', paths, hostname: 'sb1' }) as { root: { readonly: boolean }; mounts: { destination: string; options?: string[]; source: string }[]; linux: { namespaces: { type: string }[] } };
+  const c = ociConfig({ rootfs: '/r', paths, hostname: 'sb1' }) as { root: { readonly: boolean }; mounts: { destination: string; options?: string[]; source: string; type: string }[]; linux: { namespaces: { type: string }[] } };
   t.true(c.root.readonly);
   const m = (d: string) => c.mounts.find((x) => x.destination === d)!;
   t.deepEqual(m('/output').options, ['rbind', 'rw']);
   t.is(m('/output').source, '/run/l/sb1/output');
   t.deepEqual(m('/.lodger/cmd').options, ['rbind', 'ro']);
   t.true(c.linux.namespaces.some((n) => n.type === 'network'));
+  // The sandbox's own sysfs and cgroupfs (gVisor's, no host bind): where the job reads its memory limit.
+  t.like(m('/sys/fs/cgroup'), { type: 'cgroup', source: 'cgroup' });
+  t.like(m('/sys'), { type: 'sysfs', source: 'sysfs' });
 });
 
 test('runsc state is validated', (t) => {
@@ -110,6 +113,12 @@ const until = async (what: string, ok: () => boolean, ms = 5000): Promise<void> 
     spooler.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('runsc --pid-file: the sandbox process\'s pid, digits only', (t) => {
+  t.is(parsePidFile('4242'), 4242);
+  t.is(parsePidFile('4242\n'), 4242);
+  for (const bad of ['', '1', 'x', '42 43', '-5', '12345678']) t.throws(() => parsePidFile(bad), { message: /not a pid/ }, JSON.stringify(bad));
 });
 
 test('pid files: digits and a newline only, 2 and up; missing or empty is none yet; a link is refused', async (t) => {

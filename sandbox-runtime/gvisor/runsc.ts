@@ -64,6 +64,13 @@ export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<str
   });
 }
 
+/** The sandbox process's pid from the file runsc's --pid-file wrote (digits only), validated. */
+export function parsePidFile(text: string): number {
+  const m = /^(\d{1,7})\n?$/.exec(text);
+  if (!m || Number(m[1]) < 2) throw new SandboxError('SANDBOX_RUNSC_FAILED', `runsc --pid-file: not a pid: ${JSON.stringify(text.slice(0, 40))}`);
+  return Number(m[1]);
+}
+
 /** The sandbox process's pid from `runsc state`, validated. */
 export function parseState(json: string): { pid: number; status: string } {
   let v: unknown;
