@@ -35,6 +35,10 @@ export interface GvisorRuntimeOptions {
  */
 export async function ensureBusyboxRoot(cacheDir: string, busybox: string): Promise<string> {
   const st = statSync(busybox);
+  // The spooler calls applets by name in roots that hold none (bundle.ts spoolerScript).
+  await run(busybox, ['sh', '-c', 'PATH=/nonexistent; usleep 0']).catch((e: unknown) => {
+    throw new SandboxError('SANDBOX_BAD_SPEC', `${busybox} does not run its own applets by name (FEATURE_SH_STANDALONE), which the gVisor backend needs: install Debian's busybox-static (${(e as Error).message})`);
+  });
   const dir = join(cacheDir, 'gvisor-root', `${st.size}-${Math.floor(st.mtimeMs)}`);
   if (existsSync(join(dir, 'bin', 'busybox'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
