@@ -90,7 +90,7 @@ export async function benchBackends(o: { runs?: number; loop?: number; log?: (m:
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  return { hostLoopSeconds: r1(hostLoopS * 10) / 10, rows };
+  return { hostLoopSeconds: Math.round(hostLoopS * 100) / 100, rows };
 }
 
 export function backendTable(rows: BackendRow[]): string {
