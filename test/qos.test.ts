@@ -60,16 +60,19 @@ for (const backend of backends) (backend.skip ? test.serial.skip : test.serial)(
   // Alone: the sandbox is stopped (QMP stop), so it takes no CPU. A first run warms
   // nginx, hey and the page cache and is thrown away.
   await runHey(nginx.url, 2, rate, 16, 1);
-  const solo = await hey();
-  await sb.resume();
-  // The SLO: the probe's median with the sandbox unmanaged. A 1 s window holds ~20
-  // probes, so its p99 is about their maximum, above the median nearly always: the
-  // controller must act.
+  // The SLO: twice the probe's median with the sandbox stopped (nginx alone). A 1 s
+  // window holds ~20 probes, so its p99 is about their maximum: next to a spinning
+  // sandbox it is over that nearly always, and the controller must act. (The median
+  // next to the unmanaged sandbox was used before; where batch starves nginx, as a
+  // gVisor spinner did in 1 CI run of 5, that median is the probe's 500 ms timeout and
+  // no managed run breaches it.)
   const m = new ServiceMonitor({ name: 'web', source: 't', slo: { percentile: 99, targetMs: 1, windowMs: SECONDS * 1000 }, probe: probeSpec, prometheus: null, cpus: null });
   m.start();
-  const first = await hey();
-  const targetMs = m.observe().p50Ms ?? 1;
+  const solo = await hey();
+  const targetMs = 2 * (m.observe().p50Ms ?? 0.5);
   m.stop();
+  await sb.resume();
+  const first = await hey();
   const service: OnlineServicePolicy = { name: 'web', source: 't', slo: { percentile: 99, targetMs, windowMs: 1000 }, probe: probeSpec, prometheus: null, cpus: '0' };
   const pool = defaultPool('reserve: { cpus: 1 }, sandbox: { maxVcpus: 2, maxMemory: 256Mi }, knobs: [cpuset, cpu.idle, cpu.weight], growth: { cooldown: 60s }');
   const cpusetFile = join(sb.cgroupDirs?.get('cpuset') ?? sb.cgroupDirs?.get('') ?? '/nonexistent', 'cpuset.cpus');
