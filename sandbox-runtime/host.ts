@@ -36,3 +36,14 @@ export function defaultHostPaths(overrides: Partial<HostPaths> = {}): HostPaths 
     ...Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)),
   };
 }
+
+/**
+ * A batch sandbox's OOM score (its VMM or runsc sandbox, and what they fork): under memory
+ * pressure the kernel's OOM killer takes a batch sandbox (its state is on disk after a
+ * suspend, or its job is retried) before the online service, which keeps the default 0.
+ * The most there is: the score is the adjustment plus the task's share of memory in
+ * thousandths, so 500 lost to a service holding most of it (bench:memory 21:35, redis at
+ * 1.8 of 2.5 GiB was killed before a 430 MiB VMM). Raising one's own score needs no privilege.
+ */
+export const VMM_OOM_SCORE_ADJ = 1000;
+export const OOM_SCORE_LINE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; ';

@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openGvisorRuntime, SandboxError, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { VMM_OOM_SCORE_ADJ } from '../sandbox-runtime/host.ts';
 import { collect, runscInstalled } from './helpers.ts';
 
 const maybe = runscInstalled ? test.serial : test.skip;
@@ -43,6 +44,8 @@ const knob = (sb: GvisorSandbox, hier: string, file: string): string => readFile
 // contract suite's (test/contract.test.ts); here what only gVisor has.
 maybe('the busybox root by default: read-only, Lodger\'s own directories hidden', async (t) => {
   const sb = await boot('gv-root');
+  // A batch sandbox goes before the online service when the kernel must kill for memory.
+  t.is(readFileSync(`/proc/${sb.pid}/oom_score_adj`, 'utf8').trim(), String(VMM_OOM_SCORE_ADJ));
   const ls = await collect(await sb.exec({ argv: ['ls', '/'], env: { A: 'b' } }));
   t.is(ls.code, 0, ls.stderr);
   t.regex(ls.stdout, /^bin$/m);

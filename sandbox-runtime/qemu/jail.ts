@@ -15,6 +15,7 @@
 import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SandboxError } from '../errors.ts';
+import { OOM_SCORE_LINE } from '../host.ts';
 
 export interface JailOptions {
   /** First uid (and gid, the same number) of the range; each live sandbox holds one. */
@@ -136,13 +137,6 @@ export function deviceGroups(devices: string[]): number[] {
   return [...new Set(devices.map((d) => statSync(d).gid).filter((g) => g !== 0))];
 }
 
-/**
- * The VMM's OOM score: under memory pressure the kernel's OOM killer takes a batch
- * sandbox (its state is on disk after a suspend, or its job is retried) before the
- * online service, which keeps the default 0. Raising one's own score needs no privilege.
- */
-export const VMM_OOM_SCORE_ADJ = 500;
-export const OOM_SCORE_LINE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; ';
 
 /**
  * The launcher: argv for /bin/sh that joins the cgroups, then becomes (by exec, so the pid

@@ -6,7 +6,8 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
-import { jailedLaunch, OOM_SCORE_LINE, VMM_OOM_SCORE_ADJ } from './jail.ts';
+import { OOM_SCORE_LINE, VMM_OOM_SCORE_ADJ } from '../host.ts';
+import { jailedLaunch } from './jail.ts';
 import { tail } from './wait.ts';
 
 export interface ProcessExit {
