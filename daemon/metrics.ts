@@ -57,6 +57,14 @@ export class Metrics {
         }
       },
     });
+    new client.Gauge({
+      name: 'lodger_service_memory_bytes', help: 'Resident memory of an online service\'s processes, where its policy names them (the memory path projects its growth)',
+      labelNames: ['service'], registers: [r],
+      collect() {
+        this.reset();
+        for (const x of src.loop()?.lastReadings ?? []) if (typeof x.memoryBytes === 'number') this.set({ service: x.name }, x.memoryBytes);
+      },
+    });
     const sandboxGauge = (name: string, help: string, value: (st: SandboxStatus) => number): void => {
       new client.Gauge({
         name, help, labelNames: ['sandbox', 'job'], registers: [r],

@@ -34,11 +34,11 @@ interface Guest {
 
 const guestAvail = (g: Guest): number => Math.max(0, g.memoryMiB - g.heldMiB - 40);
 
-function observe(now: number, serviceMiB: number, gs: Guest[]): Observations {
+function observe(now: number, serviceMiB: number, gs: Guest[], serviceKnown = false): Observations {
   const used = serviceMiB + gs.filter((g) => g.state !== 'suspended').reduce((n, g) => n + g.memoryMiB + OVERHEAD_MIB, 0);
   const avail = Math.max(0, LIMIT_MIB - used);
   return {
-    now, services: [{ name: 'kv', latencyMs: 0.5, error: null }],
+    now, services: [{ name: 'kv', latencyMs: 0.5, error: null, ...(serviceKnown ? { memoryBytes: serviceMiB * 1048576 } : {}) }],
     host: {
       cpus: 2, cpuPressure: 0, memAvailableBytes: avail * 1048576,
       memory: { source: 'test', totalBytes: LIMIT_MIB * 1048576, usedBytes: used * 1048576, availableBytes: avail * 1048576, someStallPct: avail < 100 ? 30 : 0, fullStallPct: avail < 50 ? 10 : 0, psiSource: 'host', refaultsPerSec: 0, oomKills: 0 },
@@ -74,14 +74,14 @@ function apply(now: number, gs: Guest[], plan: Plan, delay: number): void {
 
 interface Run { plans: { now: number; obs: Observations; plan: Plan }[]; guests: Guest[]; minAvail: number }
 
-function simulate(demand: number[], guests: Guest[], delay: number, ticksPerDemand = 50): Run {
+function simulate(demand: number[], guests: Guest[], delay: number, ticksPerDemand = 50, serviceKnown = false): Run {
   let state: ControllerState = INITIAL_STATE;
   const plans: Run['plans'] = [];
   let now = 0;
   let minAvail = Infinity;
   for (const d of demand) {
     for (let i = 0; i < ticksPerDemand; i++, now += TICK) {
-      const obs = observe(now, d, guests);
+      const obs = observe(now, d, guests, serviceKnown);
       minAvail = Math.min(minAvail, obs.host.memory!.availableBytes / 1048576);
       const plan = decide(policy, obs, state);
       plans.push({ now, obs, plan });
@@ -171,4 +171,25 @@ test('a slow shrink under way is waited for when the budget turns critical, if i
   t.is(steps[0], 'resize a');
   t.false(steps.some((s) => s.startsWith('suspend')), steps.join(', '));
   t.true(run.minAvail > 0);
+});
+
+test('a service whose own memory is known and grows gets room earlier: the give-back starts while it grows, and less of the budget is used up', (t) => {
+  // The service grows 100 MiB/s (10 MiB a round) from 1500 to 2200 MiB next to a guest that can spare most of its 1 GiB.
+  const ramp = Array.from({ length: 71 }, (_, i) => 1500 + 10 * i);
+  const runs = [false, true].map((known) => {
+    const g: Guest = { id: 'a', memoryMiB: 1024, heldMiB: 200, refuses: false, paused: false, state: 'running', busy: null };
+    const run = simulate([...ramp, ...Array<number>(30).fill(2200)], [g], 500, 1, known);
+    const at = run.plans.findIndex((x) => x.plan.actions.some((a) => a.kind === 'resize' && a.memoryMiB! < 1024));
+    return { run, firstShrinkMiB: at < 0 ? null : run.plans[at]!.obs.host.memory!.availableBytes / 1048576, reason: at < 0 ? '' : run.plans[at]!.plan.reason };
+  });
+  const [blind, seen] = runs as [typeof runs[0], typeof runs[0]];
+  t.log(`first give-back at ${blind.firstShrinkMiB} MiB available without the service's memory, ${seen.firstShrinkMiB} with; lowest ${blind.run.minAvail} vs ${seen.run.minAvail} MiB`);
+  t.truthy(blind.firstShrinkMiB !== null && seen.firstShrinkMiB !== null);
+  t.true(seen.firstShrinkMiB! > blind.firstShrinkMiB!, 'the growth seen gives back sooner');
+  t.true(seen.firstShrinkMiB! >= pool.reserve.memoryBytes / 1048576, 'before the reserve is reached');
+  t.regex(seen.reason, /services growing \d+ MiB\/s/);
+  t.true(seen.run.minAvail > blind.run.minAvail, 'less of the budget used up');
+  // Steady at the same level: no pressure, so no give-back, and nothing taken back while it grew.
+  const steady = simulate(Array<number>(20).fill(1500), [{ id: 'a', memoryMiB: 1024, heldMiB: 200, refuses: false, paused: false, state: 'running', busy: null }], 500, 1, true);
+  t.false(steady.plans.some((x) => x.plan.actions.some((a) => a.kind === 'resize' && a.memoryMiB! < 1024)), 'a steady service is no reason to give back');
 });

@@ -5,6 +5,9 @@
 // reclaiming cold cache is not danger) below the pool's reserve, or, with the budget
 // nearly full, memory stalls (PSI "some"/"full" over the last second) or refaults
 // (cache evicted and read straight back): thrashing that a free-memory figure misses.
+// Where the online services' processes are known, their own memory's growth over the
+// last second is projected two seconds ahead: a service that grows is given room before
+// its memory runs out, and no memory is taken back while it grows.
 // On pressure, one step at a time, each read back from the size the sandbox reports:
 // - shrink the largest running guest by virtio-mem, by what is missing (at least a
 //   memory step) to stand a step above the reserve, never more than the guest says it can spare (its MemAvailable above a
@@ -60,6 +63,8 @@ export interface MemoryState {
   tookAt: number | null;
   /** The last finished give-back: how much, how fast (for status and benchmarks). */
   last: { sandbox: string; kind: MemoryStep['kind']; gaveMiB: number; ms: number } | null;
+  /** The online services' own memory (where their processes are known) over the last GROWTH_SPAN_MS. */
+  services?: { t: number; mib: number }[];
 }
 
 export const INITIAL_MEMORY_STATE: MemoryState = { pressureSince: null, calmSince: null, pending: [], refused: [], tookAt: null, last: null };
@@ -81,6 +86,12 @@ const GROW_WAIT_MS = 60_000;
 /** Pressure that outlasts steps this long: suspend. */
 export const SUSPEND_AFTER_MS = 20_000;
 const CALM_COOLDOWNS = 3;
+/** The services' growth is measured over this span and projected this far ahead: a suspend
+ *  (the slowest give-back, 0.3-0.9 s in bench:memory) must be done before the memory is gone. */
+const GROWTH_SPAN_MS = 1000;
+const LOOKAHEAD_S = 2;
+/** Services growing faster than this are not calm: nothing is taken back meanwhile. */
+const CALM_GROWTH_MIB_S = 4;
 const TAKE_COOLDOWNS = 2;
 
 /** Steps are whole multiples of what a guest can unplug at once: Linux's virtio-mem
@@ -102,16 +113,22 @@ export interface MemoryPlan {
   pressure: boolean;
 }
 
-/** The memory signals as one verdict, with the numbers behind it. */
-export function memoryPressure(policy: ControllerPolicy, obs: Observations): { pressure: boolean; critical: boolean; calm: boolean; availMiB: number; reserveMiB: number; why: string } {
+/**
+ * The memory signals as one verdict, with the numbers behind it. `growthMiBPerS`: how
+ * fast the online services' own memory grows (serviceGrowth); where it does, what is
+ * available is judged LOOKAHEAD_S ahead, so the give-back starts while the service grows,
+ * not once its memory is gone.
+ */
+export function memoryPressure(policy: ControllerPolicy, obs: Observations, growthMiBPerS = 0): { pressure: boolean; critical: boolean; calm: boolean; availMiB: number; aheadMiB: number; reserveMiB: number; why: string } {
   const m = obs.host.memory;
   const availMiB = (m?.availableBytes ?? obs.host.memAvailableBytes) / MiB;
+  const aheadMiB = availMiB - Math.max(0, growthMiBPerS) * LOOKAHEAD_S;
   const reserveMiB = policy.pool.reserve.memoryBytes / MiB;
   const step = policy.pool.growth.memoryStepMiB;
   const some = m?.someStallPct ?? null;
   const full = m?.fullStallPct ?? null;
   const refaults = m?.refaultsPerSec ?? null;
-  const short = availMiB < reserveMiB;
+  const short = aheadMiB < reserveMiB;
   // Stalls and refaults speak for the budget only when it is nearly full: on v1 the PSI
   // is the host's, and other work on the host stalls there too.
   const nearlyFull = availMiB < 2 * reserveMiB + step;
@@ -119,11 +136,26 @@ export function memoryPressure(policy: ControllerPolicy, obs: Observations): { p
   const thrash = nearlyFull && (stalls || (refaults ?? 0) >= REFAULTS_PER_SEC);
   const pressure = short || thrash;
   const critical = availMiB < reserveMiB / 2 || (nearlyFull && (full ?? 0) >= FULL_STALL_PCT);
-  const calm = !pressure && availMiB >= reserveMiB + step && (some ?? 0) < 1 && (full ?? 0) < 0.5;
+  const calm = !pressure && availMiB >= reserveMiB + step && (some ?? 0) < 1 && (full ?? 0) < 0.5 && growthMiBPerS < CALM_GROWTH_MIB_S;
   const sig = [`available ${availMiB.toFixed(0)} MiB (reserve ${reserveMiB.toFixed(0)})`];
+  if (growthMiBPerS >= 1) sig.push(`services growing ${growthMiBPerS.toFixed(0)} MiB/s (${aheadMiB.toFixed(0)} MiB in ${LOOKAHEAD_S} s)`);
   if (some !== null) sig.push(`stalls some ${some.toFixed(1)}% full ${(full ?? 0).toFixed(1)}%`);
   if (refaults !== null && refaults > 0) sig.push(`refaults ${refaults.toFixed(0)}/s`);
-  return { pressure, critical, calm, availMiB, reserveMiB, why: `memory ${sig.join(', ')}` };
+  return { pressure, critical, calm, availMiB, aheadMiB, reserveMiB, why: `memory ${sig.join(', ')}` };
+}
+
+/**
+ * The online services' memory, summed where their processes are known, kept for
+ * GROWTH_SPAN_MS, and its growth over that span in MiB/s (0 with no two samples 200 ms
+ * apart). Resident memory only: what the kernel would have to find room for.
+ */
+export function serviceGrowth(obs: Observations, prev: { t: number; mib: number }[] = []): { samples: { t: number; mib: number }[]; mibPerS: number } {
+  const known = obs.services.map((s) => s.memoryBytes).filter((b): b is number => typeof b === 'number' && Number.isFinite(b));
+  if (!known.length) return { samples: [], mibPerS: 0 };
+  const samples = [...prev.filter((x) => obs.now - x.t <= GROWTH_SPAN_MS && x.t < obs.now), { t: obs.now, mib: known.reduce((a, b) => a + b, 0) / MiB }].slice(-64);
+  const first = samples[0]!;
+  const dt = (obs.now - first.t) / 1000;
+  return { samples, mibPerS: dt >= 0.2 ? (samples.at(-1)!.mib - first.mib) / dt : 0 };
 }
 
 export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: MemoryState | undefined, o: { comfortable: boolean; cooldownMs: number }): MemoryPlan {
@@ -133,9 +165,10 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
   const step = pool.growth.memoryStepMiB;
   const minMiB = pool.sandbox.minMemoryMiB;
   const maxMiB = pool.sandbox.maxMemoryMiB;
-  const p = memoryPressure(policy, obs);
+  const growth = serviceGrowth(obs, prev.services);
+  const p = memoryPressure(policy, obs, growth.mibPerS);
   const byId = new Map(obs.sandboxes.map((x) => [x.id, x]));
-  const state: MemoryState = { ...prev, pending: [], refused: prev.refused.filter((id) => byId.has(id)) };
+  const state: MemoryState = { ...prev, pending: [], refused: prev.refused.filter((id) => byId.has(id)), services: growth.samples };
   const notes: string[] = [];
 
   // Read back every step under way from what its sandbox reports now.
@@ -182,7 +215,7 @@ export function memoryPlan(policy: ControllerPolicy, obs: Observations, prevIn: 
 
   if (p.pressure) {
     // Give back enough to stand a step above the reserve (where calm begins), not just at it.
-    const needMiB = Math.max(0, p.reserveMiB + step - p.availMiB);
+    const needMiB = Math.max(0, p.reserveMiB + step - p.aheadMiB);
     const spare = (x: SandboxObservation): number => {
       const guest = x.guestMemAvailableMiB === null ? step : x.guestMemAvailableMiB - GUEST_FLOOR_MIB;
       return grain(Math.min(x.memoryMiB - minMiB, guest));
