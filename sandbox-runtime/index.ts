@@ -2,7 +2,7 @@
 // tests are in testing.ts; QEMU's internals stay behind openRuntime().
 export * from './contract.ts';
 export * from './errors.ts';
-export { defaultHostPaths, type HostPaths } from './host.ts';
+export { defaultHostPaths, VMM_OOM_SCORE_ADJ, type HostPaths } from './host.ts';
 export { decideAccel, probeHost, type AccelChoice, type AccelRequest, type QemuAccel } from './accel.ts';
 export { CgroupManager, Cgroup, detectCgroupVersion, type CgroupKnobs, type CgroupVersion, type KnobWrite } from './cgroup/index.ts';
 export { ensureGuestImage, ensureMinimalKernel, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio, type CpioEntry, type GuestImage, type ImageOptions } from './image/index.ts';

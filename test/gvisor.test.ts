@@ -5,8 +5,7 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openGvisorRuntime, SandboxError, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
-import { VMM_OOM_SCORE_ADJ } from '../sandbox-runtime/host.ts';
+import { openGvisorRuntime, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
 import { collect, runscInstalled } from './helpers.ts';
 
 const maybe = runscInstalled ? test.serial : test.skip;

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../../daemon/index.ts';
-import { openRuntime, type Sandbox } from '../../sandbox-runtime/index.ts';
+import { openGvisorRuntime, openRuntime, type Backend, type Sandbox } from '../../sandbox-runtime/index.ts';
 
 const CPU_LOOP = 'w(){ while :; do head -c 1048576 /dev/zero | gzip -1 | sha256sum >/dev/null; echo u; done; }; w & w & wait';
 const MEM_LOOP = 'head -c 100663296 /dev/zero > /tmp/big; o=0; while :; do dd if=/tmp/big bs=1M skip=$o count=8 2>/dev/null | sha256sum >/dev/null; o=$(( (o + 8) % 88 )); echo m; done';
@@ -52,8 +52,9 @@ export interface DirectBatch extends Batch {
 }
 
 /** The jobs on sandboxes of their full size, no daemon: unmanaged, or with fixed knobs. */
-export async function startDirect(dir: string, tag: string): Promise<DirectBatch> {
-  const { runtime, cgroups } = await openRuntime({ host: { runDir: join(dir, `run-${tag}`) }, cgroupParent: `lodger-coloc-${process.pid}` });
+export async function startDirect(dir: string, tag: string, backend: Backend): Promise<DirectBatch> {
+  const o = { host: { runDir: join(dir, `run-${tag}`) }, cgroupParent: `lodger-coloc-${process.pid}` };
+  const { runtime, cgroups } = backend === 'gvisor' ? await openGvisorRuntime(o) : await openRuntime(o);
   const units = new UnitLog();
   const sandboxes: Sandbox[] = [];
   try {
@@ -113,7 +114,7 @@ export interface DaemonBatch extends Batch {
 }
 
 /** A real lodgerd with the service's policy; the jobs submitted to it through its API. */
-export async function startDaemon(dir: string, tag: string, policyYaml: string, daemonCpus: string | null): Promise<DaemonBatch> {
+export async function startDaemon(dir: string, tag: string, policyYaml: string, daemonCpus: string | null, backend: Backend): Promise<DaemonBatch> {
   const root = join(import.meta.dirname, '..', '..');
   const base = join(dir, `lodgerd-${tag}`);
   const policyDir = join(base, 'policies');
@@ -122,7 +123,7 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
   const socket = join(base, 'lodgerd.sock');
   const config = join(base, 'lodgerd.yaml');
   // Both jobs at once; no warm sandbox idling next to the service; stop sandboxes on SIGTERM.
-  writeFileSync(config, `warmPoolSize: 0\nmaxRunningJobs: 2\nonSigterm: stop-sandboxes\nmetricsAddress: ""\ncgroupParent: lodger-coloc-${process.pid}-d\n`);
+  writeFileSync(config, `warmPoolSize: 0\nmaxRunningJobs: 2\nonSigterm: stop-sandboxes\nmetricsAddress: ""\ncgroupParent: lodger-coloc-${process.pid}-d\nruntime: ${backend}\n`);
   let log = '';
   // lodgerd runs off the service's CPU, as a control plane on housekeeping CPUs should;
   // its sandboxes do not inherit that (their cgroup's cpuset places them).

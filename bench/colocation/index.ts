@@ -1,4 +1,4 @@
-// npm run bench:colocation -- [--rounds N] [--seconds N] [--loads 20,40,60,80] [--services nginx,redis] [--out DIR] [--no-docs]
+// npm run bench:colocation -- [--rounds N] [--seconds N] [--loads 20,40,60,80] [--services nginx,redis] [--out DIR] [--no-docs] [--runtime auto|qemu|gvisor]
 // The colocation benchmark: online services from Debian (nginx with a small static page,
 // redis) under fixed-rate load, next to the same batch jobs in sandboxes, under each
 // setting an operator could choose, interleaved in repeated rounds so that they share the
@@ -28,6 +28,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { chooseBackend, type RuntimeRequest } from '../../sandbox-runtime/index.ts';
 import { startNginx, startRedis } from '../services.ts';
 import { JOBS, startDaemon, startDirect, type DaemonBatch, type DirectBatch } from './batch.ts';
 import { measureCell, type Cell, type Scenario, type Service } from './cell.ts';
@@ -57,6 +58,8 @@ const { values } = parseArgs({
     // low-high pairs: 40-80 as the issue asks; 20-80 starts where lodgerd gives the cpuset back.
     steps: { type: 'string', default: '40-80,20-80' },
     'no-docs': { type: 'boolean', default: false },
+    // The batch sandboxes' backend in every scenario: auto is this host's choice (lodger doctor says why).
+    runtime: { type: 'string', default: 'auto' },
   },
 });
 const ROUNDS = Number(values.rounds);
@@ -66,6 +69,8 @@ const SETTLE = Number(values.settle);
 const MULTIPLE = Number(values.multiple);
 const SLO_MULTIPLE = Number(values['slo-multiple']);
 const LOADS = values.loads.split(',').map(Number);
+if (!['auto', 'qemu', 'gvisor'].includes(values.runtime)) throw new Error(`--runtime ${values.runtime}: auto, qemu or gvisor`);
+const backend = await chooseBackend(values.runtime as RuntimeRequest);
 const SERVICE_CPU = 0;
 const LOAD_CPU = SERVICE_CPU;
 const ALL_CPUS = `0-${cpus().length - 1}`;
@@ -76,6 +81,7 @@ const FIXED: Record<Exclude<Scenario, 'solo' | 'lodger'>, { cpus: string; cpuIdl
 };
 const t0 = Date.now();
 const say = (m: string): void => console.error(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}`);
+say(`batch sandboxes: ${backend.backend} (${backend.reason})`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function policyYaml(svc: Service, targetMs: number): string {
@@ -140,7 +146,7 @@ try {
   }
 
   const scenarios = values.scenarios.split(',') as Scenario[];
-  direct = await startDirect(dir, 'direct');
+  direct = await startDirect(dir, 'direct', backend.backend);
   say('batch alone: the jobs with nothing else running');
   await sleep(8000); // the memory job fills its buffer first
   const a0 = Date.now();
@@ -149,7 +155,7 @@ try {
   say(`batch alone: ${JOBS.map((j) => `${j.name} ${alone[j.name]!.toFixed(2)} units/s`).join(', ')}`);
   await direct.pause();
   if (scenarios.includes('lodger')) {
-    daemon = await startDaemon(dir, 'lodger', policyYaml(services[0]!, 1000), BATCH_CPUS);
+    daemon = await startDaemon(dir, 'lodger', policyYaml(services[0]!, 1000), BATCH_CPUS, backend.backend);
     daemon.freeze();
   }
 
@@ -236,6 +242,6 @@ if (failed) process.exit(1);
 mkdirSync(values.out, { recursive: true });
 await report({
   cells, steps, capacities, alone, loads: LOADS, rounds: ROUNDS, seconds: SECONDS, warmup: WARMUP, settle: SETTLE, multiple: MULTIPLE, sloMultiple: SLO_MULTIPLE,
-  services: services.map((s) => s.name), durationSeconds: Math.round((Date.now() - t0) / 1000), out: values.out,
+  services: services.map((s) => s.name), backend, durationSeconds: Math.round((Date.now() - t0) / 1000), out: values.out,
   docs: values['no-docs'] ? null : join(root, 'docs', 'BENCHMARKS.md'), say,
 });

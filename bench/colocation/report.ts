@@ -31,6 +31,8 @@ const FIXED: Scenario[] = ['static', 'static-idle', 'idle-all', 'unmanaged'];
 export async function report(r: {
   cells: Cell[]; steps: StepResult[]; capacities: Record<string, Capacity>; alone: Record<string, number>;
   loads: number[]; rounds: number; seconds: number; warmup: number; settle: number; multiple: number; sloMultiple: number; services: string[];
+  /** The batch sandboxes' backend in every scenario, and why (the `--runtime` asked for, `auto` by default). */
+  backend: { backend: string; reason: string };
   durationSeconds: number; out: string; docs: string | null; say(m: string): void;
 }): Promise<void> {
   const scenarios = [...new Set(r.cells.map((c) => c.scenario))];
@@ -74,11 +76,11 @@ export async function report(r: {
     };
   }));
 
-  const accel = decideAccel('auto', probeHost(defaultHostPaths()), false).accel;
+  const accel = r.backend.backend === 'gvisor' ? 'gvisor' : decideAccel('auto', probeHost(defaultHostPaths()), false).accel;
   const date = new Date().toISOString();
   const host = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '', memGiB: Math.round(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0) / 1048576) };
   const result = {
-    date, host, accel, rounds: r.rounds, secondsPerCell: r.seconds, warmupSeconds: r.warmup, lodgerSettleSeconds: r.settle, multiple: r.multiple, sloMultiple: r.sloMultiple, loads: r.loads,
+    date, host, backend: r.backend, accel, rounds: r.rounds, secondsPerCell: r.seconds, warmupSeconds: r.warmup, lodgerSettleSeconds: r.settle, multiple: r.multiple, sloMultiple: r.sloMultiple, loads: r.loads,
     capacities: r.capacities, batchAlone: r.alone, cells: med, verdicts, steps: r.steps, runs: r.cells, durationSeconds: r.durationSeconds,
   };
   writeFileSync(join(r.out, 'colocation.json'), `${JSON.stringify(result, null, 2)}\n`);
