@@ -46,4 +46,14 @@ export function defaultHostPaths(overrides: Partial<HostPaths> = {}): HostPaths 
  * 1.8 of 2.5 GiB was killed before a 430 MiB VMM). Raising one's own score needs no privilege.
  */
 export const VMM_OOM_SCORE_ADJ = 1000;
-export const OOM_SCORE_LINE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; ';
+
+/**
+ * How every sandbox process (QEMU, jailed or not; runsc) begins: a shell that takes the
+ * batch OOM score and joins the sandbox's cgroups (exit 125 if it cannot) before it execs,
+ * so the process and all it forks are born in place. Its inputs: launchEnv().
+ */
+export const LAUNCH_PRELUDE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; '
+  + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; ';
+export function launchEnv(cgroupProcs: readonly string[]): Record<string, string> {
+  return { LODGER_CGROUP_PROCS: cgroupProcs.join(' '), LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ) };
+}

@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError, type SandboxErrorCode } from '../errors.ts';
-import { OOM_SCORE_LINE, VMM_OOM_SCORE_ADJ } from '../host.ts';
+import { LAUNCH_PRELUDE, launchEnv } from '../host.ts';
 
 export type GvisorPlatform = 'systrap' | 'ptrace';
 
@@ -34,12 +34,12 @@ export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<str
   const argv = [...globalFlags(r), ...args];
   const procs = o.cgroupProcs ?? [];
   // The sandbox process runsc forks inherits the score (a batch sandbox goes before the service).
-  const script = `${OOM_SCORE_LINE}for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"`;
+  const script = `${LAUNCH_PRELUDE}exec "$@"`;
   return new Promise((resolve, reject) => {
     // Pipes, never a regular file (runsc's output overwrote one from offset 0). The
     // container's processes inherit them, so the end is 'exit', not the pipes closing.
     const child = spawn('/bin/sh', ['-c', script, 'lodger-runsc', r.binary, ...argv], {
-      env: { ...process.env, LODGER_CGROUP_PROCS: procs.join(' '), LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ) },
+      env: { ...process.env, ...launchEnv(procs) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

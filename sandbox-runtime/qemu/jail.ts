@@ -15,7 +15,7 @@
 import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SandboxError } from '../errors.ts';
-import { OOM_SCORE_LINE } from '../host.ts';
+import { LAUNCH_PRELUDE } from '../host.ts';
 
 export interface JailOptions {
   /** First uid (and gid, the same number) of the range; each live sandbox holds one. */
@@ -149,7 +149,7 @@ export function jailedLaunch(qemu: string, args: string[], j: { root: string; id
     + 'for b in $LODGER_JAIL_RW; do mount --bind "$b" "$R$b" || exit 124; done; '
     + 'exec chroot "$R" setpriv --reuid="$LODGER_JAIL_UID" --regid="$LODGER_JAIL_GID" $LODGER_JAIL_GROUPS --no-new-privs --inh-caps=-all --bounding-set=-all -- '
     + `prlimit --nofile=${JAIL_NOFILE}:${JAIL_NOFILE} --nproc=${JAIL_NPROC}:${JAIL_NPROC} --core=0:0 --fsize=${j.fsizeBytes}:${j.fsizeBytes} -- "$@"`;
-  const outer = OOM_SCORE_LINE + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+  const outer = LAUNCH_PRELUDE
     // A file past RLIMIT_FSIZE (a flooded console log) fails the write instead of killing QEMU.
     + "trap '' XFSZ; "
     + 'set -- unshare --mount --ipc --uts --net --propagation private -- /bin/sh -c "$LODGER_JAIL_INNER" lodger-jail "$LODGER_JAIL_ROOT" "$@"; '

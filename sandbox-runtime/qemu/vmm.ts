@@ -6,7 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
-import { OOM_SCORE_LINE, VMM_OOM_SCORE_ADJ } from '../host.ts';
+import { LAUNCH_PRELUDE, launchEnv } from '../host.ts';
 import { jailedLaunch } from './jail.ts';
 import { tail } from './wait.ts';
 
@@ -95,14 +95,14 @@ export class VmmProcess {
    * `onExit` hears an exit that is the sandbox's end (not a retired or released VMM).
    */
   static spawn(o: SpawnOptions, onExit: (e: ProcessExit) => void): VmmProcess {
-    const script = OOM_SCORE_LINE + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; '
+    const script = LAUNCH_PRELUDE
       + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
     let cpus = '';
     try { cpus = readFileSync(join(o.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
     const errFd = openSync(o.vmmLog, 'a');
     const launch = o.jail ? jailedLaunch(o.qemuBinary, o.args, o.jail) : { argv: ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], env: {} };
     const child = spawn('/bin/sh', launch.argv, {
-      env: { ...(o.jail ? {} : process.env), ...launch.env, LODGER_CGROUP_PROCS: o.cgroupProcs.join(' '), LODGER_CPUS: cpus, LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ) },
+      env: { ...(o.jail ? {} : process.env), ...launch.env, ...launchEnv(o.cgroupProcs), LODGER_CPUS: cpus },
       stdio: ['ignore', 'ignore', errFd],
       detached: o.detached,
     });
