@@ -129,7 +129,10 @@ export const SIZE_LOOK_NAPS = 100;
 export function spoolerScript(d: { cmd: string; io: string; sh: string; pollS?: number } = { cmd: IN_CMD, io: IN_IO, sh: IN_SH }): string {
   const poll = d.pollS ?? SPOOL_POLL_S;
   const fast = Math.min(poll, SPOOL_FAST_POLL_S);
-  return `B=${shQuote(d.sh)}; C=${shQuote(d.cmd)}; I=${shQuote(d.io)}
+  return `R=1
+# First of all: gVisor does not shield PID 1 from a signal it has no handler for, and an untrapped USR1 ends it.
+trap 'R=1' USR1
+B=${shQuote(d.sh)}; C=${shQuote(d.cmd)}; I=${shQuote(d.io)}
 exec </dev/null >/dev/null 2>&1
 run() {
   exec 3<&-
@@ -168,9 +171,7 @@ else
 fi
 n=1
 f=${SPOOL_FAST_NAPS}
-R=1
 k=0
-trap 'R=1' USR1
 while :; do
   if [ $R = 1 ] || [ $k -ge ${SIZE_LOOK_NAPS} ]; then R=0; k=0; size; fi
   k=$((k+1))

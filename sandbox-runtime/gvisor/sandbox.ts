@@ -51,6 +51,8 @@ export class GvisorSandbox implements Sandbox {
   private readonly signalling = new Set<Promise<void>>();
   /** The last size told to the sandbox (cmd/size): a token the spooler echoes once it shows it. */
   private sizeSeq = 0;
+  /** The spooler has answered a size once, so its USR1 trap is set. */
+  private spoolerUp = false;
 
   constructor(private spec: SandboxSpec, private readonly opts: GvisorRuntimeOptions) {
     this.id = spec.id;
@@ -339,7 +341,11 @@ export class GvisorSandbox implements Sandbox {
       const s = performance.now();
       const token = await this.tellSize();
       if (this.state === 'running') {
-        await this.signalPid(1, SIGUSR1).catch((e: unknown) => this.log(`the spooler was not told of the new size: ${(e as Error).message}`));
+        // Until the spooler has answered once, its USR1 trap may not be set, and the signal would end it
+        // (a spooler not yet up reads the size when it comes up).
+        if (await this.spoolerAnswered(SIZE_VIEW_WAIT_MS)) {
+          await this.signalPid(1, SIGUSR1).catch((e: unknown) => this.log(`the spooler was not told of the new size: ${(e as Error).message}`));
+        }
         const seen = await this.sizeSeen(token, SIZE_VIEW_WAIT_MS);
         steps.push({ kind: 'cgroup', detail: seen ? `the sandbox shows ${vcpus} CPUs, ${memoryMiB} MiB` : `the sandbox did not show the new size in ${SIZE_VIEW_WAIT_MS} ms`, ms: performance.now() - s });
       }
@@ -354,6 +360,16 @@ export class GvisorSandbox implements Sandbox {
     await writeFile(tmp, `${token} ${this.vcpus} ${this.memoryMiB * 1048576}\n`);
     await rename(tmp, join(this.paths.cmd, SIZE_FILE));
     return token;
+  }
+
+  /** Whether the spooler has written io/size.ack at all (its trap comes first), waiting up to ms for it. */
+  private async spoolerAnswered(ms: number): Promise<boolean> {
+    for (const t0 = performance.now(); !this.spoolerUp && this.state === 'running';) {
+      this.spoolerUp = existsSync(join(this.paths.io, SIZE_ACK_FILE));
+      if (this.spoolerUp || performance.now() - t0 >= ms) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return this.spoolerUp;
   }
 
   /** Whether the spooler echoed `token` within ms (io/size.ack is the sandbox's: bounded, compared, nothing more). */
