@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sweepLeftovers } from './sweep.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = (name) => join(root, 'node_modules', '.bin', name);
@@ -20,6 +21,8 @@ function step(cmd, args, capture) {
     child.on('close', (code) => resolve({ code: code ?? 1, out }));
   });
 }
+
+for (const line of await sweepLeftovers()) console.error(`[test] left by a run that died: ${line}`);
 
 let passed = 0;
 let failed = 0;

@@ -1,7 +1,7 @@
 // Suspend to disk and back: QEMU streams the VM to a socket of ours (an exec: migration
 // would need a shell, which its seccomp sandbox forbids) and we write the stream to a
 // file; a new QEMU started with -incoming defer reads it back.
-import { chownSync, createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { chownSync, createReadStream, createWriteStream, existsSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import * as net from 'node:net';
 import type { SuspendReport } from '../contract.ts';
@@ -33,6 +33,14 @@ export interface SuspendHost {
 }
 
 const SAVE_TIMEOUT_MS = 300_000;
+/**
+ * Loading a saved VM may take this long before the restoring QEMU is given up (and the
+ * saved state kept for a retry): 30 s, plus the file read at 10 MiB/s, a tenth of what
+ * a slow disk does. Seen: a restoring QEMU alive but never done, and resume() with it.
+ */
+export function loadDeadlineMs(bytes: number): number {
+  return 30_000 + Math.ceil(bytes / (10 * 1048576)) * 1000;
+}
 
 export class Snapshot {
   /** The guest was paused when it was saved, so it comes back paused. */
@@ -92,13 +100,22 @@ export class Snapshot {
       // Until the VM is loaded, the new QEMU's death is a failed restore, not the sandbox's end: the saved state is intact.
       const vmm = h.vmm()!;
       vmm.expect('retire');
-      const died = vmm.gone.then((e) => { throw new SandboxError('SANDBOX_VMM_EXITED', `the restoring QEMU exited (${e.signal ?? `code ${e.code}`})`); });
+      const limitMs = loadDeadlineMs(statSync(this.path).size);
+      let late = false;
+      const deadline = setTimeout(() => { late = true; vmm.kill(); }, limitMs);
+      const died = vmm.gone.then((e) => {
+        throw new SandboxError('SANDBOX_VMM_EXITED', late ? `the VM was not loaded in ${limitMs} ms` : `the restoring QEMU exited (${e.signal ?? `code ${e.code}`})`);
+      });
       died.catch(() => {});
       const loading = <T>(p: Promise<T>): Promise<T> => Promise.race([p, died]);
       const qmp = h.connectQmp();
-      await loading(qmp.connect(10_000));
-      h.checkJail();
-      await loading(this.load(qmp));
+      try {
+        await loading(qmp.connect(10_000));
+        h.checkJail();
+        await loading(this.load(qmp));
+      } finally {
+        clearTimeout(deadline);
+      }
       vmm.expect('run');
       if (!vmm.alive()) throw new SandboxError('SANDBOX_VMM_EXITED', 'the restoring QEMU exited');
       await qmp.cont();

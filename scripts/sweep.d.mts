@@ -1,0 +1,1 @@
+export function sweepLeftovers(root?: string): Promise<string[]>;
