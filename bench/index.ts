@@ -1,3 +1,6 @@
 // Public door of what benches share with the suites and the demo: real services to
-// measure (nginx, redis), the load generator, percentiles.
+// measure (nginx, redis), the load generator, percentiles; a real lodgerd and a private
+// containerd, started and stopped by pid.
 export * from './services.ts';
+export * from './containerd.ts';
+export * from './lodgerd.ts';

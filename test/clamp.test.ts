@@ -8,8 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSyn
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../daemon/index.ts';
-import { startNginx, type Nginx } from '../bench/index.ts';
-import { TestDaemon } from './lodgerd-harness.ts';
+import { startNginx, TestDaemon, type Nginx } from '../bench/index.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'lodger-clamp-'));
 const socket = join(dir, 'lodgerd.sock');

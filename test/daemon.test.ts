@@ -5,8 +5,7 @@ import { execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../bench/index.ts';
-import { TestDaemon, type CliResult } from './lodgerd-harness.ts';
+import { freePort, TestDaemon, type CliResult } from '../bench/index.ts';
 import { runscInstalled } from './helpers.ts';
 
 const root = join(import.meta.dirname, '..');

@@ -8,9 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, rmdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../bench/index.ts';
+import { freePort, TestDaemon } from '../bench/index.ts';
 import { CgroupManager } from '../sandbox-runtime/index.ts';
-import { TestDaemon } from './lodgerd-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'lodger-image-'));
 const socket = join(dir, 'lodgerd.sock');

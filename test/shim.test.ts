@@ -7,60 +7,30 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import test from 'ava';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { freePort } from '../bench/index.ts';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildBusyboxImage, freePort, haveContainerd, PrivateContainerd, runCmd as run, stopChild, TestDaemon } from '../bench/index.ts';
 import { connect, type ApiClient } from '../daemon/index.ts';
-import { TestDaemon } from './lodgerd-harness.ts';
 
 const repo = join(import.meta.dirname, '..');
 // Short: containerd's and the shims' unix socket paths must fit in 108 bytes.
 const dir = mkdtempSync('/tmp/lshim-');
-const binDir = join(dir, 'bin');
 const lodgerSocket = join(dir, 'lodgerd.sock');
-const cdSocket = join(dir, 'cd.sock');
-const shimLogFile = join(dir, 'shims.log');
 const NS = 'lodger-test';
 const IMAGE = 'docker.io/lodger/busybox:shim-test';
-const haveContainerd = spawnSync('sh', ['-c', 'command -v containerd && command -v ctr']).status === 0;
 const isRoot = process.getuid?.() === 0;
 
-let containerd: ChildProcess | null = null;
-let containerdLog = '';
+const containerd = new PrivateContainerd({ dir, lodgerSocket, sandboxImage: IMAGE });
+const cdSocket = containerd.socket;
 const lodgerd = new TestDaemon(lodgerSocket, ['--state-dir', join(dir, 'state'), '--policy-dir', join(dir, 'policies')]);
 let api: ApiClient | null = null;
 
-/** Processes this test caused that still run: by their command line naming this test's directory. */
-function ourProcesses(pattern: string): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      if (cmd.includes(pattern) && !/\) Z /.test(stat)) out.push(Number(p));
-    } catch { /* gone */ }
-  }
-  return out;
-}
-const shimPids = (): number[] => ourProcesses(join(binDir, 'containerd-shim-lodger-v2')).filter((p) => p !== process.pid);
+const shimPids = (): number[] => containerd.shimPids();
 const mountsUnder = (): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
 
-function run(cmd: string, args: string[], timeoutMs = 240_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b) => { stdout += b; });
-    child.stderr.on('data', (b) => { stderr += b; });
-    // Bounded: a hang shows as a failure with what was printed, and the shims' log.
-    const timer = setTimeout(() => { stderr += `\n[test: ${cmd} killed after ${timeoutMs} ms]`; child.kill('SIGKILL'); }, timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
-const ctr = (args: string[], timeoutMs?: number) => run('ctr', ['-a', cdSocket, '-n', NS, ...args], timeoutMs);
-const shimLog = (): string => (existsSync(shimLogFile) ? readFileSync(shimLogFile, 'utf8') : '(no shim log)');
+const ctr = (args: string[], timeoutMs?: number) => containerd.ctr(NS, args, timeoutMs);
+const shimLog = (): string => containerd.shimLog();
 const why = (r: { stdout: string; stderr: string }): string => `stdout: ${r.stdout}\nstderr: ${r.stderr}\nshims:\n${shimLog()}\nlodgerd:\n${lodgerd.log.slice(-4000)}`;
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 120_000): Promise<T> {
@@ -68,47 +38,9 @@ async function until<T>(what: string, fn: () => Promise<T | null | undefined | f
   for (;;) {
     const v = await fn();
     if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms\nshims:\n${shimLog()}\ncontainerd:\n${containerdLog.slice(-3000)}`);
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms\nshims:\n${shimLog()}\ncontainerd:\n${containerd.log.slice(-3000)}`);
     await new Promise((r) => setTimeout(r, 200));
   }
-}
-
-/** An OCI image layout built by hand: one layer, a busybox-static root, sha256 digests. */
-function buildImage(): string {
-  const rootfs = join(dir, 'image-rootfs');
-  for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(join(rootfs, d), { recursive: true });
-  cpSync('/bin/busybox', join(rootfs, 'bin', 'busybox'));
-  for (const app of ['sh', 'echo', 'sleep', 'cat', 'ls']) symlinkSync('busybox', join(rootfs, 'bin', app));
-  writeFileSync(join(rootfs, 'etc', 'passwd'), 'root:x:0:0:root:/:/bin/sh\n');
-  const layout = join(dir, 'layout');
-  const blobs = join(layout, 'blobs', 'sha256');
-  mkdirSync(blobs, { recursive: true });
-  const layerTar = join(dir, 'layer.tar');
-  const tar = spawnSync('tar', ['-C', rootfs, '--numeric-owner', '--owner=0', '--group=0', '-cf', layerTar, '.'], { encoding: 'utf8' });
-  if (tar.status !== 0) throw new Error(`tar: ${tar.stderr}`);
-  const blob = (data: Buffer): { digest: string; size: number } => {
-    const hex = createHash('sha256').update(data).digest('hex');
-    writeFileSync(join(blobs, hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
-  const layer = blob(readFileSync(layerTar));
-  const config = blob(Buffer.from(JSON.stringify({
-    architecture: 'amd64', os: 'linux', config: { Env: ['PATH=/bin'], Cmd: ['sh'] }, rootfs: { type: 'layers', diff_ids: [layer.digest] },
-  })));
-  const manifest = blob(Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
-  })));
-  writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  writeFileSync(join(layout, 'index.json'), JSON.stringify({
-    schemaVersion: 2,
-    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'io.containerd.image.name': IMAGE, 'org.opencontainers.image.ref.name': 'shim-test' } }],
-  }));
-  const archive = join(dir, 'image.tar');
-  const t2 = spawnSync('tar', ['-C', layout, '-cf', archive, '.'], { encoding: 'utf8' });
-  if (t2.status !== 0) throw new Error(`tar: ${t2.stderr}`);
-  return archive;
 }
 
 async function startLodgerd(): Promise<void> {
@@ -130,63 +62,15 @@ spec:
   api = connect(lodgerSocket);
 }
 
-async function startContainerd(): Promise<void> {
-  mkdirSync(binDir);
-  // containerd finds the shim as containerd-shim-lodger-v2 on its PATH, as setup installs it.
-  symlinkSync(join(repo, 'bin', 'containerd-shim-lodger-v2.js'), join(binDir, 'containerd-shim-lodger-v2'));
-  const config = join(dir, 'containerd.toml');
-  writeFileSync(config, [
-    'version = 2',
-    `root = "${join(dir, 'cd-root')}"`,
-    `state = "${join(dir, 'cd-state')}"`,
-    // CRI: the Lodger runtime as handler `lodger`; pods on the host network, so no CNI is used.
-    '[plugins."io.containerd.grpc.v1.cri"]', `  sandbox_image = "${IMAGE}"`, '  restrict_oom_score_adj = true',
-    // A config naming runtimes replaces the built-in list: runc (the default handler) is named too.
-    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]', '  runtime_type = "io.containerd.runc.v2"',
-    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lodger]', '  runtime_type = "io.containerd.lodger.v2"',
-    '[plugins."io.containerd.grpc.v1.cri".cni]', `  bin_dir = "${join(dir, 'cni-bin')}"`, `  conf_dir = "${join(dir, 'cni-conf')}"`,
-    '[grpc]', `  address = "${cdSocket}"`,
-    '[ttrpc]', `  address = "${join(dir, 'cd-ttrpc.sock')}"`,
-    '[debug]', '  level = "debug"',
-    '',
-  ].join('\n'));
-  containerd = spawn('containerd', ['--config', config], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: {
-      ...process.env, PATH: `${binDir}:${dirname(process.execPath)}:${process.env.PATH}`,
-      LODGER_SOCKET: lodgerSocket, LODGER_SHIM_RUN_DIR: join(dir, 's'), LODGER_SHIM_LOG: shimLogFile,
-    },
-  });
-  containerd.stderr!.on('data', (b) => { containerdLog += b; });
-  await until('containerd serving', async () => {
-    if (containerd?.exitCode !== null) throw new Error(`containerd exited:\n${containerdLog}`);
-    return existsSync(cdSocket) && (await run('ctr', ['-a', cdSocket, 'version'], 10_000)).code === 0;
-  }, 60_000);
-}
-
-function kill(pid: number): void {
-  try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-}
-
 test.before(async () => {
   if (!haveContainerd || !isRoot) return;
   await startLodgerd();
-  await startContainerd();
+  await containerd.start();
 });
-
-/** Waits for a child to exit (after `sig`, if given), at most `ms`; then SIGKILL by its pid. */
-async function stopChild(c: ChildProcess | null, sig: NodeJS.Signals | null, ms: number): Promise<void> {
-  if (!c?.pid || c.exitCode !== null || c.signalCode !== null) return;
-  const gone = new Promise<void>((r) => c.once('exit', () => r()));
-  if (sig) c.kill(sig);
-  await Promise.race([gone, new Promise((r) => setTimeout(r, ms))]);
-  if (c.exitCode === null && c.signalCode === null) kill(c.pid);
-}
 
 test.after.always(async () => {
   // containerd first (it would start shims again), then shims, lodgerd with its sandboxes, VMMs.
-  await stopChild(containerd, 'SIGTERM', 15_000);
-  for (const pid of shimPids()) kill(pid);
+  await containerd.stop();
   if (api) {
     await api.call('Shutdown', { drain: false }, 20_000).catch(() => {});
     api.close();
@@ -203,7 +87,7 @@ const jobs = async (): Promise<{ id: string; state: string; exitCode: number; ba
 test.serial('an image built from busybox-static imports into the private containerd', async (t) => {
   if (!haveContainerd) return t.fail('containerd and ctr are needed (npm run setup installs Debian\'s containerd)');
   if (!isRoot) return t.fail('the shim mounts the container rootfs: run as root');
-  const r = await ctr(['images', 'import', buildImage()]);
+  const r = await ctr(['images', 'import', buildBusyboxImage(dir, IMAGE)]);
   t.is(r.code, 0, why(r));
   t.true((await ctr(['images', 'ls', '-q'])).stdout.split('\n').includes(IMAGE));
 });
