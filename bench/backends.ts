@@ -17,6 +17,8 @@ export interface BackendRow {
   resizeDownMs: number;
   /** Host memory of an idle sandbox: the VMM's RSS beyond guest RAM (QEMU), the sentry's and gofer's cgroup charge (gVisor). */
   hostOverheadMiB: number;
+  /** CPU an idle sandbox uses (its cgroup's, over IDLE_S), percent of one CPU: what a RuntimeClass overhead must count. */
+  idleCpuPct: number;
   loopSeconds: number;
   /** Host time / sandbox time for the same loop. */
   cpuThroughputVsHost: number;
@@ -25,6 +27,7 @@ export interface BackendRow {
 const LOOP = (n: number): string => `i=0; while [ $i -lt ${n} ]; do i=$((i+1)); done; echo done`;
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const r1 = (x: number): number => Math.round(x * 10) / 10;
+const IDLE_S = 5;
 
 async function run(sb: Sandbox, argv: string[]): Promise<{ firstMs: number; totalMs: number }> {
   const t0 = performance.now();
@@ -54,12 +57,15 @@ async function measure(name: string, rt: SandboxRuntime, n: number, hostLoopS: n
     await sb.start();
     await new Promise((r) => setTimeout(r, 1000));
     const overheadMiB = await overhead(sb);
+    const c0 = (await sb.metrics()).cpuUsageUsec;
+    await new Promise((r) => setTimeout(r, IDLE_S * 1000));
+    const idleCpuPct = ((await sb.metrics()).cpuUsageUsec - c0) / (IDLE_S * 1e6) * 100;
     const up = (await sb.update({ vcpus: 2 })).totalMs;
     const down = (await sb.update({ vcpus: 1 })).totalMs;
     const loop = await run(sb, ['sh', '-c', LOOP(n)]);
     return {
       backend: name, accel: rt.accel, startToFirstOutputMs: r1(median(first)), resizeUpMs: r1(up), resizeDownMs: r1(down),
-      hostOverheadMiB: r1(overheadMiB), loopSeconds: Math.round(loop.totalMs / 10) / 100, cpuThroughputVsHost: Math.round((hostLoopS / (loop.totalMs / 1000)) * 100) / 100,
+      hostOverheadMiB: r1(overheadMiB), idleCpuPct: r1(idleCpuPct), loopSeconds: Math.round(loop.totalMs / 10) / 100, cpuThroughputVsHost: Math.round((hostLoopS / (loop.totalMs / 1000)) * 100) / 100,
     };
   } finally {
     await sb.stop({ graceMs: 0 });
@@ -94,8 +100,8 @@ export async function benchBackends(o: { runs?: number; loop?: number; log?: (m:
 }
 
 export function backendTable(rows: BackendRow[]): string {
-  const head = '| backend | accel | start to first output | vCPU resize up / down | host memory per sandbox | CPU loop vs host |\n|---|---|---|---|---|---|';
-  return [head, ...rows.map((r) => `| ${r.backend} | ${r.accel} | ${r.startToFirstOutputMs} ms | ${r.resizeUpMs} / ${r.resizeDownMs} ms | ${r.hostOverheadMiB} MiB | ${Math.round(r.cpuThroughputVsHost * 100)}% (${r.loopSeconds} s) |`)].join('\n');
+  const head = '| backend | accel | start to first output | vCPU resize up / down | host memory per sandbox | idle CPU | CPU loop vs host |\n|---|---|---|---|---|---|---|';
+  return [head, ...rows.map((r) => `| ${r.backend} | ${r.accel} | ${r.startToFirstOutputMs} ms | ${r.resizeUpMs} / ${r.resizeDownMs} ms | ${r.hostOverheadMiB} MiB | ${r.idleCpuPct}% | ${Math.round(r.cpuThroughputVsHost * 100)}% (${r.loopSeconds} s) |`)].join('\n');
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { cpus } from 'node:os';
 import { Actuator, type ActionResult, type ActuatedPool, type ActuatedSandbox } from './actuator.ts';
-import { decide, INITIAL_STATE, reconcileState, type Action, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
+import { batchCapacity, decide, INITIAL_STATE, reconcileState, type Action, type BatchCapacity, type ControllerPolicy, type ControllerState, type HostObservation, type Observations } from './controller/index.ts';
 import type { StateStore } from './state-store.ts';
 import { MemoryBudget, parsePsi, ProcFile, type ServiceMonitor, type ServiceReading } from './monitor/index.ts';
 import { join } from 'node:path';
@@ -89,6 +89,8 @@ export class ControlLoop extends EventEmitter {
   readonly decisions: Decision[] = [];
   /** The latest round's reason, also when it changed nothing ("steady: ... (breach memory: ...)"). */
   lastReason = '';
+  /** The batch capacity as of the last round (null before the first). */
+  lastCapacity: BatchCapacity | null = null;
   readonly reactions: Reaction[] = [];
   lastReadings: ServiceReading[] = [];
 
@@ -189,6 +191,7 @@ export class ControlLoop extends EventEmitter {
     const plan = decide(this.policy, obs, this.state);
     this.state = plan.state;
     this.lastReason = plan.reason;
+    this.lastCapacity = batchCapacity(this.policy, obs, plan);
     this.save(plan.tightened);
     const { fast, structural } = await this.actuator.apply(plan);
     if (plan.tightened && fast.length) {

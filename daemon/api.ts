@@ -37,6 +37,34 @@ export interface ApiJobSpec {
   imageId?: string;
 }
 
+export interface ApiExecRequest {
+  id?: string;
+  command?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  hasUser?: boolean;
+  uid?: number;
+  gid?: number;
+}
+
+/** A command for ExecInJob, checked as a job's own would be; throws InvalidRequest with the reason. */
+export function toExecRequest(r: ApiExecRequest): { argv: string[]; env: Record<string, string>; cwd?: string; user?: { uid: number; gid: number } } {
+  const argv = r.command ?? [];
+  if (!argv.length || argv[0] === '') throw new InvalidRequest('command must name a program');
+  if (argv.length > 4096 || argv.reduce((n, a) => n + a.length, 0) > 256 * 1024) throw new InvalidRequest('command: at most 4096 arguments and 256 KiB');
+  if (argv.some((c) => c.includes('\0'))) throw new InvalidRequest('command must not contain NUL bytes');
+  checkEnv(r.env ?? {}, 'env');
+  if (r.cwd && (!r.cwd.startsWith('/') || r.cwd.includes('\0'))) throw new InvalidRequest(`cwd must be an absolute path (got ${JSON.stringify(r.cwd)})`);
+  return { argv, env: r.env ?? {}, ...(r.cwd ? { cwd: r.cwd } : {}), ...(r.hasUser ? { user: { uid: r.uid ?? 0, gid: r.gid ?? 0 } } : {}) };
+}
+
+function checkEnv(env: Record<string, string>, what: string): void {
+  for (const [k, v] of Object.entries(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`${what}: ${JSON.stringify(k)} is not a variable name`);
+    if (v.includes('\0')) throw new InvalidRequest(`${what}: the value of ${k} contains a NUL byte`);
+  }
+}
+
 const RUNTIMES = ['', 'auto', 'qemu', 'gvisor'] as const;
 
 export const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
@@ -61,10 +89,7 @@ export function toJobSpec(s: ApiJobSpec | null | undefined): JobSpec {
     if (p && !p.startsWith('/')) throw new InvalidRequest(`spec.${k} must be an absolute path (got ${JSON.stringify(p)})`);
   }
   if (!(RUNTIMES as readonly string[]).includes(s.runtime ?? '')) throw new InvalidRequest(`spec.runtime ${JSON.stringify(s.runtime)}: one of auto, qemu, gvisor, or empty for lodgerd's default`);
-  for (const [k, v] of Object.entries(s.env ?? {})) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new InvalidRequest(`spec.env: ${JSON.stringify(k)} is not a variable name`);
-    if (v.includes('\0')) throw new InvalidRequest(`spec.env: the value of ${k} contains a NUL byte`);
-  }
+  checkEnv(s.env ?? {}, 'spec.env');
   const image = imageFields(s);
   return {
     name: s.name || (command[0] ?? '').split('/').pop()!,

@@ -65,6 +65,21 @@ export class Metrics {
         for (const x of src.loop()?.lastReadings ?? []) if (typeof x.memoryBytes === 'number') this.set({ service: x.name }, x.memoryBytes);
       },
     });
+    // What a cluster's extended-resource updater would publish for the node (docs/KUBERNETES.md).
+    new client.Gauge({
+      name: 'lodger_batch_capacity_cpus', help: 'CPUs batch work may use now, as the controller sees it (the reserve and the services\' use taken off; 0 while batch is paused)', registers: [r],
+      collect() {
+        const c = src.loop()?.lastCapacity;
+        if (c) this.set(c.cpus);
+      },
+    });
+    new client.Gauge({
+      name: 'lodger_batch_capacity_memory_bytes', help: 'Memory batch work may use now: what the sandboxes hold plus what is free beyond the reserve (none under memory pressure)', registers: [r],
+      collect() {
+        const c = src.loop()?.lastCapacity;
+        if (c) this.set(c.memoryBytes);
+      },
+    });
     const sandboxGauge = (name: string, help: string, value: (st: SandboxStatus) => number): void => {
       new client.Gauge({
         name, help, labelNames: ['sandbox', 'job'], registers: [r],

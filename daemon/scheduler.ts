@@ -3,7 +3,7 @@
 // to its maximum; its output is stored as it arrives; /output is copied back when it
 // ends, also when it fails. Every state change goes through the store with a reason.
 import { EventEmitter } from 'node:events';
-import { resolveUser, type ExecHandle, type ImageCache, type ImageLease, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
+import { resolveUser, type ExecHandle, type ExecRequest, type ImageCache, type ImageLease, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
 import { WarmPool, POOL_BASE_MEMORY_MIB } from './pool.ts';
 import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from './store.ts';
 
@@ -319,6 +319,17 @@ export class Scheduler extends EventEmitter {
     if (!exec || FINAL_STATES.has(job.state)) throw new JobNotRunning(`job ${id} is ${job.state}: no command runs to take signal ${signo}`);
     await exec.signal(signo);
     return this.o.store.get(id);
+  }
+
+  /** One more command in a running job's sandbox (ExecInJob); it ends with the sandbox. */
+  async exec(id: string, req: ExecRequest): Promise<ExecHandle> {
+    const job = this.o.store.get(id);
+    const sandbox = this.running.get(id)?.sandbox;
+    if (!sandbox || (job.state !== 'running' && job.state !== 'paused')) throw new JobNotRunning(`job ${id} is ${job.state}: no sandbox runs a command for it`);
+    const st = sandbox.status().state;
+    // A paused sandbox runs the command once the controller resumes it; one on disk cannot run it.
+    if (st !== 'running' && st !== 'paused') throw new JobNotRunning(`job ${id}: its sandbox is ${st}`);
+    return sandbox.exec(req);
   }
 
   /** Resolves with the job once it is in a final state. */

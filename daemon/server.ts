@@ -6,8 +6,8 @@ import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { EventEmitter } from 'node:events';
 import { parsePolicyText, PolicyError, slack, type ControlLoop, type PolicySet, type Reaction } from '../control/index.ts';
-import { ImageError, type ImageCache } from '../sandbox-runtime/index.ts';
-import { InvalidRequest, JOB_ID, loadApi, toJobSpec, type ApiJobSpec } from './api.ts';
+import { ImageError, type ExecHandle, type ImageCache } from '../sandbox-runtime/index.ts';
+import { InvalidRequest, JOB_ID, loadApi, toExecRequest, toJobSpec, type ApiExecRequest, type ApiJobSpec } from './api.ts';
 import { imageStatus, resolveImageSpec } from './images.ts';
 import { JobNotRunning, type JobEvent, type Scheduler } from './scheduler.ts';
 import { FINAL_STATES, JOB_STATES, StoreError, type JobRecord, type JobState, type JobStore } from './store.ts';
@@ -68,6 +68,51 @@ const needId = (id: string | undefined): string => {
   return id;
 };
 
+/**
+ * Ends a server stream with an error status. Not destroy(): grpc-js sends a stream's status
+ * from its 'error' event and end(), which a destroyed stream never reaches, so the client
+ * waited for ever (seen: `lodger logs` of an unknown job hung).
+ */
+function endWithStatus(call: grpc.ServerWritableStream<unknown, unknown>, code: grpc.status, details: string): void {
+  call.emit('error', Object.assign(new Error(details), { code, details }));
+}
+
+/** Output of one ExecInJob command past this is dropped (said once on its stderr): a probe's output is small, a guest's flood is not lodgerd's memory. */
+export const EXEC_OUTPUT_LIMIT = 16 * 1048576;
+
+async function execInJob(call: grpc.ServerWritableStream<ApiExecRequest, unknown>, scheduler: Scheduler): Promise<void> {
+  let h: ExecHandle;
+  try {
+    h = await scheduler.exec(needId(call.request.id), toExecRequest(call.request));
+  } catch (e) {
+    return fail((err) => endWithStatus(call, err!.code ?? grpc.status.INTERNAL, err!.details ?? ''), e);
+  }
+  // A client gone (a probe's deadline, containerd's kill) ends the command.
+  call.on('cancelled', () => void h.signal(9).catch(() => {}));
+  let sent = 0;
+  let dropped = false;
+  const out = (stream: 'stdout' | 'stderr') => (data: Buffer): void => {
+    if (call.cancelled || dropped) return;
+    if (sent + data.length > EXEC_OUTPUT_LIMIT || call.writableLength > EXEC_OUTPUT_LIMIT) {
+      dropped = true;
+      call.write({ stream: 'stderr', data: Buffer.from(`\nlodger: output past ${EXEC_OUTPUT_LIMIT} bytes dropped\n`) });
+      return;
+    }
+    sent += data.length;
+    call.write({ stream, data });
+  };
+  h.onStdout(out('stdout'));
+  h.onStderr(out('stderr'));
+  try {
+    const st = await h.wait();
+    if (call.cancelled) return;
+    call.write({ stream: 'exit', exitCode: st.code ?? 128 + (st.signal ?? 0) });
+    call.end();
+  } catch (e) {
+    if (!call.cancelled) endWithStatus(call, grpc.status.ABORTED, `the command ended with its sandbox: ${(e as Error).message}`);
+  }
+}
+
 export function makeServer(ctx: ApiContext): grpc.Server {
   const { lodger, health } = loadApi();
   const server = new grpc.Server();
@@ -98,13 +143,14 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       if (!Number.isInteger(sig) || sig < 1 || sig > 64) throw new InvalidRequest(`signal ${sig}: must be 1-64`);
       return toApiJob(await scheduler.signal(id, sig), ctx.defaultBackend);
     }),
+    ExecInJob: (call: grpc.ServerWritableStream<ApiExecRequest, unknown>) => void execInJob(call, scheduler),
     WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)), ctx.defaultBackend)),
     StreamLogs: (call: grpc.ServerWritableStream<{ id?: string; follow?: boolean }, unknown>) => {
       let job: JobRecord;
       try {
         job = store.get(needId(call.request.id));
       } catch (e) {
-        call.destroy(Object.assign(new Error((e as Error).message), { code: e instanceof StoreError ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT }));
+        endWithStatus(call, e instanceof StoreError ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT, (e as Error).message);
         return;
       }
       const id = job.id;
@@ -138,8 +184,14 @@ export function makeServer(ctx: ApiContext): grpc.Server {
     },
     WatchEvents: (call: grpc.ServerWritableStream<unknown, unknown>) => {
       // A watcher that does not read must not grow lodgerd's memory: past 10,000 queued events it is cut off.
+      let cut = false;
       const write = (m: Record<string, unknown>): void => {
-        if (call.writableLength > 10_000) return void call.destroy(Object.assign(new Error('watcher too slow: more than 10000 events queued'), { code: grpc.status.RESOURCE_EXHAUSTED }));
+        if (cut) return;
+        if (call.writableLength > 10_000) {
+          cut = true;
+          off();
+          return endWithStatus(call, grpc.status.RESOURCE_EXHAUSTED, 'watcher too slow: more than 10000 events queued');
+        }
         call.write(m);
       };
       const onJob = (ev: JobEvent): void => { write({ atMs: ev.at, kind: 'job', jobId: ev.jobId, state: ev.state, reason: ev.reason }); };
@@ -178,6 +230,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
         decisions: (loop?.decisions ?? []).slice(-20).map((d) => ({ atMs: Math.round(d.at), reason: d.reason, actions: d.actions.map((a) => `${a.kind} ${a.sandbox}`) })),
         jobsByState: store.counts(),
         controllerReason: loop?.lastReason ?? '',
+        ...(loop?.lastCapacity ? { batchCapacity: loop.lastCapacity } : {}),
       };
     }),
     ValidatePolicy: unary<{ fileName?: string; content?: string }>((req) => {

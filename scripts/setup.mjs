@@ -4,7 +4,7 @@
 // packages, the native addon, and the guest image (rebuilt only when its inputs change).
 // Plain JavaScript with no dependencies, because it runs before `npm install`.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, statSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readlinkSync, statSync, readdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backportsEntry } from './backports.mjs';
@@ -158,8 +158,28 @@ function ensureGuestImage() {
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
+/**
+ * containerd finds a runtime's shim on its PATH by name: as root, /usr/local/bin gets a link
+ * to this checkout's shim (one into a checkout that is gone is replaced; one pointing at
+ * another install is left alone, said). Without root, say how.
+ */
+const SHIM_LINK = '/usr/local/bin/containerd-shim-lodger-v2';
+function ensureShimLink() {
+  const target = join(root, 'bin', 'containerd-shim-lodger-v2.js');
+  let current = null;
+  try { current = readlinkSync(SHIM_LINK); } catch (e) { if (e.code !== 'ENOENT') current = `(${e.code}: not a link)`; }
+  if (current === target) return;
+  // A link into a checkout that is gone is replaced.
+  if (current !== null && !current.startsWith('(') && !existsSync(current)) { unlinkSync(SHIM_LINK); current = null; }
+  if (current !== null) return log(`${SHIM_LINK} is ${current}, not this checkout's shim: left as it is`);
+  if (process.getuid?.() !== 0 || !existsSync(dirname(SHIM_LINK))) return log(`containerd will not find the shim: as root, ln -s ${target} ${SHIM_LINK}`);
+  symlinkSync(target, SHIM_LINK);
+  log(`containerd-shim-lodger-v2 linked at ${SHIM_LINK} (runtime io.containerd.lodger.v2)`);
+}
+
 ensureDebianPackages();
 ensureRunsc();
+ensureShimLink();
 ensureNpmPackages();
 ensureNativeAddon();
 ensureGuestImage();

@@ -3,7 +3,7 @@
 import test from 'ava';
 import { execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, TestDaemon, type CliResult } from '../bench/index.ts';
 import { runscInstalled } from './helpers.ts';
@@ -72,6 +72,11 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.regex(text, /^lodger_job_transitions_total\{state="running"\} 3$/m);
   t.regex(text, /^process_resident_memory_bytes \d+/m);
   t.regex(text, /^# HELP lodger_service_latency_seconds /m);
+  // The node's batch capacity, for a cluster's extended-resource updater; the same in lodger status.
+  const cpus = Number(/^lodger_batch_capacity_cpus ([\d.]+)$/m.exec(text)?.[1]);
+  t.true(cpus >= 0 && cpus <= availableParallelism(), text.match(/^lodger_batch_capacity.*$/gm)?.join('\n'));
+  t.regex(text, /^lodger_batch_capacity_memory_bytes [1-9]\d*$/m);
+  t.regex((await lodger(['status'])).stdout, /^BATCH CAPACITY +[\d.]+ CPUs, \d+ MiB \(.+\)$/m);
 });
 
 (runscInstalled ? test.serial : test.serial.skip)('a job submitted with --runtime gvisor runs under gVisor beside the QEMU jobs of the same lodgerd; ps names each backend', async (t) => {
@@ -85,6 +90,22 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.is(ps.find((j) => j.id === 'job-a')?.backend, 'qemu');
   t.regex((await lodger(['ps', '--all'])).stdout, /on-gvisor +succeeded +0 +\S+ +gvisor /);
   t.true(existsSync(join(dir, 'state', 'run-gvisor')), 'the gVisor backend was opened on first use, with a run directory of its own');
+});
+
+test.serial('lodger exec runs one more command in a running job\'s sandbox: its output apart from the job\'s, its exit code; a job not running is refused with the reason', async (t) => {
+  t.is((await lodger(['submit', '--id', 'exec-host', '--', 'sh', '-c', 'echo started; sleep 60'])).code, 0);
+  for (let i = 0; i < 600 && !/started/.test((await lodger(['logs', 'exec-host'])).stdout); i++) await new Promise((r) => setTimeout(r, 100));
+  const r = await lodger(['exec', 'exec-host', '-e', 'WHO=probe', '--', 'sh', '-c', 'echo "$WHO sees $(ps | grep -c "sleep 60")"; echo err >&2; exit 3']);
+  t.is(r.code, 3, r.stderr);
+  t.regex(r.stdout, /^probe sees [1-9]/, 'it runs beside the job\'s command, in its sandbox');
+  t.is(r.stderr, 'err\n');
+  t.is((await lodger(['logs', 'exec-host'])).stdout, 'started\n', 'the job\'s log holds its own output only');
+  const done = await lodger(['exec', 'job-a', '--', 'true']);
+  t.is(done.code, 1);
+  t.regex(done.stderr, /job job-a is succeeded: no sandbox runs a command for it/);
+  t.regex((await lodger(['exec', 'no-such-job', '--', 'true'])).stderr, /no job no-such-job/);
+  t.regex((await lodger(['exec', 'exec-host', '-e', '1X=y', '--', 'true'])).stderr, /env: "1X" is not a variable name/);
+  t.is((await lodger(['cancel', 'exec-host'])).code, 0);
 });
 
 test.serial('lodger events streams job state changes as they happen', async (t) => {

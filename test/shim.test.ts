@@ -110,7 +110,7 @@ test.serial('ctr run --runtime io.containerd.lodger.v2 prints the output and ret
   t.regex(shimLog(), /exiting: Shutdown/);
 });
 
-test.serial('a long-running task shows in lodgerd while it runs; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
+test.serial('a long-running task shows in lodgerd while it runs and is grown by the controller; ctr task exec runs beside it; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
   if (!haveContainerd || !isRoot) return t.fail('see the first test');
   const r = await ctr(['run', '-d', '--null-io', '--runtime', 'io.containerd.lodger.v2', IMAGE, 'sleeper', 'sleep', '600']);
   t.is(r.code, 0, why(r));
@@ -121,8 +121,15 @@ test.serial('a long-running task shows in lodgerd while it runs; ctr task kill e
     return st.sandboxes.find((s) => s.jobId === job.id && s.vcpus === 2);
   });
   t.like(grown, { backend: 'qemu', maxVcpus: 2 });
+  t.regex((await lodgerd.lodger(['ps'])).stdout, new RegExp(`^${job.id.replaceAll('.', '\\.')} +running `, 'm'), 'lodger ps lists it');
   t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
   t.is(shimPids().length, 1);
+  // An exec runs in the task's sandbox beside its command: its output and exit code come back, the task runs on.
+  const ex = await ctr(['task', 'exec', '--exec-id', 'probe1', 'sleeper', 'sh', '-c', 'echo "from exec $(cat /proc/1/comm)"; echo oops >&2; exit 5']);
+  t.is(ex.code, 5, why(ex));
+  t.regex(ex.stdout, /^from exec \S+\n$/);
+  t.regex(ex.stderr, /oops/);
+  t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
   const k = await ctr(['task', 'kill', 'sleeper']);
   t.is(k.code, 0, why(k));
   await until('the task stopped', async () => /sleeper\s+\d+\s+STOPPED/.test((await ctr(['task', 'ls'])).stdout));
@@ -152,7 +159,7 @@ function criClient(): { call: <T>(method: string, req: unknown) => Promise<T>; c
   };
 }
 
-test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; teardown leaves nothing', async (t) => {
+test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; ExecSync probes a running one; teardown leaves nothing', async (t) => {
   if (!haveContainerd || !isRoot) return t.fail('see the first test');
   const imp = await run('ctr', ['-a', cdSocket, '-n', 'k8s.io', 'images', 'import', join(dir, 'image.tar')]);
   t.is(imp.code, 0, why(imp));
@@ -180,6 +187,20 @@ test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit
     t.like((await jobs()).find((j) => j.id.startsWith('k8s.io.')), { state: 'failed', exitCode: 7, backend: 'qemu' });
     t.is((await jobs()).filter((j) => j.id.startsWith('k8s.io.')).length, 1, 'the pod sandbox (pause) container is no job');
     await cri.call('RemoveContainer', { containerId });
+    // An exec probe (ExecSync) on a running container: the kubelet's liveness and readiness checks.
+    const { containerId: c2 } = await cri.call<{ containerId: string }>('CreateContainer', {
+      podSandboxId, sandboxConfig,
+      config: { metadata: { name: 'c2', attempt: 0 }, image: { image: IMAGE }, command: ['sleep', '600'], logPath: 'c2.log', linux: {} },
+    });
+    await cri.call('StartContainer', { containerId: c2 });
+    await until('c2 running in lodgerd', async () => (await jobs()).some((j) => j.id.startsWith('k8s.io.') && j.state === 'running'));
+    const probe = await cri.call<{ stdout: Buffer; stderr: Buffer; exitCode: number }>('ExecSync', { containerId: c2, cmd: ['sh', '-c', 'echo ready; exit 3'], timeout: 60 });
+    t.is(probe.exitCode, 3);
+    t.is(Buffer.from(probe.stdout).toString(), 'ready\n');
+    const ok = await cri.call<{ stdout: Buffer; exitCode: number }>('ExecSync', { containerId: c2, cmd: ['sh', '-c', 'exit 0'], timeout: 60 });
+    t.is(ok.exitCode, 0);
+    await cri.call('StopContainer', { containerId: c2, timeout: 5 });
+    await cri.call('RemoveContainer', { containerId: c2 });
     await cri.call('StopPodSandbox', { podSandboxId });
     await cri.call('RemovePodSandbox', { podSandboxId });
   } finally {

@@ -112,6 +112,34 @@ export async function logsCommand(id: string, o: { socket: string; follow: boole
   return 0;
 }
 
+/** `lodger exec JOB -- CMD`: one more command in a running job's sandbox; exits with its exit code. */
+export async function execCommand(id: string, command: string[], o: { socket: string; env?: string[]; cwd?: string }): Promise<number> {
+  const env: Record<string, string> = {};
+  for (const e of o.env ?? []) {
+    const eq = e.indexOf('=');
+    if (eq <= 0) throw new Error(`--env ${JSON.stringify(e)}: NAME=VALUE`);
+    env[e.slice(0, eq)] = e.slice(eq + 1);
+  }
+  const c = connect(o.socket);
+  try {
+    return await new Promise<number>((resolveDone, reject) => {
+      let code = 1;
+      const s = c.stream('ExecInJob', { id, command, env, cwd: o.cwd ?? '' });
+      // Ctrl-C ends the command in the sandbox too (cancelling the call kills it).
+      const onInt = (): void => s.cancel();
+      process.once('SIGINT', onInt);
+      s.on('data', (m: { stream: string; data: Buffer; exitCode: number }) => {
+        if (m.stream === 'exit') code = m.exitCode;
+        else (m.stream === 'stderr' ? process.stderr : process.stdout).write(m.data);
+      });
+      s.on('error', (e: Error & { details?: string; code?: number }) => { process.off('SIGINT', onInt); if (e.code === 1) resolveDone(130); else reject(new Error(e.details ?? e.message)); });
+      s.on('end', () => { process.off('SIGINT', onInt); resolveDone(code); });
+    });
+  } finally {
+    c.close();
+  }
+}
+
 export async function waitCommand(id: string, o: { socket: string; json: boolean }): Promise<number> {
   // Progress on a terminal: the job's state while it is not done.
   const progress = process.stderr.isTTY ? setInterval(() => {
@@ -162,6 +190,7 @@ interface ApiStatus {
   decisions: { atMs: number; reason: string; actions: string[] }[];
   jobsByState: Record<string, number>;
   controllerReason?: string;
+  batchCapacity?: { cpus: number; memoryBytes: number; reason: string } | null;
 }
 
 export function renderStatus(s: ApiStatus): string {
@@ -177,6 +206,8 @@ export function renderStatus(s: ApiStatus): string {
   }
   if (!s.sandboxes.length) lines.push('(no sandboxes)');
   lines.push('', `CONTROLLER       ${s.controllerReason || '-'}`);
+  const c = s.batchCapacity;
+  if (c) lines.push(`BATCH CAPACITY   ${c.cpus} CPUs, ${Math.round(Number(c.memoryBytes) / 1048576)} MiB (${c.reason})`);
   lines.push('', 'RECENT DECISIONS');
   for (const d of s.decisions.slice(-8)) lines.push(`${new Date(d.atMs).toISOString().slice(11, 23)} ${d.reason}`);
   if (!s.decisions.length) lines.push('(none yet)');

@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultSocket, setTls } from './client.ts';
 import { doctorCommand } from './doctor.ts';
-import { cancelCommand, eventsCommand, logsCommand, psCommand, shutdownCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
+import { cancelCommand, eventsCommand, execCommand, logsCommand, psCommand, shutdownCommand, statusCommand, submitCommand, topCommand, waitCommand } from './jobs.ts';
 import { policyValidateCommand } from './policy.ts';
 import { runCommand } from './run.ts';
 import { parsePositiveInt, parseSizeMiB } from './sizes.ts';
@@ -69,6 +69,14 @@ program.command('logs')
   .option('-f, --follow', 'keep printing until the job ends', false)
   .argument('<id>')
   .action(act((id: string, o) => logsCommand(id, { ...o, socket: socket() })));
+
+program.command('exec')
+  .description('run one more command in a running job\'s sandbox (as containerd\'s exec does); exits with its exit code')
+  .option('-e, --env <NAME=VALUE...>', 'environment of the command')
+  .option('--cwd <dir>', 'working directory in the job\'s root', '')
+  .argument('<id>')
+  .argument('<command...>', 'after --')
+  .action(act((id: string, command: string[], o) => execCommand(id, command, { ...o, socket: socket() })));
 
 program.command('wait')
   .description('wait for a job to end; exits with its exit code')

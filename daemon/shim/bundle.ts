@@ -37,16 +37,12 @@ interface OciConfig {
   linux?: { resources?: { memory?: { limit?: unknown }; cpu?: { quota?: unknown; period?: unknown } } };
 }
 
-/** The job a bundle's config.json describes (its root: the bundle's root directory). */
-export function jobFromConfig(config: unknown, bundle: string, name: string): BundleJob {
-  if (typeof config !== 'object' || config === null) throw new BundleError('config.json is not a JSON object');
-  const c = config as OciConfig;
-  const ignored: string[] = [];
-  const p = c.process;
-  if (!p) throw new BundleError('config.json has no process');
-  if (p.terminal === true) throw new BundleError('a terminal (ctr run -t, tty: true) is not supported by the Lodger shim');
+type OciProcess = NonNullable<OciConfig['process']>;
+
+/** args, env, cwd and user of an OCI process (a bundle's, or an exec's); `what` names it in errors. */
+function processFields(p: OciProcess, ignored: string[], what: string): { args: string[]; env: Record<string, string>; cwd: string; uid: number; gid: number } {
   const args = p.args;
-  if (!Array.isArray(args) || args.length === 0 || !args.every((a) => typeof a === 'string') || args[0] === '') throw new BundleError('config.json process.args must name a program');
+  if (!Array.isArray(args) || args.length === 0 || !args.every((a) => typeof a === 'string') || args[0] === '') throw new BundleError(`${what}.args must name a program`);
   const env: Record<string, string> = {};
   for (const e of Array.isArray(p.env) ? p.env : []) {
     if (typeof e !== 'string') continue;
@@ -59,17 +55,46 @@ export function jobFromConfig(config: unknown, bundle: string, name: string): Bu
     env[k] = eq < 0 ? '' : e.slice(eq + 1);
   }
   const cwd = typeof p.cwd === 'string' && p.cwd ? p.cwd : '/';
-  if (!cwd.startsWith('/')) throw new BundleError(`config.json process.cwd must be absolute (got ${JSON.stringify(cwd)})`);
+  if (!cwd.startsWith('/')) throw new BundleError(`${what}.cwd must be absolute (got ${JSON.stringify(cwd)})`);
   const uid = Number(p.user?.uid ?? 0);
   const gid = Number(p.user?.gid ?? 0);
-  if (!Number.isInteger(uid) || uid < 0 || !Number.isInteger(gid) || gid < 0) throw new BundleError('config.json process.user uid and gid must be non-negative integers');
+  if (!Number.isInteger(uid) || uid < 0 || uid > 0xffffffff || !Number.isInteger(gid) || gid < 0 || gid > 0xffffffff) throw new BundleError(`${what}.user uid and gid must be non-negative integers`);
+  return { args: args as string[], env, cwd, uid, gid };
+}
+
+/** An exec's process (containerd sends the OCI Process as JSON in an Any) as an ExecInJob request; at most 1 MiB of it is read. */
+export function execFromSpec(spec: { typeUrl?: string; value?: Buffer } | null | undefined, ignored: string[]): { command: string[]; env: Record<string, string>; cwd: string; hasUser: boolean; uid: number; gid: number } {
+  const value = spec?.value;
+  if (!value?.length) throw new BundleError('the exec has no process spec');
+  if (value.length > MIB) throw new BundleError(`the exec's process spec is ${value.length} bytes (at most ${MIB})`);
+  let p: unknown;
+  try {
+    p = JSON.parse(value.toString('utf8'));
+  } catch (e) {
+    throw new BundleError(`the exec's process spec is not JSON: ${(e as Error).message}`);
+  }
+  if (typeof p !== 'object' || p === null) throw new BundleError('the exec\'s process spec is not a JSON object');
+  if ((p as OciProcess).terminal === true) throw new BundleError('a terminal (exec -t) is not supported by the Lodger shim');
+  const f = processFields(p as OciProcess, ignored, 'exec process');
+  return { command: f.args, env: f.env, cwd: f.cwd, hasUser: true, uid: f.uid, gid: f.gid };
+}
+
+/** The job a bundle's config.json describes (its root: the bundle's root directory). */
+export function jobFromConfig(config: unknown, bundle: string, name: string): BundleJob {
+  if (typeof config !== 'object' || config === null) throw new BundleError('config.json is not a JSON object');
+  const c = config as OciConfig;
+  const ignored: string[] = [];
+  const p = c.process;
+  if (!p) throw new BundleError('config.json has no process');
+  if (p.terminal === true) throw new BundleError('a terminal (ctr run -t, tty: true) is not supported by the Lodger shim');
+  const { args, env, cwd, uid, gid } = processFields(p, ignored, 'config.json process');
   const gids = p.user?.additionalGids;
   if (Array.isArray(gids) && gids.length) ignored.push('process.user.additionalGids');
   if (Array.isArray(c.mounts) && c.mounts.length) ignored.push(`${c.mounts.length} mounts (the job sees its root only)`);
   const podSandbox = c.annotations?.['io.kubernetes.cri.container-type'] === 'sandbox';
   const rootPath = typeof c.root?.path === 'string' && c.root.path ? c.root.path : 'rootfs';
   const rootfs = isAbsolute(rootPath) ? rootPath : join(bundle, rootPath);
-  return { spec: { name, command: args as string[], env, workdir: cwd, user: `${uid}:${gid}`, rootfs, ...sizes(c, ignored) }, ignored, podSandbox };
+  return { spec: { name, command: args, env, workdir: cwd, user: `${uid}:${gid}`, rootfs, ...sizes(c, ignored) }, ignored, podSandbox };
 }
 
 /**

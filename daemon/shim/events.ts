@@ -7,7 +7,10 @@ import { ProtoWriter, TtrpcClient } from '../../lib/index.ts';
 export type TaskEvent =
   | { topic: '/tasks/create'; containerId: string; bundle: string; pid: number; stdin: string; stdout: string; stderr: string }
   | { topic: '/tasks/start'; containerId: string; pid: number }
-  | { topic: '/tasks/exit'; containerId: string; pid: number; exitStatus: number; exitedAtMs: number }
+  /** execId: an exec's; absent, the task's own process (whose exec id is the container id). */
+  | { topic: '/tasks/exit'; containerId: string; execId?: string; pid: number; exitStatus: number; exitedAtMs: number }
+  | { topic: '/tasks/exec-added'; containerId: string; execId: string }
+  | { topic: '/tasks/exec-started'; containerId: string; execId: string; pid: number }
   | { topic: '/tasks/delete'; containerId: string; pid: number; exitStatus: number; exitedAtMs: number };
 
 const ts = (ms: number): Buffer => new ProtoWriter().uint(1, Math.floor(ms / 1000)).uint(2, (ms % 1000) * 1_000_000).done();
@@ -23,7 +26,11 @@ export function encodeEvent(e: TaskEvent): { typeUrl: string; value: Buffer } {
       return { typeUrl: 'containerd.events.TaskStart', value: new ProtoWriter().bytes(1, e.containerId).uint(2, e.pid).done() };
     case '/tasks/exit':
       // id (2) is the exec id: the init process's is the container id, as runc's shim sends it.
-      return { typeUrl: 'containerd.events.TaskExit', value: new ProtoWriter().bytes(1, e.containerId).bytes(2, e.containerId).uint(3, e.pid).uint(4, e.exitStatus).bytes(5, ts(e.exitedAtMs), true).done() };
+      return { typeUrl: 'containerd.events.TaskExit', value: new ProtoWriter().bytes(1, e.containerId).bytes(2, e.execId ?? e.containerId).uint(3, e.pid).uint(4, e.exitStatus).bytes(5, ts(e.exitedAtMs), true).done() };
+    case '/tasks/exec-added':
+      return { typeUrl: 'containerd.events.TaskExecAdded', value: new ProtoWriter().bytes(1, e.containerId).bytes(2, e.execId).done() };
+    case '/tasks/exec-started':
+      return { typeUrl: 'containerd.events.TaskExecStarted', value: new ProtoWriter().bytes(1, e.containerId).bytes(2, e.execId).uint(3, e.pid).done() };
     case '/tasks/delete':
       return { typeUrl: 'containerd.events.TaskDelete', value: new ProtoWriter().bytes(1, e.containerId).uint(2, e.pid).uint(3, e.exitStatus).bytes(4, ts(e.exitedAtMs), true).done() };
   }

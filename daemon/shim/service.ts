@@ -1,10 +1,12 @@
 // containerd.task.v2.Task over ttrpc for the shim's one task. Each call and its result is
 // logged (a call that never returns shows as a start without an end). Methods Lodger does
-// not carry out (Exec, Pause, Checkpoint, Update, Stats) answer UNIMPLEMENTED.
+// not carry out (Pause, Checkpoint, Update, Stats) answer UNIMPLEMENTED. An exec runs in
+// the task's sandbox through lodgerd (exec.ts).
 import { Code, TtrpcError, TtrpcServer, type Handler } from '../../lib/index.ts';
 import type { Mount } from './bundle.ts';
 import type { Log } from './log.ts';
-import { TASK_SERVICE, taskCodecs } from './proto.ts';
+import type { ExecCreate } from './exec.ts';
+import { TASK_SERVICE, taskCodecs, timestamp } from './proto.ts';
 import { Task, type TaskDeps } from './task.ts';
 
 export interface ShimServiceOptions extends TaskDeps {
@@ -26,11 +28,13 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
   let creating = false;
   const log: Log = o.log;
 
+  /** The task a request names (whatever its exec id). */
   const get = (req: IdReq): Task => {
-    if (req.execId) throw new TtrpcError(Code.NOT_FOUND, `exec ${req.execId}: the Lodger shim runs no execs`);
     if (!task || task.req.id !== req.id || task.deleted) throw new TtrpcError(Code.NOT_FOUND, `task ${req.id} not found`);
     return task;
   };
+  // containerd names the task's own process by an empty exec id (or, in some calls, the container id).
+  const execOf = (req: IdReq): string | null => (req.execId && req.execId !== req.id ? req.execId : null);
 
   const handlers: Record<string, Handler> = {
     Create: async (req: { id: string; bundle: string; rootfs: Mount[]; terminal: boolean; stdin: string; stdout: string; stderr: string; checkpoint: string }) => {
@@ -43,22 +47,41 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       }
       return { pid: task.pid };
     },
+    Exec: (req: ExecCreate) => {
+      get(req).addExec(req);
+      return {};
+    },
     Start: async (req: IdReq) => {
       const t = get(req);
-      await t.start();
+      const e = execOf(req);
+      if (e) t.startExec(e);
+      else await t.start();
       return { pid: t.pid };
     },
-    State: (req: IdReq) => get(req).state(),
+    State: (req: IdReq) => {
+      const e = execOf(req);
+      return e ? get(req).exec(e).state() : get(req).state();
+    },
     Wait: async (req: IdReq) => {
       const t = get(req);
-      await t.exited;
-      return { exitStatus: t.exitStatus, exitedAt: t.state().exitedAt };
+      const e = execOf(req);
+      const p = e ? t.exec(e) : t;
+      await p.exited;
+      return { exitStatus: p.exitStatus, exitedAt: timestamp(p.exitedAtMs) };
     },
     Kill: async (req: IdReq & { signal: number; all: boolean }) => {
-      await get(req).kill(req.signal);
+      const e = execOf(req);
+      if (e) {
+        if (!Number.isInteger(req.signal) || req.signal < 1 || req.signal > 64) throw new TtrpcError(Code.INVALID_ARGUMENT, `signal ${req.signal}: must be 1-64`);
+        await get(req).exec(e).kill(req.signal);
+      } else {
+        await get(req).kill(req.signal);
+      }
       return {};
     },
     Delete: async (req: IdReq) => {
+      const e = execOf(req);
+      if (e) return get(req).deleteExec(e);
       const res = await get(req).delete();
       // containerd's Shutdown follows at once; should it never come, the shim is not left behind.
       setTimeout(() => { log('no Shutdown within 60 s of Delete'); o.onShutdown(); }, 60_000).unref();
@@ -67,7 +90,8 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
     Pids: (req: IdReq) => ({ processes: [{ pid: get(req).pid }] }),
     Connect: () => ({ shimPid: process.pid, taskPid: task?.pid ?? 0, version: o.version }),
     CloseIO: (req: IdReq & { stdin: boolean }) => {
-      if (req.stdin) get(req).closeStdin();
+      const e = execOf(req);
+      if (req.stdin) (e ? get(req).exec(e) : get(req)).closeStdin();
       return {};
     },
     ResizePty: (req: IdReq) => {
@@ -81,7 +105,7 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       return {};
     },
     // Answered here rather than by the server, so the log shows them.
-    ...Object.fromEntries(['Exec', 'Pause', 'Resume', 'Checkpoint', 'Update', 'Stats'].map((m) => [m, () => {
+    ...Object.fromEntries(['Pause', 'Resume', 'Checkpoint', 'Update', 'Stats'].map((m) => [m, () => {
       throw new TtrpcError(Code.UNIMPLEMENTED, `${m} is not supported by the Lodger shim`);
     }])),
   };

@@ -85,8 +85,17 @@ function fakeApi(exitCode: number) {
       if (method === 'SignalJob') finish();
       return { id: req.id, state: 'running' };
     },
-    stream: () => {
+    stream: (method: string, req: { id?: string; command?: string[] }) => {
       const s = new EventEmitter();
+      if (method === 'ExecInJob') {
+        calls.push(`ExecInJob ${req.id} ${JSON.stringify(req.command)}`);
+        setImmediate(() => {
+          s.emit('data', { stream: 'stdout', data: Buffer.from('probe\n') });
+          s.emit('data', { stream: 'exit', exitCode: 4 });
+          s.emit('end');
+        });
+        return s;
+      }
       setImmediate(() => {
         s.emit('data', { stream: 'stdout', data: Buffer.from('out\n') });
         s.emit('data', { stream: 'stderr', data: Buffer.from('err\n') });
@@ -136,15 +145,35 @@ test('the Task service over ttrpc: Create, Wait before Start, Start, output to t
   t.is(again?.code, 'ALREADY_EXISTS');
   const nf = await t.throwsAsync(call('State', { id: 'other' }), { instanceOf: TtrpcError });
   t.is(nf?.code, 'NOT_FOUND');
-  const exec = await t.throwsAsync(call('Exec', { id: 'c1', execId: 'e1' }), { instanceOf: TtrpcError });
-  t.is(exec?.code, 'UNIMPLEMENTED');
+  const badExec = await t.throwsAsync(call('Exec', { id: 'c1', execId: 'e0', spec: { typeUrl: 'x', value: Buffer.from('not json') } }), { instanceOf: TtrpcError });
+  t.is(badExec?.code, 'INVALID_ARGUMENT');
+  t.regex(badExec!.message, /not JSON/);
 
   const waited = call<{ exitStatus: number }>('Wait', { id: 'c1' });
   await call('Start', { id: 'c1' });
   t.like(await call('State', { id: 'c1' }), { status: 'RUNNING' });
-  t.regex(readFileSync(join(bundle, 'lodger-job'), 'utf8'), /^ns\.c1-[0-9a-f]{8}$/);
+  const jobId = readFileSync(join(bundle, 'lodger-job'), 'utf8');
+  t.regex(jobId, /^ns\.c1-[0-9a-f]{8}$/);
   t.is(await out, 'out\n');
   t.is(await err, 'err\n');
+
+  // An exec (CRI's exec probe): run in the job's sandbox by lodgerd, its output to its own FIFO, its exit status kept.
+  t.is(spawnSync('mkfifo', [join(dir, 'estdout')]).status, 0);
+  const eout = read('estdout');
+  const proc = { args: ['sh', '-c', 'echo probe; exit 4'], env: ['A=b'], cwd: '/', user: { uid: 0, gid: 0 } };
+  await call('Exec', { id: 'c1', execId: 'e1', stdout: join(dir, 'estdout'), spec: { typeUrl: 'types.containerd.io/opencontainers/runtime-spec/1/Process', value: Buffer.from(JSON.stringify(proc)) } });
+  const dup = await t.throwsAsync(call('Exec', { id: 'c1', execId: 'e1', spec: { value: Buffer.from(JSON.stringify(proc)) } }), { instanceOf: TtrpcError });
+  t.is(dup?.code, 'ALREADY_EXISTS');
+  t.like(await call('State', { id: 'c1', execId: 'e1' }), { execId: 'e1', status: 'CREATED' });
+  const ewait = call<{ exitStatus: number }>('Wait', { id: 'c1', execId: 'e1' });
+  await call('Start', { id: 'c1', execId: 'e1' });
+  t.is(await eout, 'probe\n');
+  t.is((await ewait).exitStatus, 4);
+  t.like(await call('State', { id: 'c1', execId: 'e1' }), { status: 'STOPPED', exitStatus: 4 });
+  t.like(await call('Delete', { id: 'c1', execId: 'e1' }), { exitStatus: 4 });
+  const gone = await t.throwsAsync(call('State', { id: 'c1', execId: 'e1' }), { instanceOf: TtrpcError });
+  t.is(gone?.code, 'NOT_FOUND');
+  t.like(await call('State', { id: 'c1' }), { status: 'RUNNING' }, 'the task runs on');
   const running = await t.throwsAsync(call('Delete', { id: 'c1' }), { instanceOf: TtrpcError });
   t.is(running?.code, 'FAILED_PRECONDITION');
   const badSignal = await t.throwsAsync(call('Kill', { id: 'c1', signal: 99 }), { instanceOf: TtrpcError });
@@ -158,7 +187,7 @@ test('the Task service over ttrpc: Create, Wait before Start, Start, output to t
   t.false(existsSync(join(bundle, 'lodger-job')), 'a deleted task leaves no job for `delete` to cancel');
   await call('Shutdown', { id: 'c1' });
   t.is(shutdown, 1);
-  t.deepEqual(calls.filter((c) => c !== 'WaitJob'), ['GetStatus', 'SubmitJob', 'SignalJob 15']);
+  t.deepEqual(calls.filter((c) => c !== 'WaitJob'), ['GetStatus', 'SubmitJob', `ExecInJob ${jobId} ["sh","-c","echo probe; exit 4"]`, 'SignalJob 15']);
   t.true(log.some((l) => l.startsWith('← Wait ok {"exitStatus":143')), log.join('\n'));
   client.close();
   await server.close();

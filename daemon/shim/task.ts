@@ -3,7 +3,6 @@
 // output is copied from StreamLogs to the FIFOs; Wait answers when lodgerd says the job
 // ended; Kill signals it; Delete unmounts and forgets. Every lodgerd call has a deadline.
 import { closeSync, constants, existsSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { Code, TtrpcError } from '../../lib/index.ts';
 import type { ApiClient, ApiJob as CliApiJob } from '../cli/index.ts';
@@ -11,14 +10,14 @@ import { BundleError, jobIdFor, mountAll, readBundleJob, unmountAll, type Bundle
 import type { TaskEvent } from './events.ts';
 import type { Log } from './log.ts';
 import { timestamp } from './proto.ts';
+import { ExecProcess, MAX_EXECS, type ExecCreate } from './exec.ts';
+import { openFifo, type Fifo } from './fifo.ts';
 
 type Status = 'CREATED' | 'RUNNING' | 'STOPPED';
 
 type ApiJob = Pick<CliApiJob, 'id' | 'state' | 'exitCode' | 'hasExitCode' | 'error'>;
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
-/** Output held for a FIFO nobody reads (a detached `ctr run`) before more is dropped. */
-const FIFO_BACKLOG = 1 << 20;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export interface TaskDeps {
@@ -41,40 +40,6 @@ export interface CreateRequest {
   checkpoint: string;
 }
 
-class Fifo {
-  private dropped = 0;
-  constructor(readonly sock: Socket, private readonly log: Log, private readonly path: string) {
-    sock.on('error', (e) => log(`fifo ${path}: ${e.message}`));
-  }
-
-  write(b: Buffer): void {
-    if (this.sock.destroyed) return;
-    if (this.sock.writableLength > FIFO_BACKLOG) {
-      if (this.dropped === 0) this.log(`fifo ${this.path}: nobody reads it; dropping output past ${FIFO_BACKLOG} bytes`);
-      this.dropped += b.length;
-      return;
-    }
-    this.sock.write(b);
-  }
-
-  /** Flushes and closes (the reader then sees EOF), within 5 s. */
-  async end(): Promise<void> {
-    if (this.sock.destroyed) return;
-    await Promise.race([new Promise<void>((r) => this.sock.end(r)), sleep(5000)]);
-    this.sock.destroy();
-  }
-}
-
-/**
- * A FIFO opened read-write and non-blocking: opening never waits for a reader (write-only
- * would block until one comes), and the fd is a libuv pipe that writes with backpressure.
- */
-function openFifo(path: string, log: Log): Fifo | null {
-  if (!path) return null;
-  const fd = openSync(path, constants.O_RDWR | constants.O_NONBLOCK);
-  return new Fifo(new Socket({ fd, readable: false, writable: true }), log, path);
-}
-
 export class Task {
   status: Status = 'CREATED';
   jobId: string | null = null;
@@ -91,6 +56,7 @@ export class Task {
   private lastSignal = 0;
   private exitedResolve!: () => void;
   readonly exited = new Promise<void>((r) => { this.exitedResolve = r; });
+  private readonly execs = new Map<string, ExecProcess>();
 
   private constructor(readonly req: CreateRequest, private readonly d: TaskDeps) {
     this.job = readBundleJob(req.bundle, req.id);
@@ -238,6 +204,34 @@ export class Task {
     return { pid: this.pid, exitStatus: this.exitStatus, exitedAt: timestamp(this.exitedAtMs) };
   }
 
+  /** containerd's Exec: a process to run in the job's sandbox once started. */
+  addExec(req: ExecCreate): void {
+    if (this.status === 'STOPPED') throw new TtrpcError(Code.FAILED_PRECONDITION, `task ${this.req.id} has exited: no exec runs in it`);
+    if (this.execs.has(req.execId)) throw new TtrpcError(Code.ALREADY_EXISTS, `exec ${req.execId} exists in task ${this.req.id}`);
+    if (this.execs.size >= MAX_EXECS) throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `task ${this.req.id} holds ${MAX_EXECS} execs: delete some first`);
+    if (this.job.podSandbox) throw new TtrpcError(Code.FAILED_PRECONDITION, 'the pod sandbox container runs no command to exec beside');
+    this.execs.set(req.execId, new ExecProcess(req, { api: this.d.api, log: this.d.log, publish: this.d.publish, pid: this.pid }));
+    void this.d.publish({ topic: '/tasks/exec-added', containerId: this.req.id, execId: req.execId });
+  }
+
+  exec(execId: string): ExecProcess {
+    const e = this.execs.get(execId);
+    if (!e) throw new TtrpcError(Code.NOT_FOUND, `exec ${execId} not found in task ${this.req.id}`);
+    return e;
+  }
+
+  startExec(execId: string): void {
+    this.exec(execId).start(this.status === 'RUNNING' ? this.jobId : null);
+  }
+
+  async deleteExec(execId: string): Promise<{ pid: number; exitStatus: number; exitedAt: { seconds: number; nanos: number } }> {
+    const e = this.exec(execId);
+    if (e.status === 'RUNNING') throw new TtrpcError(Code.FAILED_PRECONDITION, `exec ${execId} is running: kill it first`);
+    await e.release();
+    this.execs.delete(execId);
+    return { pid: this.pid, exitStatus: e.exitStatus, exitedAt: timestamp(e.exitedAtMs) };
+  }
+
   closeStdin(): void {
     if (this.stdinFd !== null) closeSync(this.stdinFd);
     this.stdinFd = null;
@@ -245,6 +239,7 @@ export class Task {
 
   /** Closes the FIFOs and unmounts the rootfs; returns what could not be undone. */
   async release(): Promise<string | null> {
+    for (const e of this.execs.values()) await e.release();
     this.closeStdin();
     await this.stdout?.end();
     await this.stderr?.end();
