@@ -5,7 +5,7 @@
 // their own. Longer variants (a 1 GiB log flood, repeated kills) are bench/hostile.ts.
 import test from 'ava';
 import fc from 'fast-check';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
@@ -341,6 +341,56 @@ test.serial('QEMU killed mid-suspend, and the new QEMU killed mid-restore: typed
   t.is(text, 'survived\n');
   await b.stop();
 });
+
+// The owner (lodgerd, in production) killed mid-operation: the operation runs in a child
+// process that is SIGKILLed this long after it starts, then this process takes the
+// sandbox up as a restarted lodgerd would. Early enough that each operation is under way.
+const OWNER_KILL_MS = { resize: 40, suspend: 120, restore: 150 } as const;
+for (const op of ['resize', 'suspend', 'restore'] as const) {
+  test.serial(`the owner (as lodgerd) killed mid-${op}: a new owner takes the sandbox up, the job goes on to its end, every line once; nothing is left`, async (t) => {
+    const id = `owner-${op}`;
+    const a = await rt.boot({ id, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
+    const h = await a.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i; sleep 0.1; done'] });
+    let stored = '';
+    h.onStdout((b) => { stored += b.toString(); });
+    while (!stored.includes('3\n')) await new Promise((r) => setTimeout(r, 20));
+    if (op === 'restore') await a.suspend();
+    a.release();
+    const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'owner.ts'), rt.runtime.opts.host.runDir, `lodger-test-${process.pid}`, id, op], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let said = '';
+    child.stdout!.on('data', (b) => { said += b; });
+    child.stderr!.on('data', (b) => { said += b; });
+    const gone = new Promise((r) => child.once('exit', r));
+    try {
+      for (let i = 0; i < 3000 && !said.includes('go '); i++) await new Promise((r) => setTimeout(r, 10));
+      t.regex(said, /^go (running|suspended)$/m, said);
+      await new Promise((r) => setTimeout(r, OWNER_KILL_MS[op]));
+    } finally {
+      child.kill('SIGKILL');
+      await gone;
+    }
+    t.notRegex(said, /^done$/m, 'killed while the operation was under way');
+    const c = await rt.runtime.with({}).attach(id);
+    try {
+      const st = c.status().state;
+      t.log(`after the owner was killed ${OWNER_KILL_MS[op]} ms into the ${op}: ${st}, ${c.status().vcpus} vCPUs, ${c.status().memoryMiB} MiB`);
+      t.true(st === 'running' || st === 'suspended', st);
+      const hc = await c.resumeExec(h.id, [Buffer.byteLength(stored), 0]);
+      hc.onStdout((b) => { stored += b.toString(); });
+      if (st === 'suspended') await c.resume();
+      t.deepEqual(await hc.wait(), { code: 0, signal: null });
+      t.deepEqual(stored.trim().split('\n'), Array.from({ length: 30 }, (_, i) => String(i + 1)), 'every line once, in order');
+      // Still a working sandbox: the operation can be done now.
+      if (op === 'resize') t.like(await c.update({ vcpus: 2, memoryMiB: 768 }), { vcpus: 2, memoryMiB: 768 });
+    } finally {
+      await c.stop();
+    }
+    t.false((await rt.runtime.list()).some((x) => x.id === id), 'no VMM, record or run files of it left');
+    t.false(readdirSync('/proc').some((p) => /^\d+$/.test(p) && (() => {
+      try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`lodger-${id},`); } catch { return false; }
+    })()), 'no QEMU of it left');
+  });
+}
 
 asRoot('the state directory\'s disk full (ENOSPC, a 16 MiB tmpfs) during suspend: SANDBOX_SUSPEND_FAILED names it, the sandbox runs on, no partial state is left', async (t) => {
   const small = tmpfs('full-run', '16m');

@@ -18,7 +18,7 @@ import type { QmpFactory } from './qmp.ts';
 import { cgroupName, readRecord, sandboxPaths } from './record.ts';
 import { QemuSandbox } from './sandbox.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
-import { findSandboxVmm, isSandboxVmm, vmmsUnder } from './vmm.ts';
+import { findSandboxVmm, isSandboxVmm, killVmm, vmmsUnder } from './vmm.ts';
 
 export interface QemuRuntimeOptions {
   host: HostPaths;
@@ -125,10 +125,7 @@ export class QemuRuntime implements HostedRuntime {
     // One still starting has no record yet: its VMM is found by its identity.
     const info = this.info(id);
     const pid = info.alive ? info.pid : findSandboxVmm(proc, id, paths.qmpSocket);
-    if (pid !== null) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-      for (let i = 0; i < 500 && isSandboxVmm(proc, pid, id, paths.qmpSocket); i++) await new Promise((r) => setTimeout(r, 10));
-    }
+    if (pid !== null) await killVmm(proc, pid, id, paths.qmpSocket);
     await this.opts.cgroups?.open(cgroupName(id))?.destroy();
     await rm(paths.runDir, { recursive: true, force: true });
   }

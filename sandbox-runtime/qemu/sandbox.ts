@@ -23,7 +23,7 @@ import { Snapshot, type SuspendHost } from './snapshot.ts';
 import { checkTransition, publicState, type Phase } from './states.ts';
 import { Resources } from './resources.ts';
 import type { VcpuUnplugMode } from './vcpus.ts';
-import { isSandboxVmm, VmmProcess, type ProcessExit, type VmmIdentity } from './vmm.ts';
+import { findSandboxVmm, isSandboxVmm, killVmm, VmmProcess, type ProcessExit, type VmmIdentity } from './vmm.ts';
 import { tail, within } from './wait.ts';
 
 export class QemuSandbox implements HostedSandbox {
@@ -219,22 +219,48 @@ export class QemuSandbox implements HostedSandbox {
     if (this.jailId) holdUid(this.jailId.uid);
     this.cgroup = this.opts.cgroups?.open(cgroupName(this.id)) ?? null;
     const agent = this.agent = this.newAgent();
-    if (rec.state === 'suspended' || rec.pid === null) {
-      if (!this.snapshot.exists) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its saved state is gone`);
-      this.to('suspended');
-      this.log('attached: suspended to disk');
-      return;
-    }
-    if (!isSandboxVmm(this.opts.host.proc, rec.pid, this.id, this.paths.qmpSocket)) {
-      throw new SandboxError('SANDBOX_GONE', `the VMM of sandbox ${this.id} (pid ${rec.pid}) is not running any more`);
+    const { proc } = this.opts.host;
+    let pid = rec.pid;
+    if (rec.state === 'suspended' || pid === null) {
+      // A VMM of this sandbox beside a suspended record is a restore its owner did not see
+      // through: one that runs the guest is the sandbox now; one still loading is ended
+      // (the saved state is whole on disk, and the restore is done again).
+      const restoring = findSandboxVmm(proc, this.id, this.paths.qmpSocket);
+      if (restoring !== null && await this.guestRuns()) {
+        pid = restoring;
+        this.log(`attached: a restore its owner did not finish runs the guest (pid ${pid}): taken up, the saved state dropped`);
+      } else {
+        if (restoring !== null) await killVmm(proc, restoring, this.id, this.paths.qmpSocket);
+        if (!this.snapshot.exists) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its saved state is gone`);
+        this.to('suspended');
+        this.log(`attached: suspended to disk${restoring !== null ? ` (a restore left unfinished, pid ${restoring}, ended)` : ''}`);
+        return;
+      }
+    } else if (!isSandboxVmm(proc, pid, this.id, this.paths.qmpSocket)) {
+      // Its owner died after the save was whole and the VMM had ended, before the record said so.
+      if (this.snapshot.exists) {
+        this.to('suspended');
+        this.log('attached: suspended to disk (its owner died before recording it)');
+        return;
+      }
+      throw new SandboxError('SANDBOX_GONE', `the VMM of sandbox ${this.id} (pid ${pid}) is not running any more`);
     }
     this.to('starting');
-    const vmm: VmmProcess = VmmProcess.watch(this.identity(), rec.pid, (e) => this.onVmmExit(vmm, e));
+    const vmm: VmmProcess = VmmProcess.watch(this.identity(), pid, (e) => this.onVmmExit(vmm, e));
     this.vmm = vmm;
     try {
       const qmp = this.connectQmp();
       await this.raceExit(qmp.connect(10_000));
-      const paused = (await qmp.queryStatus()).status === 'paused';
+      const status = (await qmp.queryStatus()).status;
+      // A suspend its owner did not see through: the migration done (the VM stopped after
+      // it) or under way. The sandbox runs on; what was saved is not needed.
+      if (status === 'postmigrate' || status === 'finish-migrate') {
+        await qmp.migrateCancel().catch(() => {});
+        await qmp.cont();
+        this.log(`attached: a suspend its owner did not finish (${status}): the guest runs on`);
+      }
+      await this.snapshot.drop();
+      const paused = status === 'paused';
       await this.raceExit(agent.connect(10_000));
       // A paused guest cannot answer: let it run for the handshake, then pause it again.
       if (paused) await qmp.cont();
@@ -244,13 +270,26 @@ export class QemuSandbox implements HostedSandbox {
       this.res.vcpus = actual.vcpus;
       this.res.memoryMiB = actual.memoryMiB;
       this.to(paused ? 'paused' : 'running');
-      this.log(`attached to running VMM (pid ${rec.pid}, ${this.phase}, ${this.res.vcpus} vCPUs, ${this.res.memoryMiB} MiB)`);
+      this.log(`attached to running VMM (pid ${pid}, ${this.phase}, ${this.res.vcpus} vCPUs, ${this.res.memoryMiB} MiB)`);
     } catch (e) {
       if (this.phase === 'starting') this.to('failed');
       this.qmp?.close();
       agent.close();
       throw new SandboxError(e instanceof SandboxError && e.code === 'SANDBOX_VMM_EXITED' ? 'SANDBOX_GONE' : 'SANDBOX_AGENT_ERROR',
-        `sandbox ${this.id}: attaching to pid ${rec.pid} failed: ${(e as Error).message}`, { cause: e });
+        `sandbox ${this.id}: attaching to pid ${pid} failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** Whether the VMM on this sandbox's QMP socket runs its guest (a restore that got as far as `cont`). */
+  private async guestRuns(): Promise<boolean> {
+    const qmp = (this.opts.qmp ?? realQmp)(this.paths.qmpSocket);
+    try {
+      await qmp.connect(5_000);
+      return (await qmp.queryStatus()).status === 'running';
+    } catch {
+      return false;
+    } finally {
+      qmp.close();
     }
   }
 

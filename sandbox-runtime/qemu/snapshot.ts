@@ -2,7 +2,7 @@
 // would need a shell, which its seccomp sandbox forbids) and we write the stream to a
 // file; a new QEMU started with -incoming defer reads it back.
 import { chownSync, createReadStream, createWriteStream, existsSync, statSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import * as net from 'node:net';
 import type { SuspendReport } from '../contract.ts';
 import { SandboxError } from '../errors.ts';
@@ -54,8 +54,14 @@ export class Snapshot {
     return existsSync(this.path);
   }
 
+  /** Where the state is written until it is whole: only a complete save ever has `path`'s name (an owner may die mid-save). */
+  private get partPath(): string {
+    return `${this.path}.part`;
+  }
+
   async drop(): Promise<void> {
     await rm(this.path, { force: true });
+    await rm(this.partPath, { force: true });
   }
 
   /** Saves the VM to disk and ends its VMM, giving its memory back to the host. */
@@ -143,7 +149,7 @@ export class Snapshot {
     let bytes = 0;
     const received = new Promise<void>((resolve, reject) => {
       server.once('connection', (c) => {
-        const out = createWriteStream(this.path);
+        const out = createWriteStream(this.partPath);
         c.on('data', (b: Buffer) => { bytes += b.length; });
         c.on('error', reject);
         out.on('error', reject);
@@ -164,6 +170,7 @@ export class Snapshot {
         return m.status === 'completed';
       }, SAVE_TIMEOUT_MS, 'saving the VM to disk did not complete', 'SANDBOX_SUSPEND_FAILED');
       await received;
+      await rename(this.partPath, this.path);
       return bytes;
     } catch (e) {
       await qmp.migrateCancel().catch(() => {});

@@ -60,6 +60,13 @@ export function findSandboxVmm(proc: string, id: string, qmpSocket: string): num
   return null;
 }
 
+/** SIGKILL to the VMM of sandbox `id` (its identity checked first), then up to 5 s for it to go. */
+export async function killVmm(proc: string, pid: number, id: string, qmpSocket: string): Promise<void> {
+  if (!isSandboxVmm(proc, pid, id, qmpSocket)) return;
+  try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  for (let i = 0; i < 500 && isSandboxVmm(proc, pid, id, qmpSocket); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
 /**
  * Sandbox ids of the VMMs running from this run directory, found by their command line
  * alone: they are found even when their run files were removed (a state directory deleted
