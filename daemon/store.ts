@@ -59,7 +59,7 @@ export interface LogChunk {
 }
 
 export class StoreError extends Error {
-  constructor(readonly code: 'JOB_NOT_FOUND' | 'JOB_EXISTS' | 'BAD_TRANSITION', message: string) {
+  constructor(readonly code: 'JOB_NOT_FOUND' | 'JOB_EXISTS' | 'BAD_TRANSITION' | 'STORE_LOCKED', message: string) {
     super(message);
   }
 }
@@ -87,9 +87,21 @@ export class JobStore {
 
   constructor(path: string, private readonly clock: () => number = Date.now) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
+    // The store is this process's alone, locked from the start: a second lodgerd on the same
+    // state directory, or any process holding a lock on the file, is found here with a clear
+    // error, rather than later, when a write would wait (the whole event loop with it: the
+    // calls are synchronous) and then fail a running job's output.
+    this.db.pragma('busy_timeout = 2000');
+    this.db.pragma('locking_mode = EXCLUSIVE');
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.exec('BEGIN EXCLUSIVE; COMMIT');
+    } catch (e) {
+      this.db.close();
+      if ((e as { code?: string }).code?.startsWith('SQLITE_BUSY')) throw new StoreError('STORE_LOCKED', `the job store ${path} is locked by another process (another lodgerd on this state directory?)`);
+      throw e;
+    }
     this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY, spec TEXT NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL,

@@ -92,6 +92,19 @@ test.serial('Prometheus metrics: jobs by state, boot latency, transitions, the d
   t.true(existsSync(join(dir, 'state', 'run-gvisor')), 'the gVisor backend was opened on first use, with a run directory of its own');
 });
 
+test.serial('a second lodgerd on the same state directory is refused: the job store is locked, the message says so; the first serves on', async (t) => {
+  const second = new TestDaemon(join(dir, 'second.sock'), ['--state-dir', join(dir, 'state'), '--policy-dir', policyDir]);
+  try {
+    const e = await t.throwsAsync(second.start(['--metrics-address', '']));
+    t.regex(e!.message, /the job store .*jobs\.db is locked by another process/);
+    t.not(second.proc?.exitCode, 0);
+  } finally {
+    second.end();
+  }
+  t.is((await lodger(['status'])).code, 0);
+  t.true(existsSync(socket), 'the first lodgerd\'s socket is untouched');
+});
+
 test.serial('lodger exec runs one more command in a running job\'s sandbox: its output apart from the job\'s, its exit code; a job not running is refused with the reason', async (t) => {
   t.is((await lodger(['submit', '--id', 'exec-host', '--', 'sh', '-c', 'echo started; sleep 60'])).code, 0);
   for (let i = 0; i < 600 && !/started/.test((await lodger(['logs', 'exec-host'])).stdout); i++) await new Promise((r) => setTimeout(r, 100));

@@ -268,6 +268,38 @@ asRoot('the job store\'s disk full (ENOSPC, a 1 MiB tmpfs) during output storage
   store.close();
 });
 
+test.serial('the job store locked by another process: refused at open with STORE_LOCKED naming the file; once open it is lodgerd\'s alone, another process\'s write is refused and the store serves on', async (t) => {
+  const file = join(rt.dir, 'locked.db');
+  // Another process's connection, as sqlite3(1) or a backup tool would hold one.
+  const other = (mode: 'hold' | 'write') => spawn(process.execPath, ['-e', `
+    const db = new (require('better-sqlite3'))(process.env.DB);
+    db.pragma('busy_timeout = 300');
+    try { db.exec(process.env.MODE === 'hold' ? 'BEGIN EXCLUSIVE' : 'BEGIN IMMEDIATE; COMMIT'); console.log(process.env.MODE === 'hold' ? 'held' : 'wrote'); }
+    catch (e) { console.log('refused ' + e.code); }
+    if (process.env.MODE === 'hold') setInterval(() => {}, 1e9);`], { cwd: join(import.meta.dirname, '..'), env: { ...process.env, DB: file, MODE: mode }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const firstLine = (c: ReturnType<typeof other>): Promise<string> => new Promise((r) => c.stdout!.once('data', (b) => r(String(b).trim())));
+  const holder = other('hold');
+  try {
+    t.is(await firstLine(holder), 'held');
+    const e = t.throws(() => new JobStore(file));
+    t.is((e as { code?: string }).code, 'STORE_LOCKED');
+    t.regex(e!.message, /locked\.db is locked by another process/);
+  } finally {
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
+  }
+  const store = new JobStore(file);
+  try {
+    store.submit('mine', jobSpec(['true']));
+    const w = other('write');
+    t.is(await firstLine(w), 'refused SQLITE_BUSY');
+    store.appendLog('mine', 'stdout', Buffer.from('still mine\n'));
+    t.is(store.logs('mine')[0]!.data.toString(), 'still mine\n');
+  } finally {
+    store.close();
+  }
+});
+
 test.serial('a guest that reboots itself (the exit a kernel panic with panic=-1 causes): typed error, state failed, synced output copied after its death', async (t) => {
   const o = join(rt.dir, 'panic-out');
   mkdirSync(o);
