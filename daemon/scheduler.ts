@@ -321,15 +321,32 @@ export class Scheduler extends EventEmitter {
     return this.o.store.get(id);
   }
 
-  /** One more command in a running job's sandbox (ExecInJob); it ends with the sandbox. */
-  async exec(id: string, req: ExecRequest): Promise<ExecHandle> {
+  /** The sandbox of a job that runs (or is paused); JobNotRunning otherwise. */
+  private liveSandbox(id: string): Sandbox {
     const job = this.o.store.get(id);
     const sandbox = this.running.get(id)?.sandbox;
     if (!sandbox || (job.state !== 'running' && job.state !== 'paused')) throw new JobNotRunning(`job ${id} is ${job.state}: no sandbox runs a command for it`);
     const st = sandbox.status().state;
     // A paused sandbox runs the command once the controller resumes it; one on disk cannot run it.
     if (st !== 'running' && st !== 'paused') throw new JobNotRunning(`job ${id}: its sandbox is ${st}`);
-    return sandbox.exec(req);
+    return sandbox;
+  }
+
+  /** One more command in a running job's sandbox (ExecInJob); it ends with the sandbox. */
+  async exec(id: string, req: ExecRequest): Promise<ExecHandle> {
+    return this.liveSandbox(id).exec(req);
+  }
+
+  /** What a running job's sandbox uses now (GetJobStats). */
+  async stats(id: string): Promise<{ id: string; cpuUsageNs: number; memoryUsedBytes: number; memoryLimitBytes: number; vcpus: number; maxVcpus: number; hostMemoryBytes: number }> {
+    const sandbox = this.liveSandbox(id);
+    const st = sandbox.status();
+    const m = await sandbox.metrics();
+    const guest = m.guest && m.guest.memTotalKiB > 0 ? Math.max(0, m.guest.memTotalKiB - m.guest.memAvailableKiB) * 1024 : null;
+    return {
+      id, cpuUsageNs: m.cpuUsageUsec * 1000, memoryUsedBytes: guest ?? m.memoryBytes, memoryLimitBytes: st.memoryMiB * 1048576,
+      vcpus: st.vcpus, maxVcpus: st.maxVcpus, hostMemoryBytes: m.memoryBytes,
+    };
   }
 
   /** Resolves with the job once it is in a final state. */

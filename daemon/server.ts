@@ -144,6 +144,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       return toApiJob(await scheduler.signal(id, sig), ctx.defaultBackend);
     }),
     ExecInJob: (call: grpc.ServerWritableStream<ApiExecRequest, unknown>) => void execInJob(call, scheduler),
+    GetJobStats: unary<{ id?: string }>((req) => scheduler.stats(needId(req.id))),
     WaitJob: unary<{ id?: string }>(async (req) => toApiJob(await scheduler.waitFinal(needId(req.id)), ctx.defaultBackend)),
     StreamLogs: (call: grpc.ServerWritableStream<{ id?: string; follow?: boolean }, unknown>) => {
       let job: JobRecord;

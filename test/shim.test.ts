@@ -110,7 +110,7 @@ test.serial('ctr run --runtime io.containerd.lodger.v2 prints the output and ret
   t.regex(shimLog(), /exiting: Shutdown/);
 });
 
-test.serial('a long-running task shows in lodgerd while it runs and is grown by the controller; ctr task exec runs beside it; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
+test.serial('a long-running task shows in lodgerd while it runs and is grown by the controller; ctr task exec runs beside it; ctr task metrics reads its sandbox; ctr task kill ends it with SIGTERM; nothing is left', async (t) => {
   if (!haveContainerd || !isRoot) return t.fail('see the first test');
   const r = await ctr(['run', '-d', '--null-io', '--runtime', 'io.containerd.lodger.v2', IMAGE, 'sleeper', 'sleep', '600']);
   t.is(r.code, 0, why(r));
@@ -130,6 +130,12 @@ test.serial('a long-running task shows in lodgerd while it runs and is grown by 
   t.regex(ex.stdout, /^from exec \S+\n$/);
   t.regex(ex.stderr, /oops/);
   t.regex((await ctr(['task', 'ls'])).stdout, /sleeper\s+\d+\s+RUNNING/);
+  // Metrics (the shim's Stats) are the sandbox's, as lodgerd measures them.
+  const m = await ctr(['task', 'metrics', 'sleeper']);
+  t.is(m.code, 0, why(m));
+  t.regex(m.stdout, /memory\.usage_in_bytes\s+[1-9]\d*/, m.stdout);
+  t.regex(m.stdout, /memory\.limit_in_bytes\s+[1-9]\d*/, m.stdout);
+  t.regex(m.stdout, /cpuacct\.usage\s+[1-9]\d*/, m.stdout);
   const k = await ctr(['task', 'kill', 'sleeper']);
   t.is(k.code, 0, why(k));
   await until('the task stopped', async () => /sleeper\s+\d+\s+STOPPED/.test((await ctr(['task', 'ls'])).stdout));
@@ -159,7 +165,7 @@ function criClient(): { call: <T>(method: string, req: unknown) => Promise<T>; c
   };
 }
 
-test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; ExecSync probes a running one; teardown leaves nothing', async (t) => {
+test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit code, its output in the CRI log file; ExecSync probes a running one and ContainerStats reads its sandbox; teardown leaves nothing', async (t) => {
   if (!haveContainerd || !isRoot) return t.fail('see the first test');
   const imp = await run('ctr', ['-a', cdSocket, '-n', 'k8s.io', 'images', 'import', join(dir, 'image.tar')]);
   t.is(imp.code, 0, why(imp));
@@ -199,6 +205,10 @@ test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit
     t.is(Buffer.from(probe.stdout).toString(), 'ready\n');
     const ok = await cri.call<{ stdout: Buffer; exitCode: number }>('ExecSync', { containerId: c2, cmd: ['sh', '-c', 'exit 0'], timeout: 60 });
     t.is(ok.exitCode, 0);
+    // What the kubelet reads for the container (its eviction manager, kubectl top): the sandbox's CPU and memory.
+    const { stats } = await cri.call<{ stats: { cpu: { usageCoreNanoSeconds: { value: number } | null }; memory: { workingSetBytes: { value: number } | null } } }>('ContainerStats', { containerId: c2 });
+    t.true((stats.cpu.usageCoreNanoSeconds?.value ?? 0) > 0, JSON.stringify(stats));
+    t.true((stats.memory.workingSetBytes?.value ?? 0) > 0, JSON.stringify(stats));
     await cri.call('StopContainer', { containerId: c2, timeout: 5 });
     await cri.call('RemoveContainer', { containerId: c2 });
     await cri.call('StopPodSandbox', { podSandboxId });

@@ -1,11 +1,12 @@
 // containerd.task.v2.Task over ttrpc for the shim's one task. Each call and its result is
 // logged (a call that never returns shows as a start without an end). Methods Lodger does
-// not carry out (Pause, Checkpoint, Update, Stats) answer UNIMPLEMENTED. An exec runs in
+// not carry out (Pause, Checkpoint, Update) answer UNIMPLEMENTED; Stats is the sandbox's use (stats.ts). An exec runs in
 // the task's sandbox through lodgerd (exec.ts).
 import { Code, TtrpcError, TtrpcServer, type Handler } from '../../lib/index.ts';
 import type { Mount } from './bundle.ts';
 import type { Log } from './log.ts';
 import type { ExecCreate } from './exec.ts';
+import { encodeMetrics, METRICS_TYPE_URL } from './stats.ts';
 import { TASK_SERVICE, taskCodecs, timestamp } from './proto.ts';
 import { Task, type TaskDeps } from './task.ts';
 
@@ -88,6 +89,8 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       return res;
     },
     Pids: (req: IdReq) => ({ processes: [{ pid: get(req).pid }] }),
+    // protobufjs's Any wrapper names the field type_url whatever keepCase says.
+    Stats: async (req: IdReq) => ({ stats: { type_url: METRICS_TYPE_URL, value: encodeMetrics(await get(req).stats()) } }),
     Connect: () => ({ shimPid: process.pid, taskPid: task?.pid ?? 0, version: o.version }),
     CloseIO: (req: IdReq & { stdin: boolean }) => {
       const e = execOf(req);
@@ -105,7 +108,7 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       return {};
     },
     // Answered here rather than by the server, so the log shows them.
-    ...Object.fromEntries(['Pause', 'Resume', 'Checkpoint', 'Update', 'Stats'].map((m) => [m, () => {
+    ...Object.fromEntries(['Pause', 'Resume', 'Checkpoint', 'Update'].map((m) => [m, () => {
       throw new TtrpcError(Code.UNIMPLEMENTED, `${m} is not supported by the Lodger shim`);
     }])),
   };

@@ -83,6 +83,7 @@ function fakeApi(exitCode: number) {
         return { id: req.id, state: exitCode ? 'failed' : 'succeeded', exitCode, hasExitCode: true, error: '' };
       }
       if (method === 'SignalJob') finish();
+      if (method === 'GetJobStats') return { id: req.id, cpuUsageNs: 12345, memoryUsedBytes: 1 << 20, memoryLimitBytes: 256 << 20 };
       return { id: req.id, state: 'running' };
     },
     stream: (method: string, req: { id?: string; command?: string[] }) => {
@@ -174,6 +175,10 @@ test('the Task service over ttrpc: Create, Wait before Start, Start, output to t
   const gone = await t.throwsAsync(call('State', { id: 'c1', execId: 'e1' }), { instanceOf: TtrpcError });
   t.is(gone?.code, 'NOT_FOUND');
   t.like(await call('State', { id: 'c1' }), { status: 'RUNNING' }, 'the task runs on');
+  // Stats: the sandbox's use from lodgerd, as a cgroups v1 Metrics (CPUStat 3 > CPUUsage 1 > total 1 = 12345).
+  const st = await call<{ stats: { type_url: string; value: Buffer } }>('Stats', { id: 'c1' });
+  t.is(st.stats.type_url, 'io.containerd.cgroups.v1.Metrics');
+  t.true(Buffer.from(st.stats.value).includes(Buffer.from([0x1a, 0x05, 0x0a, 0x03, 0x08, 0xb9, 0x60])), Buffer.from(st.stats.value).toString('hex'));
   const running = await t.throwsAsync(call('Delete', { id: 'c1' }), { instanceOf: TtrpcError });
   t.is(running?.code, 'FAILED_PRECONDITION');
   const badSignal = await t.throwsAsync(call('Kill', { id: 'c1', signal: 99 }), { instanceOf: TtrpcError });
@@ -187,7 +192,7 @@ test('the Task service over ttrpc: Create, Wait before Start, Start, output to t
   t.false(existsSync(join(bundle, 'lodger-job')), 'a deleted task leaves no job for `delete` to cancel');
   await call('Shutdown', { id: 'c1' });
   t.is(shutdown, 1);
-  t.deepEqual(calls.filter((c) => c !== 'WaitJob'), ['GetStatus', 'SubmitJob', `ExecInJob ${jobId} ["sh","-c","echo probe; exit 4"]`, 'SignalJob 15']);
+  t.deepEqual(calls.filter((c) => c !== 'WaitJob'), ['GetStatus', 'SubmitJob', `ExecInJob ${jobId} ["sh","-c","echo probe; exit 4"]`, 'GetJobStats', 'SignalJob 15']);
   t.true(log.some((l) => l.startsWith('← Wait ok {"exitStatus":143')), log.join('\n'));
   client.close();
   await server.close();

@@ -12,6 +12,7 @@ import type { Log } from './log.ts';
 import { timestamp } from './proto.ts';
 import { ExecProcess, MAX_EXECS, type ExecCreate } from './exec.ts';
 import { openFifo, type Fifo } from './fifo.ts';
+import type { SandboxUse } from './stats.ts';
 
 type Status = 'CREATED' | 'RUNNING' | 'STOPPED';
 
@@ -230,6 +231,20 @@ export class Task {
     await e.release();
     this.execs.delete(execId);
     return { pid: this.pid, exitStatus: e.exitStatus, exitedAt: timestamp(e.exitedAtMs) };
+  }
+
+  /** containerd's Stats: the sandbox's use from lodgerd; a task with no job running (a pod's pause, not started) uses nothing. */
+  async stats(): Promise<SandboxUse | null> {
+    if (this.status === 'STOPPED') throw new TtrpcError(Code.NOT_FOUND, `task ${this.req.id} has exited: no stats`);
+    if (!this.jobId) return null;
+    try {
+      return await this.d.api.call<SandboxUse>('GetJobStats', { id: this.jobId }, 10_000);
+    } catch (e) {
+      const code = (e as { grpcCode?: number }).grpcCode;
+      // Between lodgerd's start of the job and its sandbox running there is nothing to measure yet.
+      if (code === 9) return null;
+      throw new TtrpcError(Code.UNAVAILABLE, `stats of job ${this.jobId}: ${(e as Error).message}`);
+    }
   }
 
   closeStdin(): void {
