@@ -4,7 +4,8 @@
 // touched 256 MiB and let it go); sandbox "b" holds all it has. Under the filler's
 // pressure the order must be: virtio-mem shrink of "a" first (read back: its size went
 // down), then "b" suspended to disk (it cannot give back); when the filler is gone,
-// "b" restored and its job completing with its output whole; no OOM kill in the budget.
+// "b" restored and its job completing with its output whole, then "a", short of memory
+// once its job fills it, grown again; no OOM kill in the budget.
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
@@ -25,7 +26,7 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
   }
 }
 
-(v1 ? test.serial : test.serial.skip)('under real pressure: virtio-mem give-back first, suspend of the guest that cannot, restore and the job whole afterwards', async (t) => {
+(v1 ? test.serial : test.serial.skip)('under real pressure: virtio-mem give-back first, suspend of the guest that cannot, restore and the job whole afterwards, then regrow', async (t) => {
   const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l))!.split(':')[2]!;
   const budget = join(own, `lodger-memtest-${process.pid}`);
   const dir = join(MEM, budget);
@@ -86,6 +87,7 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     t.true(steps.indexOf('suspend mem-b ok') > 0, 'then b, which cannot give back, is suspended');
     t.false(steps.some((s) => s.startsWith('resize mem-b')), 'b, with nothing to spare, is not asked to shrink');
     // Pressure ends: b comes back from disk and its job runs to its end.
+    const lowA = a.status().memoryMiB;
     filler.kill('SIGKILL');
     await until('b restored', () => b.status().state === 'running', 180_000);
     const r = await bDone;
@@ -98,6 +100,15 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     for (const l of units) { const [i, h] = l.split(' '); const k = String(Number(i) % n); byChunk.set(k, (byChunk.get(k) ?? new Set()).add(h!)); }
     t.true([...byChunk.values()].every((s) => s.size === 1), 'what b held came back from disk unchanged (each chunk hashes the same)');
     t.is(lines.at(-1), 'done');
+    // And memory is given back to a guest that needs it, once b is back and the pressure
+    // stays away: a's job now fills its guest until less than a quarter of it is available.
+    void a.exec({ argv: ['sh', '-c', 'n=0; while [ $(awk \'/^MemAvailable/{print $2}\' /proc/meminfo) -gt 51200 ]; do head -c 4194304 /dev/zero > /tmp/h/g$n; n=$((n+1)); done; echo short; sleep 3600'] });
+    await until('a given memory back', () => a.status().memoryMiB > lowA, 120_000).catch((e: Error) => {
+      throw new Error(`${e.message}: a at ${a.status().memoryMiB} MiB, budget usage ${usage().toFixed(0)} MiB; the controller: ${loop?.lastReason}`);
+    });
+    const after = decisions.flatMap((d) => d.results.filter((r) => r.action.kind === 'resize' || r.action.kind === 'restore').map((r) => `${r.action.kind} ${r.action.sandbox} ${r.ok ? 'ok' : 'failed'}`));
+    t.log(`after the pressure: a ${lowA} -> ${a.status().memoryMiB} MiB; ${after.slice(-4).join(', ')}`);
+    t.true(after.lastIndexOf('restore mem-b ok') >= 0 && after.lastIndexOf('restore mem-b ok') < after.lastIndexOf('resize mem-a ok'), 'restore first, then regrow');
     t.is(oomKills(), oomBefore, 'no OOM kill inside the budget');
   } finally {
     filler?.kill('SIGKILL');
