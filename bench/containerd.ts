@@ -158,6 +158,11 @@ export function processesNaming(pattern: string): number[] {
   return out;
 }
 
+/** Mount points at or under `dir` (this process's mount table), outermost first. */
+export function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
+}
+
 export function killPid(pid: number): void {
   try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
 }

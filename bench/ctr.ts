@@ -7,12 +7,12 @@
 // runtime's start and end, not the work. Container jobs have a root of their own, so they
 // never use lodgerd's warm pool (it holds sandboxes with the default root): every Lodger
 // start here is cold, and lodgerd runs with no warm pool, wasting no CPU on one.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
-import { buildBusyboxImage, haveContainerd, PrivateContainerd, stopChild } from './containerd.ts';
+import { buildBusyboxImage, haveContainerd, mountsUnder, PrivateContainerd, stopChild } from './containerd.ts';
 import { percentile } from './services.ts';
 import { connect } from '../daemon/index.ts';
 import { TestDaemon } from './lodgerd.ts';
@@ -125,7 +125,6 @@ try {
     await stopChild(b.lodgerd.proc, null, 30_000);
     b.lodgerd.end();
   }
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
-  for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
+  for (const m of mountsUnder(dir).reverse()) spawnSync('umount', ['-l', m]);
   rmSync(dir, { recursive: true, force: true });
 }

@@ -80,12 +80,17 @@ function endWithStatus(call: grpc.ServerWritableStream<unknown, unknown>, code: 
 /** Output of one ExecInJob command past this is dropped (said once on its stderr): a probe's output is small, a guest's flood is not lodgerd's memory. */
 export const EXEC_OUTPUT_LIMIT = 16 * 1048576;
 
+/** fail() for a server stream: the same status for the same error. */
+function failStream(call: grpc.ServerWritableStream<unknown, unknown>, e: unknown): void {
+  fail((err) => endWithStatus(call, err!.code ?? grpc.status.INTERNAL, err!.details ?? ''), e);
+}
+
 async function execInJob(call: grpc.ServerWritableStream<ApiExecRequest, unknown>, scheduler: Scheduler): Promise<void> {
   let h: ExecHandle;
   try {
     h = await scheduler.exec(needId(call.request.id), toExecRequest(call.request));
   } catch (e) {
-    return fail((err) => endWithStatus(call, err!.code ?? grpc.status.INTERNAL, err!.details ?? ''), e);
+    return failStream(call, e);
   }
   // A client gone (a probe's deadline, containerd's kill) ends the command.
   call.on('cancelled', () => void h.signal(9).catch(() => {}));
@@ -151,8 +156,7 @@ export function makeServer(ctx: ApiContext): grpc.Server {
       try {
         job = store.get(needId(call.request.id));
       } catch (e) {
-        endWithStatus(call, e instanceof StoreError ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT, (e as Error).message);
-        return;
+        return failStream(call, e);
       }
       const id = job.id;
       let last = 0;

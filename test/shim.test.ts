@@ -10,7 +10,7 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildBusyboxImage, freePort, haveContainerd, PrivateContainerd, runCmd as run, stopChild, TestDaemon } from '../bench/index.ts';
+import { buildBusyboxImage, freePort, haveContainerd, mountsUnder, PrivateContainerd, runCmd as run, stopChild, TestDaemon } from '../bench/index.ts';
 import { connect, type ApiClient } from '../daemon/index.ts';
 
 const repo = join(import.meta.dirname, '..');
@@ -27,7 +27,6 @@ const lodgerd = new TestDaemon(lodgerSocket, ['--state-dir', join(dir, 'state'),
 let api: ApiClient | null = null;
 
 const shimPids = (): number[] => containerd.shimPids();
-const mountsUnder = (): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
 
 const ctr = (args: string[], timeoutMs?: number) => containerd.ctr(NS, args, timeoutMs);
 const shimLog = (): string => containerd.shimLog();
@@ -77,7 +76,7 @@ test.after.always(async () => {
   }
   await stopChild(lodgerd.proc, null, 30_000);
   lodgerd.end();
-  for (const m of mountsUnder().reverse()) spawnSync('umount', ['-l', m]);
+  for (const m of mountsUnder(dir).reverse()) spawnSync('umount', ['-l', m]);
   if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -103,7 +102,7 @@ test.serial('ctr run --runtime io.containerd.lodger.v2 prints the output and ret
   t.like(job, { state: 'failed', exitCode: 3, backend: 'qemu' });
   t.deepEqual((await ctr(['containers', 'ls', '-q'])).stdout.trim(), '');
   await until('the shim exited', () => shimPids().length === 0, 30_000);
-  t.deepEqual(mountsUnder(), []);
+  t.deepEqual(mountsUnder(dir), []);
   const status = await api!.call<{ sandboxes: unknown[] }>('GetStatus', {});
   t.deepEqual(status.sandboxes, []);
   t.regex(shimLog(), /← Wait ok \{"exitStatus":3/);
@@ -145,7 +144,7 @@ test.serial('a long-running task shows in lodgerd while it runs and is grown by 
   t.like((await jobs()).find((j) => j.id === job.id), { state: 'failed', exitCode: 128 + 15 });
   t.is((await ctr(['containers', 'rm', 'sleeper'])).code, 0);
   await until('the shim exited', () => shimPids().length === 0, 30_000);
-  t.deepEqual(mountsUnder(), []);
+  t.deepEqual(mountsUnder(dir), []);
   t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
 });
 
@@ -217,6 +216,6 @@ test.serial('CRI: a pod with runtime_handler lodger runs a container to its exit
     cri.close();
   }
   await until('the shims exited', () => shimPids().length === 0, 30_000);
-  t.deepEqual(mountsUnder(), []);
+  t.deepEqual(mountsUnder(dir), []);
   t.deepEqual((await api!.call<{ sandboxes: unknown[] }>('GetStatus', {})).sandboxes, []);
 });

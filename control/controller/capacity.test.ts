@@ -14,11 +14,11 @@ const service: OnlineServicePolicy = {
 const pool = defaultPool('reserve: { cpus: 1, memory: 256Mi }, sandbox: { maxVcpus: 4, minMemory: 256Mi, maxMemory: 1Gi }');
 const policy: ControllerPolicy = { services: [service], pool };
 
-function obs(o: { cpuUse?: number; availMiB?: number; sandboxesMiB?: number[]; latencyMs?: number; now?: number }): Observations {
+function obs(o: { cpuUse?: number; availMiB?: number; sandboxesMiB?: number[]; latencyMs?: number; now?: number; serviceMiB?: number }): Observations {
   const avail = (o.availMiB ?? 4096) * MiB;
   return {
     now: o.now ?? 1_000_000,
-    services: [{ name: 'web', latencyMs: o.latencyMs ?? 0.5, error: null, ...(o.cpuUse !== undefined ? { cpuUse: o.cpuUse } : {}) }],
+    services: [{ name: 'web', latencyMs: o.latencyMs ?? 0.5, error: null, ...(o.cpuUse !== undefined ? { cpuUse: o.cpuUse } : {}), ...(o.serviceMiB !== undefined ? { memoryBytes: o.serviceMiB * MiB } : {}) }],
     host: { cpus: 8, cpuPressure: 0, memAvailableBytes: avail },
     sandboxes: (o.sandboxesMiB ?? []).map((m, i) => ({ id: `s${i}`, vcpus: 1, memoryMiB: m, paused: false, guestMemAvailableMiB: null })),
   };
@@ -47,7 +47,7 @@ test('memory: what the sandboxes hold plus what is free beyond the reserve; unde
   t.regex(short.reason, /memory under pressure/);
   // A service growing 100 MiB/s is projected 2 s ahead, as the memory path does.
   const growing = plan({ memory: { pressureSince: null, calmSince: null, pending: [], refused: [], tookAt: null, last: null, services: [{ t: 999_000, mib: 100 }, { t: 1_000_000, mib: 200 }] } });
-  t.is(batchCapacity(policy, obs({ availMiB: 1280 }), growing).memoryBytes, (1280 - 200 - 256) * MiB);
+  t.is(batchCapacity(policy, obs({ availMiB: 1280, serviceMiB: 200 }), growing).memoryBytes, (1280 - 200 - 256) * MiB);
 });
 
 test('through decide(): never more CPUs than the host less the reserve, never negative, zero whenever the plan pauses batch', (t) => {

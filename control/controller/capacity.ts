@@ -4,7 +4,7 @@
 // nothing here schedules.
 import type { ControllerPolicy, Observations, Plan } from './decide.ts';
 import { expandCpus } from './knobs.ts';
-import { memoryPressure } from './memory.ts';
+import { memoryPressure, serviceGrowth } from './memory.ts';
 
 const MiB = 1048576;
 
@@ -44,11 +44,7 @@ export function batchCapacity(policy: ControllerPolicy, obs: Observations, plan:
     why.push('batch paused for the services');
   }
   const held = obs.sandboxes.filter((s) => !s.suspended).reduce((a, s) => a + s.memoryMiB, 0);
-  const growth = plan.state.memory?.services ?? [];
-  const first = growth[0];
-  const last = growth.at(-1);
-  const mibPerS = first && last && last.t - first.t >= 200 ? (last.mib - first.mib) / ((last.t - first.t) / 1000) : 0;
-  const m = memoryPressure(policy, obs, mibPerS);
+  const m = memoryPressure(policy, obs, serviceGrowth(obs, plan.state.memory?.services).mibPerS);
   const spare = m.pressure ? 0 : Math.max(0, m.aheadMiB - m.reserveMiB);
   if (m.pressure) why.push(`memory under pressure (${m.why})`);
   return {

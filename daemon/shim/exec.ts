@@ -2,14 +2,13 @@
 // command run by lodgerd in the job's sandbox through ExecInJob, its output copied to the
 // exec's FIFOs, its exit status kept for Wait, State and Delete. Kill cancels the call,
 // which ends the command (lodgerd kills it): the exit status is then 128 + the signal.
-import { closeSync, constants, openSync } from 'node:fs';
 import { Code, TtrpcError } from '../../lib/index.ts';
 import type { ApiClient } from '../cli/index.ts';
 import { BundleError, execFromSpec } from './bundle.ts';
 import type { TaskEvent } from './events.ts';
 import type { Log } from './log.ts';
 import { timestamp } from './proto.ts';
-import { openFifo, type Fifo } from './fifo.ts';
+import { Stdio } from './fifo.ts';
 
 export interface ExecCreate {
   id: string;
@@ -30,9 +29,7 @@ export class ExecProcess {
   exitStatus = 0;
   exitedAtMs = 0;
   private readonly cmd: ReturnType<typeof execFromSpec>;
-  private stdout: Fifo | null = null;
-  private stderr: Fifo | null = null;
-  private stdinFd: number | null = null;
+  private readonly stdio: Stdio;
   private call: ReturnType<ApiClient['stream']> | null = null;
   private killedBy = 0;
   private exitedResolve!: () => void;
@@ -49,10 +46,8 @@ export class ExecProcess {
       throw e;
     }
     for (const i of ignored) d.log(`exec ${req.execId}: ignored ${i}`);
-    this.stdout = openFifo(req.stdout, d.log);
-    this.stderr = openFifo(req.stderr, d.log);
-    // stdin is not passed on; held open (non-blocking) so the writer's open completes.
-    if (req.stdin) this.stdinFd = openSync(req.stdin, constants.O_RDONLY | constants.O_NONBLOCK);
+    this.stdio = new Stdio(d.log);
+    this.stdio.open(req);
   }
 
   /** Runs the command in the job's sandbox (jobId: lodgerd's job for the task). */
@@ -65,10 +60,10 @@ export class ExecProcess {
     let code: number | null = null;
     call.on('data', (m: { stream?: string; data?: Buffer; exitCode?: number }) => {
       if (m.stream === 'exit') code = m.exitCode ?? 0;
-      else (m.stream === 'stderr' ? this.stderr : this.stdout)?.write(m.data ?? Buffer.alloc(0));
+      else this.stdio.write(m.stream, m.data ?? Buffer.alloc(0));
     });
     const done = (why: string | null): void => {
-      if (why && code === null) this.stderr?.write(Buffer.from(`lodger: exec ${this.req.execId}: ${why}\n`));
+      if (why && code === null) this.stdio.write('stderr', Buffer.from(`lodger: exec ${this.req.execId}: ${why}\n`));
       void this.end(code ?? (this.killedBy ? 128 + this.killedBy : 255), why);
     };
     call.on('end', () => done(null));
@@ -80,8 +75,7 @@ export class ExecProcess {
   private async end(status: number, why: string | null): Promise<void> {
     if (this.status === 'STOPPED') return;
     this.call = null;
-    await this.stdout?.end();
-    await this.stderr?.end();
+    await this.stdio.end();
     this.status = 'STOPPED';
     this.exitStatus = status;
     this.exitedAtMs = Date.now();
@@ -98,16 +92,13 @@ export class ExecProcess {
   }
 
   closeStdin(): void {
-    if (this.stdinFd !== null) closeSync(this.stdinFd);
-    this.stdinFd = null;
+    this.stdio.closeStdin();
   }
 
   /** Ends what is still open (the call, the FIFOs). */
   async release(): Promise<void> {
     this.call?.cancel();
-    this.closeStdin();
-    await this.stdout?.end();
-    await this.stderr?.end();
+    await this.stdio.close();
   }
 
   state(): Record<string, unknown> {

@@ -71,13 +71,10 @@ export function shimServer(o: ShimServiceOptions): TtrpcServer {
       return { exitStatus: p.exitStatus, exitedAt: timestamp(p.exitedAtMs) };
     },
     Kill: async (req: IdReq & { signal: number; all: boolean }) => {
+      const t = get(req);
+      if (!Number.isInteger(req.signal) || req.signal < 1 || req.signal > 64) throw new TtrpcError(Code.INVALID_ARGUMENT, `signal ${req.signal}: must be 1-64`);
       const e = execOf(req);
-      if (e) {
-        if (!Number.isInteger(req.signal) || req.signal < 1 || req.signal > 64) throw new TtrpcError(Code.INVALID_ARGUMENT, `signal ${req.signal}: must be 1-64`);
-        await get(req).exec(e).kill(req.signal);
-      } else {
-        await get(req).kill(req.signal);
-      }
+      await (e ? t.exec(e) : t).kill(req.signal);
       return {};
     },
     Delete: async (req: IdReq) => {

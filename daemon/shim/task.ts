@@ -2,7 +2,7 @@
 // bundle, mounts its rootfs and opens the FIFOs; Start submits the job to lodgerd; its
 // output is copied from StreamLogs to the FIFOs; Wait answers when lodgerd says the job
 // ended; Kill signals it; Delete unmounts and forgets. Every lodgerd call has a deadline.
-import { closeSync, constants, existsSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Code, TtrpcError } from '../../lib/index.ts';
 import type { ApiClient, ApiJob as CliApiJob } from '../cli/index.ts';
@@ -11,7 +11,7 @@ import type { TaskEvent } from './events.ts';
 import type { Log } from './log.ts';
 import { timestamp } from './proto.ts';
 import { ExecProcess, MAX_EXECS, type ExecCreate } from './exec.ts';
-import { openFifo, type Fifo } from './fifo.ts';
+import { Stdio } from './fifo.ts';
 import type { SandboxUse } from './stats.ts';
 
 type Status = 'CREATED' | 'RUNNING' | 'STOPPED';
@@ -51,15 +51,14 @@ export class Task {
   private readonly job: BundleJob;
   private readonly rootfsDir: string;
   private mounted = false;
-  private stdout: Fifo | null = null;
-  private stderr: Fifo | null = null;
-  private stdinFd: number | null = null;
+  private readonly stdio: Stdio;
   private lastSignal = 0;
   private exitedResolve!: () => void;
   readonly exited = new Promise<void>((r) => { this.exitedResolve = r; });
   private readonly execs = new Map<string, ExecProcess>();
 
   private constructor(readonly req: CreateRequest, private readonly d: TaskDeps) {
+    this.stdio = new Stdio(d.log);
     this.job = readBundleJob(req.bundle, req.id);
     this.rootfsDir = this.job.spec.rootfs;
   }
@@ -83,10 +82,7 @@ export class Task {
         t.mounted = true;
       }
       if (!existsSync(t.rootfsDir) || readdirSync(t.rootfsDir).length === 0) throw new TtrpcError(Code.FAILED_PRECONDITION, `the rootfs ${t.rootfsDir} is empty: no image was mounted there`);
-      t.stdout = openFifo(req.stdout, d.log);
-      t.stderr = openFifo(req.stderr, d.log);
-      // stdin is not passed on; held open (non-blocking) so the writer's open completes.
-      if (req.stdin) t.stdinFd = openSync(req.stdin, constants.O_RDONLY | constants.O_NONBLOCK);
+      t.stdio.open(req);
     } catch (e) {
       await t.release();
       if (e instanceof BundleError) throw new TtrpcError(Code.FAILED_PRECONDITION, e.message);
@@ -130,7 +126,7 @@ export class Task {
   private async follow(id: string): Promise<void> {
     await new Promise<void>((resolve) => {
       const s = this.d.api.stream('StreamLogs', { id, follow: true });
-      s.on('data', (c: { stream?: string; data?: Buffer }) => (c.stream === 'stderr' ? this.stderr : this.stdout)?.write(c.data ?? Buffer.alloc(0)));
+      s.on('data', (c: { stream?: string; data?: Buffer }) => this.stdio.write(c.stream, c.data ?? Buffer.alloc(0)));
       s.on('end', () => resolve());
       s.on('error', (e: Error) => {
         this.d.log(`job ${id}: log stream ended: ${e.message}; output after this is not copied`);
@@ -140,10 +136,9 @@ export class Task {
     const job = await this.waitJob(id);
     if (!job) return; // deleted meanwhile
     this.exitStatus = job.hasExitCode ? job.exitCode : this.lastSignal ? 128 + this.lastSignal : 255;
-    if (!job.hasExitCode) this.stderr?.write(Buffer.from(`lodger: job ${id} ${job.state} without an exit status: ${job.error || 'no reason given'}\n`));
+    if (!job.hasExitCode) this.stdio.write('stderr', Buffer.from(`lodger: job ${id} ${job.state} without an exit status: ${job.error || 'no reason given'}\n`));
     this.d.log(`job ${id}: ${job.state}, exit status ${this.exitStatus}${job.error ? ` (${job.error.split('\n')[0]})` : ''}`);
-    await this.stdout?.end();
-    await this.stderr?.end();
+    await this.stdio.end();
     this.exit(this.exitStatus);
   }
 
@@ -173,13 +168,11 @@ export class Task {
   }
 
   async kill(signal: number): Promise<void> {
-    if (!Number.isInteger(signal) || signal < 1 || signal > 64) throw new TtrpcError(Code.INVALID_ARGUMENT, `signal ${signal}: must be 1-64`);
     if (this.status === 'STOPPED') throw new TtrpcError(Code.NOT_FOUND, `task ${this.req.id}: process already finished`);
     this.lastSignal = signal;
     if (this.status === 'CREATED' || this.job.podSandbox) {
       // Nothing runs in lodgerd (never started, or a pod sandbox): the task ends as a killed process would.
-      await this.stdout?.end();
-      await this.stderr?.end();
+      await this.stdio.end();
       return this.exit(128 + signal);
     }
     const id = this.jobId!;
@@ -248,16 +241,13 @@ export class Task {
   }
 
   closeStdin(): void {
-    if (this.stdinFd !== null) closeSync(this.stdinFd);
-    this.stdinFd = null;
+    this.stdio.closeStdin();
   }
 
   /** Closes the FIFOs and unmounts the rootfs; returns what could not be undone. */
   async release(): Promise<string | null> {
     for (const e of this.execs.values()) await e.release();
-    this.closeStdin();
-    await this.stdout?.end();
-    await this.stderr?.end();
+    await this.stdio.close();
     if (!this.mounted) return null;
     const problem = unmountAll(this.rootfsDir);
     if (problem) this.d.log(problem);
