@@ -20,6 +20,7 @@ interface Addon {
   probe(dev?: string, sysModule?: string): KvmProbe;
   pinThread(tid: number, cpus: number[]): void;
   threadAffinity(tid: number): number[];
+  idmapMount(source: string, target: string, uid: number, gid: number): void;
 }
 
 export class NativeAddonMissingError extends Error {
@@ -51,4 +52,13 @@ export function pinThread(tid: number, cpus: number[]): void {
 
 export function threadAffinity(tid: number): number[] {
   return addon().threadAffinity(tid);
+}
+
+/**
+ * Binds `source` at `target` read-only (nosuid, nodev) with its owners shifted: what host
+ * uid/gid 0 owns shows as `uid`/`gid` (a one-id user namespace). Needs root; the kernel's
+ * filesystem must support idmapped mounts (ext4, xfs, btrfs, tmpfs, overlayfs' layers).
+ */
+export function idmapMount(source: string, target: string, uid: number, gid: number): void {
+  addon().idmapMount(source, target, uid, gid);
 }

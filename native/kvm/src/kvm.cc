@@ -1,5 +1,6 @@
 // lodger_kvm: the few things Node cannot do itself. Probe /dev/kvm (API version, vCPU
-// limits, which vendor module backs it) and pin a thread to a set of CPUs.
+// limits, which vendor module backs it) and pin a thread to a set of CPUs; idmapped
+// mounts for the gVisor jail are in idmap.cc.
 #include <napi.h>
 
 #include <cerrno>
@@ -11,6 +12,10 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+namespace lodger {
+void InitIdmap(Napi::Env env, Napi::Object exports);
+}
 
 namespace {
 
@@ -101,6 +106,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, Probe));
   exports.Set("pinThread", Napi::Function::New(env, PinThread));
   exports.Set("threadAffinity", Napi::Function::New(env, ThreadAffinity));
+  lodger::InitIdmap(env, exports);
   return exports;
 }
 
