@@ -3,11 +3,11 @@
 // relative to the same loop (the same busybox) on the host. Run by bench/sandbox.ts, or
 // alone: node --import tsx bench/backends.ts [--json].
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openGvisorRuntime, openRuntime, type HostedSandbox, type Sandbox, type SandboxRuntime } from '../sandbox-runtime/index.ts';
+import { passableTmpDir } from './tmp.ts';
 
 export interface BackendRow {
   backend: string;
@@ -79,7 +79,7 @@ export async function benchBackends(o: { runs?: number; loop?: number; log?: (m:
   execFileSync('/bin/busybox', ['sh', '-c', LOOP(n)]);
   const hostLoopS = (performance.now() - t0) / 1000;
   o.log?.(`host loop: ${hostLoopS.toFixed(2)} s`);
-  const dir = mkdtempSync(join(tmpdir(), 'lodger-bench-backends-'));
+  const dir = passableTmpDir('lodger-bench-backends-');
   const rows: BackendRow[] = [];
   try {
     const gv = await openGvisorRuntime({ host: { runDir: join(dir, 'gvisor') }, cgroupParent: `lodger-bench-gv-${process.pid}` });

@@ -7,7 +7,7 @@
 // runtime's start and end, not the work. Container jobs have a root of their own, so they
 // never use lodgerd's warm pool (it holds sandboxes with the default root): every Lodger
 // start here is cold, and lodgerd runs with no warm pool, wasting no CPU on one.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -16,6 +16,7 @@ import { buildBusyboxImage, haveContainerd, mountsUnder, PrivateContainerd, stop
 import { percentile } from './services.ts';
 import { connect } from '../daemon/index.ts';
 import { TestDaemon } from './lodgerd.ts';
+import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, rounds: { type: 'string', default: '5' } } });
 const rounds = Number(values.rounds);
@@ -28,7 +29,7 @@ const runsc = spawnSync('sh', ['-c', 'command -v runsc']).status === 0;
 const IMAGE = 'docker.io/lodger/busybox:bench-ctr';
 const NS = 'bench';
 // Short: the sockets of containerd and the shims must fit in 108 bytes.
-const dir = mkdtempSync('/tmp/lctr-');
+const dir = passableTmpDir('/tmp/lctr-');
 
 interface Backend { name: string; lodgerd: TestDaemon; containerd: PrivateContainerd }
 const backends: Backend[] = [];

@@ -4,12 +4,12 @@
 // a log flood of --flood-mib (default 1024) through the scheduler with the default 100 MiB
 // log limit; QEMU killed --kills times each mid-resize, mid-suspend and mid-restore, with
 // what was lost, what leaked and how long the error took to surface.
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
 import { openRuntime, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({
   options: { json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' }, 'flood-mib': { type: 'string', default: '1024' } },
@@ -18,7 +18,7 @@ const say = (m: string): void => { if (!values.json) console.error(m); };
 const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)]! : NaN; };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-const dir = mkdtempSync(join(tmpdir(), 'lodger-hostile-'));
+const dir = passableTmpDir('lodger-hostile-');
 const opened = await openRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-hostile-${process.pid}` });
 const jailed = opened.runtime;
 const plain = jailed.with({ jail: null });

@@ -7,11 +7,12 @@
 // unpacked to a temp dir to read them). Submit: what a submission checks (every digest).
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { copyFileSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ImageCache } from '../sandbox-runtime/index.ts';
+import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, mib: { type: 'string', default: '64' } } });
 const rounds = Number(values.rounds);
@@ -22,7 +23,7 @@ const sh = (cmd: string, args: string[]): void => {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
 };
 
-const dir = mkdtempSync(join(tmpdir(), 'lodger-bench-images-'));
+const dir = passableTmpDir('lodger-bench-images-');
 try {
   const layout = join(dir, 'layout');
   const bundle = join(dir, 'bundle');

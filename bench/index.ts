@@ -4,3 +4,4 @@
 export * from './services.ts';
 export * from './containerd.ts';
 export * from './lodgerd.ts';
+export * from './tmp.ts';

@@ -34,7 +34,7 @@ export class FileStateStore implements StateStore {
 
   save(state: ControllerState): void {
     const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(state)}\n`);
+    writeFileSync(tmp, `${JSON.stringify(state)}\n`, { mode: 0o600 });
     renameSync(tmp, this.file);
   }
 }

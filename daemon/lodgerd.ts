@@ -5,7 +5,7 @@
 // daemon runs on the fake runtime in unit tests.
 import type * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
-import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -57,13 +57,31 @@ const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', impo
 // the same type (a renamed or retyped knob on either side fails the type check here).
 export const knobsFit = (k: Required<KnobSettings>): Pick<Required<CgroupKnobs>, keyof KnobSettings> => k satisfies Pick<Required<CgroupKnobs>, keyof KnobSettings>;
 
+/**
+ * Only lodgerd reads its state: a VMM that left its jail, under its own uid, finds nothing
+ * here. The directory is 0711, not 0700, so that a gVisor sandbox's uid can pass through to
+ * its own run directory (gvisor/jail.ts), as containerd's state directories are for user
+ * namespaces; it cannot list it, and everything in it but that run directory is 0700/0600.
+ */
+export function lockStateDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o711 });
+  chmodSync(dir, 0o711);
+  for (const d of ['run', 'images']) mkdirSync(join(dir, d), { recursive: true, mode: 0o700 });
+  // SQLite gives its -wal file the database's mode: the database is made 0600 before it opens it.
+  closeSync(openSync(join(dir, 'jobs.db'), 'a', 0o600));
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.name === 'run-gvisor') continue;
+    chmodSync(join(dir, e.name), e.isDirectory() ? 0o700 : 0o600);
+  }
+}
+
 /** Each backend's run directory under the state directory (QEMU's is the one lodgerd always had). */
 const runDirOf = (cfg: LodgerdConfig, b: Backend): string => join(cfg.stateDir, b === 'qemu' ? 'run' : `run-${b}`);
 
 async function openBackend(cfg: LodgerdConfig, b: Backend, log: (m: string) => void): Promise<OpenedRuntime & { accel: { accel: Accelerator; reason: string } }> {
   const host = { runDir: runDirOf(cfg, b), cacheDir: process.env.LODGER_CACHE_DIR };
   if (b === 'gvisor') {
-    const { runtime, cgroups } = await openGvisorRuntime({ host, cgroupParent: cfg.cgroupParent, log });
+    const { runtime, cgroups } = await openGvisorRuntime({ host, cgroupParent: cfg.cgroupParent, log, jail: cfg.jail ? { uidBase: cfg.jailUidBase, uidCount: cfg.jailUidCount } : false });
     return { runtime, accel: { accel: runtime.accel, reason: 'gVisor (runsc)' }, cgroups };
   }
   const { runtime, accel, cgroups } = await openRuntime({
@@ -161,9 +179,7 @@ export class Lodgerd {
   async start(): Promise<void> {
     const cfg = this.config;
     const log = this.log;
-    // Only lodgerd reads its state: a VMM that left its jail, under its own uid, finds nothing here.
-    mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
-    chmodSync(cfg.stateDir, 0o700);
+    lockStateDir(cfg.stateDir);
     const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
     const rt = await (this.o.openRuntime ?? configuredRuntime)(cfg, log);
     log(`accelerator ${rt.accel.accel}: ${rt.accel.reason}`);

@@ -77,6 +77,8 @@ export interface OpenGvisorOptions {
   busybox?: string;
   cgroupParent?: string;
   log?: (msg: string) => void;
+  /** Each sandbox's runsc processes as a uid of this range (gvisor/jail.ts); default DEFAULT_JAIL where this process is root; false: none. */
+  jail?: JailOptions | false;
 }
 
 /** A gVisor runtime for this host: the default busybox root and the cgroup manager. */
@@ -85,8 +87,11 @@ export async function openGvisorRuntime(o: OpenGvisorOptions = {}): Promise<{ ru
   const busybox = o.busybox ?? '/bin/busybox';
   const defaultRoot = await ensureBusyboxRoot(host.cacheDir, busybox);
   const cgroups = openCgroups(host, o.cgroupParent, logTo(o.log));
+  const root = process.getuid?.() === 0;
+  const jail = o.jail === false || !root ? null : o.jail ?? DEFAULT_JAIL;
+  if (!jail) logTo(o.log)(`gVisor sandboxes are not jailed: ${root ? 'jail disabled by configuration' : 'not running as root'}`);
   const runtime = new GvisorRuntime({
-    host, runscBinary: o.runscBinary ?? process.env.LODGER_RUNSC ?? 'runsc', platform: o.platform ?? 'systrap', busybox, defaultRoot, cgroups, log: o.log,
+    host, runscBinary: o.runscBinary ?? process.env.LODGER_RUNSC ?? 'runsc', platform: o.platform ?? 'systrap', busybox, defaultRoot, cgroups, log: o.log, jail,
   });
   return { runtime, host, cgroups };
 }

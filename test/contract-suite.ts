@@ -3,11 +3,11 @@
 // cannot pass yet is registered as an expected failure with the reason (ava turns it red
 // the day it passes); the fake, which runs no real guest, skips what only a guest shows.
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
 import { collect } from './helpers.ts';
+import { passableTmpDir } from '../bench/index.ts';
 
 export interface ContractBackend {
   name: string;
@@ -30,7 +30,7 @@ const counting = (n: number): string => `i=0; while [ $i -lt ${n} ]; do i=$((i+1
 const lines = (n: number): string => Array.from({ length: n }, (_, i) => `${i + 1}\n`).join('');
 
 export function contractSuite(b: ContractBackend): void {
-  const dir = mkdtempSync(join(tmpdir(), `lodger-contract-${b.name}-`));
+  const dir = passableTmpDir(`lodger-contract-${b.name}-`);
   let rt: SandboxRuntime | null = null;
   let shared: Sandbox | null = null;
   const started: Sandbox[] = [];

@@ -2,14 +2,14 @@
 // QEMU sandboxes, driven with the real CLI. Every process started here is stopped by pid.
 import test from 'ava';
 import { execSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { freePort, TestDaemon, type CliResult } from '../bench/index.ts';
+import { type CliResult, freePort, passableTmpDir, TestDaemon } from '../bench/index.ts';
 import { runscInstalled } from './helpers.ts';
 
 const root = join(import.meta.dirname, '..');
-const dir = mkdtempSync(join(tmpdir(), 'lodger-daemon-'));
+const dir = passableTmpDir('lodger-daemon-');
 const socket = join(dir, 'lodgerd.sock');
 const policyDir = join(dir, 'policies');
 mkdirSync(policyDir);

@@ -2,16 +2,18 @@
 // Skips, saying why, where runsc is missing or cannot run a sandbox. Every sandbox a
 // test starts is stopped in teardown, and its runsc sandbox process killed by its pid.
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openGvisorRuntime, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { JobStore, lockStateDir } from '../daemon/index.ts';
+import { gvisorJailViolation, openGvisorRuntime, readJailStatus, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
 import { collect, runscInstalled } from './helpers.ts';
+import { passableTmpDir } from '../bench/index.ts';
 
 const maybe = runscInstalled ? test.serial : test.skip;
 if (!runscInstalled) console.error('gvisor.test: runsc is not installed (npm run setup installs it from backports): gVisor contract tests skipped');
 
-const dir = mkdtempSync(join(tmpdir(), 'lodger-gvisor-test-'));
+const dir = passableTmpDir('lodger-gvisor-test-');
 let rt: GvisorRuntime | null = null;
 const started: GvisorSandbox[] = [];
 
@@ -38,6 +40,62 @@ async function boot(id: string, extra: Partial<Parameters<GvisorRuntime['create'
 }
 
 const knob = (sb: GvisorSandbox, hier: string, file: string): string => readFileSync(join(sb.cgroupDirs!.get(hier)!, file), 'utf8').trim();
+
+const asRoot = runscInstalled && process.getuid?.() === 0 ? test.serial : test.skip;
+
+/** Mount points under `under`, from this process's mountinfo. */
+const mountsUnder = (under: string): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(under));
+
+asRoot('the jail: runsc\'s sandbox and gofer run as their own uid, Seccomp 2, NoNewPrivs 1, capabilities only in a one-uid user namespace, not in the host root; they cannot open the job store; an image root\'s root-only files still read', async (t) => {
+  // An image root as the image cache keeps it: owned by host root, one file and one directory root's alone.
+  const root = join(dir, 'image-root');
+  cpSync(rt!.opts.defaultRoot, root, { recursive: true, verbatimSymlinks: true });
+  // Mount points an unjailed runsc made in the shared root earlier (as root, it could): an image has none.
+  for (const d of ['.lodger', 'output']) rmSync(join(root, d), { recursive: true, force: true });
+  writeFileSync(join(root, 'etc', 'secret'), 's3cret\n', { mode: 0o600 });
+  chmodSync(join(root, 'root'), 0o700);
+  const sb = await boot('gv-jail', { rootfsDir: root });
+  const other = await boot('gv-jail-2');
+  const read = await collect(await sb.exec({ argv: ['sh', '-c', 'id -u; cat /etc/secret; ls -ld /root /'] }));
+  t.is(read.code, 0, read.stderr);
+  t.regex(read.stdout, /^0\ns3cret\n/, 'root inside, and root\'s files read as its own');
+  t.notRegex(read.stdout, /65534/, 'nothing in the root shows as the overflow uid');
+  const pids = await (sb as unknown as { cgroup: { pids(): Promise<number[]> } }).cgroup.pids();
+  t.true(pids.length >= 2, `sandbox and gofer at least: ${pids}`);
+  const uid = readJailStatus('/proc', sb.pid!).uid[0]!;
+  t.true(uid >= 3_000_000, `uid ${uid} from the jail range`);
+  const logged = new Set<string>();
+  for (const pid of pids) {
+    const j = readJailStatus('/proc', pid);
+    const name = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]!;
+    if (!logged.has(name)) t.log(pid, name, JSON.stringify({ ...j, root: undefined }));
+    logged.add(name);
+    t.deepEqual([...new Set([...j.uid, ...j.gid])], [uid], 'one uid and gid, not root');
+    t.is(j.seccomp, 2);
+    t.is(j.noNewPrivs, 1);
+    t.false(j.hostRoot);
+    t.true(j.ownNamespaces.includes('user'));
+    t.is(j.uidMap, `0 ${uid} 1`, 'its capabilities are over that one uid only');
+    t.is(gvisorJailViolation(j, { uid, gid: uid }), null);
+  }
+  t.not(readJailStatus('/proc', other.pid!).uid[0], uid, 'each sandbox its own uid');
+  // lodgerd's state directory (0711: the uid passes to its run directory) and its job store, tried from the uid.
+  const state = join(dir, 'state');
+  lockStateDir(state);
+  new JobStore(join(state, 'jobs.db')).close();
+  const asJail = (...argv: string[]): ReturnType<typeof spawnSync> => spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', ...argv], { encoding: 'utf8' });
+  const store = asJail('cat', join(state, 'jobs.db'));
+  t.not(store.status, 0);
+  t.regex(String(store.stderr), /Permission denied/);
+  t.regex(String(asJail('ls', state).stderr), /Permission denied/, 'the state directory cannot be listed');
+  t.regex(String(asJail('ls', join(rt!.opts.host.runDir, 'gv-jail-2', 'io')).stderr), /Permission denied/, 'nor another sandbox\'s files');
+  const runDir = join(rt!.opts.host.runDir, 'gv-jail');
+  t.is(mountsUnder(`${runDir}/`).length, 2, 'the idmapped root and the overlay over it');
+  await sb.stop({ graceMs: 0 });
+  t.deepEqual(mountsUnder(`${runDir}/`), [], 'its mounts are gone with it');
+  t.false(existsSync(runDir));
+  t.true(existsSync(join(root, 'etc', 'secret')) && !existsSync(join(root, '.lodger')), 'the image root is as it was: no mount points made in it');
+});
 
 // Exit codes, output, /output, pause, suspend and a killed sandbox are the shared
 // contract suite's (test/contract.test.ts); here what only gVisor has.

@@ -1,13 +1,13 @@
 // Shared set-up for suites that use real QEMU: a runtime whose run files and cgroups are
 // private to this test process, and a registry that stops every sandbox started, by pid,
 // even when a test fails.
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   openGvisorRuntime, openRuntime, type CgroupManager, type GvisorRuntime, type GvisorSandbox, type HostedRuntime, type HostedSandbox,
   type QemuRuntimeOptions, type SandboxSpec,
 } from '../sandbox-runtime/index.ts';
+import { passableTmpDir } from '../bench/index.ts';
 
 /** Whether the gVisor backend can be tested here (setup installs runsc from backports). */
 export const runscInstalled = existsSync('/usr/bin/runsc') || !!process.env.LODGER_RUNSC;
@@ -21,7 +21,7 @@ export interface TestRuntime {
 }
 
 export async function testRuntime(name: string): Promise<TestRuntime> {
-  const dir = mkdtempSync(join(tmpdir(), `lodger-${name}-`));
+  const dir = passableTmpDir(`lodger-${name}-`);
   const { runtime, cgroups } = await openRuntime({
     host: { runDir: join(dir, 'run') },
     cgroupParent: `lodger-test-${process.pid}`,
@@ -44,7 +44,7 @@ export async function testRuntime(name: string): Promise<TestRuntime> {
 
 /** The same for the gVisor backend: its run files and cgroups private to this test process. */
 export async function testGvisorRuntime(name: string): Promise<{ runtime: GvisorRuntime; dir: string; boot(spec: Partial<SandboxSpec> & { id: string }): Promise<GvisorSandbox>; stopAll(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), `lodger-${name}-gv-`));
+  const dir = passableTmpDir(`lodger-${name}-gv-`);
   const { runtime, cgroups } = await openGvisorRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-test-gv-${process.pid}` });
   const started: GvisorSandbox[] = [];
   return {

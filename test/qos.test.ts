@@ -7,12 +7,12 @@
 // The pool keeps cpu.idle and cpu.weight applied (the defaults); the load here is high
 // enough that the breach outlasts two windows with them, and the cpuset is escalated to.
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { ControlLoop, ProcHostReader, ServiceMonitor, defaultPool, type OnlineServicePolicy } from '../control/index.ts';
 import { runscInstalled, testGvisorRuntime, testRuntime, type TestRuntime } from './helpers.ts';
-import { runHey, startNginx, type Nginx } from '../bench/index.ts';
+import { type Nginx, passableTmpDir, runHey, startNginx } from '../bench/index.ts';
 import type { Sandbox } from '../sandbox-runtime/index.ts';
 
 // The load: 70% of what nginx serves flat out on its one CPU, measured first. Below about
@@ -44,7 +44,7 @@ for (const backend of backends) (backend.skip ? test.serial.skip : test.serial)(
     t.pass('needs two CPUs: one for nginx, one for batch and load');
     return;
   }
-  const dir = mkdtempSync(join(tmpdir(), 'lodger-qos-'));
+  const dir = passableTmpDir('lodger-qos-');
   nginx ??= await startNginx(dir, 4, 0); // a 4 KiB page gzip-compressed per request: real CPU per request
   const sb = await backend.boot();
   const spin = await sb.exec({ argv: ['sh', '-c', '(while :; do :; done) & (while :; do :; done) & wait'] });

@@ -8,14 +8,14 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildBusyboxImage, freePort, haveContainerd, mountsUnder, PrivateContainerd, runCmd as run, stopChild, TestDaemon } from '../bench/index.ts';
+import { buildBusyboxImage, freePort, haveContainerd, mountsUnder, passableTmpDir, PrivateContainerd, runCmd as run, stopChild, TestDaemon } from '../bench/index.ts';
 import { connect, type ApiClient } from '../daemon/index.ts';
 
 const repo = join(import.meta.dirname, '..');
 // Short: containerd's and the shims' unix socket paths must fit in 108 bytes.
-const dir = mkdtempSync('/tmp/lshim-');
+const dir = passableTmpDir('/tmp/lshim-');
 const lodgerSocket = join(dir, 'lodgerd.sock');
 const NS = 'lodger-test';
 const IMAGE = 'docker.io/lodger/busybox:shim-test';

@@ -24,8 +24,8 @@
 // clients, and on the other CPU it would take from exactly the batch CPU the static split
 // gives batch (skewing the comparison against it). Writes colocation.json and two PNG
 // charts to --out, and the report to docs/BENCHMARKS.md. Everything is stopped by pid.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { chooseBackend, type RuntimeRequest } from '../../sandbox-runtime/index.ts';
@@ -35,6 +35,7 @@ import { measureCell, type Cell, type Scenario, type Service } from './cell.ts';
 import { measureCapacity, type Capacity } from './load.ts';
 import { report, type StepResult } from './report.ts';
 import { loadStep } from './step.ts';
+import { passableTmpDir } from '../tmp.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const { values } = parseArgs({
@@ -113,7 +114,7 @@ const cells: Cell[] = [];
 const steps: StepResult[] = [];
 const capacities: Record<string, Capacity> = {};
 let alone: Record<string, number> = {};
-const dir = mkdtempSync(join(tmpdir(), 'lodger-coloc-'));
+const dir = passableTmpDir('lodger-coloc-');
 const services: Service[] = [];
 let direct: DirectBatch | null = null;
 let daemon: DaemonBatch | null = null;

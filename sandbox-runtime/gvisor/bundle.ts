@@ -19,6 +19,10 @@ export interface GvisorPaths {
   record: string;
   /** stderr of the runsc commands: the sandbox's own last words. */
   log: string;
+  /** Jailed only (jail.ts): the root as its uid sees it, the idmapped bind under it, and the mount points' layer. */
+  rootfs: string;
+  idroot: string;
+  skel: string;
 }
 
 export function gvisorPaths(runDir: string, id: string): GvisorPaths {
@@ -26,6 +30,7 @@ export function gvisorPaths(runDir: string, id: string): GvisorPaths {
   return {
     dir, bundle: join(dir, 'bundle'), runscRoot: join(dir, 'runsc'), cmd: join(dir, 'cmd'), io: join(dir, 'io'),
     output: join(dir, 'output'), checkpoint: join(dir, 'checkpoint'), record: join(dir, 'sandbox.json'), log: join(dir, 'runsc.log'),
+    rootfs: join(dir, 'rootfs'), idroot: join(dir, 'idroot'), skel: join(dir, 'skel'),
   };
 }
 
@@ -41,6 +46,8 @@ export interface BundleInput {
   rootfs: string;
   paths: GvisorPaths;
   hostname: string;
+  /** The host uid/gid container root is mapped to (a user namespace of one id), when jailed. */
+  jail?: { uid: number; gid: number } | null;
 }
 
 /** config.json: the root read-only, /output writable, no network (runsc --network=none), init is the spooler. */
@@ -71,7 +78,11 @@ export function ociConfig(b: BundleInput): object {
       bind(IN_CMD, b.paths.cmd, false),
       bind(IN_IO, b.paths.io, true),
     ],
-    linux: { namespaces: ['pid', 'ipc', 'uts', 'mount', 'network'].map((type) => ({ type })) },
+    linux: b.jail ? {
+      namespaces: ['pid', 'ipc', 'uts', 'mount', 'network', 'user'].map((type) => ({ type })),
+      uidMappings: [{ containerID: 0, hostID: b.jail.uid, size: 1 }],
+      gidMappings: [{ containerID: 0, hostID: b.jail.gid, size: 1 }],
+    } : { namespaces: ['pid', 'ipc', 'uts', 'mount', 'network'].map((type) => ({ type })) },
   };
 }
 

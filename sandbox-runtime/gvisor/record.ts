@@ -1,7 +1,7 @@
 // A gVisor sandbox's record (sandbox.json: what a later process needs to take it up
 // again), its cgroup's name, and the host knobs a size means.
 import type { CgroupKnobs } from '../cgroup/index.ts';
-import { readRecordFile, type RecordBase } from '../record.ts';
+import { readRecordFile, recordedUids, type RecordBase } from '../record.ts';
 
 /** What a later process needs to take the sandbox up again (sandbox.json). */
 export interface GvisorRecord extends RecordBase {
@@ -10,8 +10,15 @@ export interface GvisorRecord extends RecordBase {
 }
 
 export function readGvisorRecord(path: string): GvisorRecord | Error {
-  return readRecordFile<GvisorRecord>(path);
+  const rec = readRecordFile<GvisorRecord>(path);
+  if (rec instanceof Error) return rec;
+  const j = rec.jail;
+  if (j != null && !(Number.isInteger(j.uid) && j.uid > 0 && Number.isInteger(j.gid) && j.gid > 0)) return new Error(`${path}: jail ${JSON.stringify(j)} is not a uid and gid`);
+  return rec;
 }
+
+/** uids held by the records under a gVisor run directory. */
+export const recordedGvisorUids = (runDir: string): Set<number> => recordedUids(runDir, readGvisorRecord);
 
 export const gvisorCgroupName = (id: string): string => `gv-${id}`;
 

@@ -11,6 +11,8 @@ import { SANDBOX_ID, validateSpec, type SandboxInfo, type SandboxRuntime, type S
 import { SandboxError } from '../errors.ts';
 import type { HostPaths } from '../host.ts';
 import { gvisorPaths } from './bundle.ts';
+import type { JailOptions } from '../jail.ts';
+import { releaseGvisorJail } from './jail.ts';
 import { isSandboxProcess, runsc, type GvisorPlatform } from './runsc.ts';
 import { gvisorCgroupName, readGvisorRecord } from './record.ts';
 import { GvisorSandbox } from './sandbox.ts';
@@ -27,6 +29,8 @@ export interface GvisorRuntimeOptions {
   defaultRoot: string;
   cgroups: CgroupManager | null;
   log?: (msg: string) => void;
+  /** Each sandbox's runsc processes as their own uid from this range (jail.ts); absent or null: as this process. */
+  jail?: JailOptions | null;
 }
 
 /**
@@ -107,6 +111,7 @@ export class GvisorRuntime implements SandboxRuntime {
       await runsc({ binary: this.opts.runscBinary, platform: this.opts.platform, root: p.runscRoot }, ['delete', '--force', id], { timeoutMs: 10_000 }).catch(() => {});
     }
     await this.opts.cgroups?.open(gvisorCgroupName(id))?.destroy();
+    if (!await releaseGvisorJail(p, this.opts.host.proc)) throw new SandboxError('SANDBOX_JAIL_FAILED', `sandbox ${id}: ${p.rootfs} is still mounted; its run directory is kept`);
     await rm(p.dir, { recursive: true, force: true });
   }
 }

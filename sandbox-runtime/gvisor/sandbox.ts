@@ -16,7 +16,9 @@ import { FileExec, readFrom, readPid } from './exec.ts';
 import { isSandboxProcess, parsePidFile, parseState, rssBytes, runsc, type Runsc } from './runsc.ts';
 import type { GvisorRuntimeOptions } from './runtime.ts';
 import { writeRecordFile } from '../record.ts';
-import { gvisorCgroupName, readGvisorRecord, sizeKnobs, type GvisorRecord } from './record.ts';
+import { gvisorCgroupName, readGvisorRecord, recordedGvisorUids, sizeKnobs, type GvisorRecord } from './record.ts';
+import { allocateUid, holdUid, readJailStatus, releaseUid, type JailIdentity } from '../jail.ts';
+import { gvisorJailViolation, prepareGvisorJail, releaseGvisorJail } from './jail.ts';
 
 
 /** How long a resize waits for the sandbox to show it (the spooler naps 50 ms between looks). */
@@ -53,6 +55,8 @@ export class GvisorSandbox implements Sandbox {
   private sizeSeq = 0;
   /** The spooler has answered a size once, so its USR1 trap is set. */
   private spoolerUp = false;
+  /** The uid/gid runsc's sandbox and gofer run as (jail.ts); null: not jailed. */
+  private jailId: JailIdentity | null = null;
 
   constructor(private spec: SandboxSpec, private readonly opts: GvisorRuntimeOptions) {
     this.id = spec.id;
@@ -88,7 +92,7 @@ export class GvisorSandbox implements Sandbox {
     if (s !== 'running' && s !== 'paused' && s !== 'suspended') return;
     const rec: GvisorRecord = {
       spec: this.spec, limits: this.limits, pid: s === 'suspended' ? null : this.pidValue, state: s, vcpus: this.vcpus,
-      memoryMiB: this.memoryMiB, nextExec: this.nextExec, pausedWhenSuspended: this.pausedWhenSuspended,
+      memoryMiB: this.memoryMiB, nextExec: this.nextExec, pausedWhenSuspended: this.pausedWhenSuspended, jail: this.jailId,
     };
     try {
       writeRecordFile(this.paths.record, rec);
@@ -118,10 +122,15 @@ export class GvisorSandbox implements Sandbox {
       await copyFile(this.opts.busybox, `${p.cmd}/busybox`);
       await writeFile(join(p.cmd, SPOOLER_FILE), spoolerScript());
       await this.tellSize();
-      const rootfs = this.spec.rootfsDir ?? this.opts.defaultRoot;
-      await writeFile(`${p.bundle}/config.json`, JSON.stringify(ociConfig({ rootfs, paths: p, hostname: this.id })));
+      let rootfs = this.spec.rootfsDir ?? this.opts.defaultRoot;
+      if (this.opts.jail) {
+        this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedGvisorUids(this.opts.host.runDir));
+        rootfs = await prepareGvisorJail(p, rootfs, this.jailId, this.opts.host.proc);
+      }
+      await writeFile(`${p.bundle}/config.json`, JSON.stringify(ociConfig({ rootfs, paths: p, hostname: this.id, jail: this.jailId })));
       // create and start in one runsc call (one Go binary's start-up less than two).
       await this.boot(['run', '--detach', `--bundle=${p.bundle}`, this.id]);
+      await this.checkJail();
       this.bootMs = performance.now() - t0;
       this.to('running');
       this.log(`ready in ${this.bootMs.toFixed(0)} ms (pid ${this.pidValue})`);
@@ -145,6 +154,21 @@ export class GvisorSandbox implements Sandbox {
     this.pidValue = pid;
     this.intent = 'run';
     this.watch(pid);
+  }
+
+  /**
+   * Every process of the sandbox (runsc's sandbox, gofer and stubs: all its cgroup holds)
+   * shows the jail before the job's first command is written; else the start fails.
+   */
+  private async checkJail(): Promise<void> {
+    const want = this.jailId;
+    if (!want) return;
+    const pids = this.cgroup ? await this.cgroup.pids() : [this.pidValue!];
+    for (const pid of pids) {
+      let bad: string | null;
+      try { bad = gvisorJailViolation(readJailStatus(this.opts.host.proc, pid), want); } catch { continue; /* exited */ }
+      if (bad) throw new SandboxError('SANDBOX_JAIL_FAILED', `sandbox ${this.id}: runsc process ${pid} is not jailed: ${bad}`);
+    }
   }
 
   /** The sandbox process is not our child (runsc forks it): its end is seen by polling /proc. */
@@ -201,6 +225,8 @@ export class GvisorSandbox implements Sandbox {
     this.memoryMiB = rec.memoryMiB;
     this.nextExec = rec.nextExec;
     this.pausedWhenSuspended = rec.pausedWhenSuspended;
+    this.jailId = rec.jail ?? null;
+    if (this.jailId) holdUid(this.jailId.uid);
     this.cgroup = this.opts.cgroups?.open(gvisorCgroupName(this.id)) ?? null;
     if (rec.state === 'suspended') {
       if (!existsSync(this.paths.checkpoint)) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its checkpoint is gone`);
@@ -428,6 +454,8 @@ export class GvisorSandbox implements Sandbox {
   private async restore(): Promise<void> {
     this.to('resuming');
     try {
+      // The jail's mounts are gone after a reboot; the restored sandbox runs as the uid it had.
+      if (this.jailId) await prepareGvisorJail(this.paths, this.spec.rootfsDir ?? this.opts.defaultRoot, this.jailId, this.opts.host.proc);
       // runsc restores into a created container: create, then restore into it.
       await this.boot(['create', `--bundle=${this.paths.bundle}`, this.id]);
       await runsc(this.rs, ['restore', `--bundle=${this.paths.bundle}`, `--image-path=${this.paths.checkpoint}`, '--detach', this.id], { timeoutMs: 60_000, code: 'SANDBOX_RESUME_FAILED', log: this.paths.log });
@@ -514,7 +542,11 @@ export class GvisorSandbox implements Sandbox {
   private async cleanup(): Promise<void> {
     if (this.watcher) clearInterval(this.watcher);
     await this.releaseCgroup();
-    if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.dir, { recursive: true, force: true });
+    // Never remove through a mount: the job's root is behind it.
+    const unmounted = await releaseGvisorJail(this.paths, this.opts.host.proc);
+    if (this.jailId) releaseUid(this.jailId.uid);
+    if (!unmounted) this.log(`run directory kept: ${this.paths.rootfs} is still mounted`);
+    else if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.dir, { recursive: true, force: true });
   }
 
   wait(): Promise<VmmExit> {

@@ -16,22 +16,10 @@ import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, rea
 import { dirname, join } from 'node:path';
 import { SandboxError } from '../errors.ts';
 import { LAUNCH_PRELUDE } from '../host.ts';
+import { jailMismatch, readJailStatus, type JailIdentity, type JailStatus } from '../jail.ts';
 
-export interface JailOptions {
-  /** First uid (and gid, the same number) of the range; each live sandbox holds one. */
-  uidBase: number;
-  uidCount: number;
-  /** The host's /usr, bound read-only into every jail (QEMU, libraries, firmware). */
-  usr?: string;
-}
+export { allocateUid, DEFAULT_JAIL, holdUid, readJailStatus, releaseUid, type JailIdentity, type JailOptions, type JailStatus } from '../jail.ts';
 
-/** Above the subordinate-uid ranges (100000 + 65536 per user) of a few dozen users. */
-export const DEFAULT_JAIL: JailOptions = { uidBase: 3_000_000, uidCount: 100_000 };
-
-export interface JailIdentity {
-  uid: number;
-  gid: number;
-}
 
 /** What one sandbox's jail holds besides /usr; every path is an absolute host path, kept as it is inside. */
 export interface JailFiles {
@@ -45,43 +33,9 @@ export interface JailFiles {
   devices: string[];
 }
 
-/** uids handed out by this process and not yet given back. */
-const reserved = new Set<number>();
-
 /** Per-task limits: QEMU needs a few hundred fds and threads; a guest cannot make it need more. */
 export const JAIL_NOFILE = 4096;
 export const JAIL_NPROC = 512;
-
-/**
- * A uid of the range no live sandbox holds: not reserved here, not in a record of `runDir`
- * (`recordUid` reads one), not any running process's (another runtime's VMM).
- */
-export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<number>): JailIdentity {
-  const running = new Set<number>();
-  for (const name of readdirSync(proc)) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const m = /^Uid:\s+(\d+)/m.exec(readFileSync(join(proc, name, 'status'), 'utf8'));
-      if (m) running.add(Number(m[1]));
-    } catch { /* exited */ }
-  }
-  for (let k = 0; k < j.uidCount; k++) {
-    const uid = j.uidBase + k;
-    if (reserved.has(uid) || running.has(uid) || usedByRecords.has(uid)) continue;
-    reserved.add(uid);
-    return { uid, gid: uid };
-  }
-  throw new SandboxError('SANDBOX_JAIL_FAILED', `no free uid in the jail range ${j.uidBase}-${j.uidBase + j.uidCount - 1}`);
-}
-
-export function releaseUid(uid: number): void {
-  reserved.delete(uid);
-}
-
-/** Marks a uid taken up from a record (attach) as held. */
-export function holdUid(uid: number): void {
-  reserved.add(uid);
-}
 
 const SAFE_PATH = /^\/[A-Za-z0-9_.,+@%=/-]*$/;
 
@@ -166,45 +120,12 @@ export function jailedLaunch(qemu: string, args: string[], j: { root: string; id
   };
 }
 
-/** A jailed VMM's properties as /proc shows them (what docs/RELIABILITY.md records). */
-export interface JailStatus {
-  uid: number[];
-  gid: number[];
-  groups: number[];
-  seccomp: number;
-  noNewPrivs: number;
-  capEff: string;
-  capPrm: string;
-  capBnd: string;
-  root: string;
-  /** The VMM's namespaces that differ from this process's (mnt, ipc, uts, net). */
-  ownNamespaces: string[];
-}
-
-export function readJailStatus(proc: string, pid: number): JailStatus {
-  const status = readFileSync(join(proc, String(pid), 'status'), 'utf8');
-  const field = (k: string): string => new RegExp(`^${k}:[ \\t]*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
-  const nums = (k: string): number[] => field(k).split(/\s+/).filter(Boolean).map(Number);
-  const ns = ['mnt', 'ipc', 'uts', 'net', 'pid', 'user', 'cgroup'].filter((n) => {
-    try {
-      return readlinkSync(join(proc, String(pid), 'ns', n)) !== readlinkSync(join(proc, 'self', 'ns', n));
-    } catch {
-      return false;
-    }
-  });
-  return {
-    uid: nums('Uid'), gid: nums('Gid'), groups: nums('Groups'), seccomp: Number(field('Seccomp')), noNewPrivs: Number(field('NoNewPrivs')),
-    capEff: field('CapEff'), capPrm: field('CapPrm'), capBnd: field('CapBnd'), root: readlinkSync(join(proc, String(pid), 'root')), ownNamespaces: ns,
-  };
-}
-
 /** Why the VMM is not jailed as it should be, or null. Checked before the guest runs its first instruction. */
 export function jailViolation(s: JailStatus, want: JailIdentity, seccomp: boolean): string | null {
-  if (!s.uid.every((u) => u === want.uid) || !s.gid.every((g) => g === want.gid)) return `runs as uid ${s.uid.join('/')} gid ${s.gid.join('/')}, not ${want.uid}:${want.gid}`;
-  if (s.noNewPrivs !== 1) return 'no_new_privs is not set';
+  const base = jailMismatch(s, want);
+  if (base) return base;
   if (seccomp && s.seccomp !== 2) return `seccomp mode is ${s.seccomp}, not 2 (filter)`;
   if (!/^0+$/.test(s.capEff) || !/^0+$/.test(s.capPrm)) return `holds capabilities (CapEff ${s.capEff}, CapPrm ${s.capPrm})`;
-  if (s.root === '/') return 'its root is the host\'s root';
   for (const n of ['mnt', 'ipc', 'uts', 'net']) if (!s.ownNamespaces.includes(n)) return `shares the ${n} namespace with lodgerd`;
   return null;
 }

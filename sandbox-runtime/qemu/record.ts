@@ -1,8 +1,7 @@
 // Where a sandbox's files (and its cgroup) live, and its record (sandbox.json): what
 // a later process needs to take the sandbox up again or to clean up after it.
-import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { readRecordFile, writeRecordFile, type RecordBase } from '../record.ts';
+import { readRecordFile, recordedUids as recordedUidsIn, writeRecordFile, type RecordBase } from '../record.ts';
 
 /** The cgroup of sandbox `id`, under the runtime's parent: private to this backend. */
 export const cgroupName = (id: string): string => `sb-${id}`;
@@ -53,20 +52,9 @@ export function sandboxPaths(runDir: string, id: string): QemuPaths {
 export interface SandboxRecord extends RecordBase {
   baseMemTotalKiB: number;
   wasPausedWhenSuspended: boolean;
-  /** The jail uid/gid the VMM runs as; null: not jailed. */
-  jail?: { uid: number; gid: number } | null;
 }
 
 export const writeRecord: (path: string, rec: SandboxRecord) => void = writeRecordFile;
 export const readRecord = (path: string): SandboxRecord | Error => readRecordFile<SandboxRecord>(path);
 
-/** The jail uids the records in `runDir` hold (a sandbox suspended to disk keeps its uid). */
-export function recordedUids(runDir: string): Set<number> {
-  const uids = new Set<number>();
-  if (!existsSync(runDir)) return uids;
-  for (const id of readdirSync(runDir)) {
-    const rec = readRecord(join(runDir, id, 'sandbox.json'));
-    if (!(rec instanceof Error) && rec.jail) uids.add(rec.jail.uid);
-  }
-  return uids;
-}
+export const recordedUids = (runDir: string): Set<number> => recordedUidsIn(runDir, readRecord);
