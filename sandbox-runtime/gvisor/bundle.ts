@@ -19,7 +19,7 @@ export interface GvisorPaths {
   record: string;
   /** stderr of the runsc commands: the sandbox's own last words. */
   log: string;
-  /** Jailed only (jail.ts): the root as its uid sees it, the idmapped bind under it, and the mount points' layer. */
+  /** Jailed only (jail.ts): the root as its uid sees it, the idmapped binds of its layers under it (0, 1, ...), and the mount points' layer. */
   rootfs: string;
   idroot: string;
   skel: string;

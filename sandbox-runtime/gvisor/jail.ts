@@ -17,7 +17,7 @@
 //   containerd's 0711 state directories are); lodgerd's state directory is 0711 with
 //   everything in it 0700/0600 (daemon/lodgerd.ts).
 import { execFile } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { idmapMount } from '../../native/index.ts';
@@ -49,15 +49,34 @@ export function unsearchable(dir: string): { dir: string; mode: number } | null 
   return null;
 }
 
-/** Mount points under `root` (this process's mount namespace), from /proc/self/mountinfo. */
-function mounted(proc: string, paths: string[]): Set<string> {
-  const out = new Set<string>();
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+interface MountEntry { at: string; fstype: string; options: string }
+
+/** This process's mounts (/proc/self/mountinfo): where, what filesystem, its superblock options. */
+function mountTable(proc: string): MountEntry[] {
+  const unescape = (x: string): string => x.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const out: MountEntry[] = [];
   for (const line of readFileSync(join(proc, 'self', 'mountinfo'), 'utf8').split('\n')) {
-    const at = line.split(' ')[4];
-    if (at && paths.includes(unescape(at))) out.add(unescape(at));
+    const f = line.split(' ');
+    const dash = f.indexOf('-');
+    if (dash < 0 || !f[4]) continue;
+    out.push({ at: unescape(f[4]), fstype: f[dash + 1] ?? '', options: unescape(f[dash + 3] ?? '') });
   }
   return out;
+}
+
+const mountedUnder = (proc: string, dir: string): string[] => mountTable(proc).map((m) => m.at).filter((at) => at === dir || at.startsWith(`${dir}/`));
+
+/**
+ * The directories to idmap for a root: the root itself, or, where it is an overlay mount
+ * (a container's root that containerd's snapshotter made), its layers top first, since
+ * an overlay cannot itself be idmapped. Its upper layer is read as one more lower one.
+ */
+export function rootLayers(proc: string, rootfs: string): string[] {
+  const m = mountTable(proc).filter((e) => e.at === rootfs).pop();
+  if (!m || m.fstype !== 'overlay') return [rootfs];
+  const opt = (k: string): string[] => m.options.split(',').filter((o) => o.startsWith(`${k}=`)).map((o) => o.slice(k.length + 1));
+  const layers = [...opt('upperdir'), ...opt('lowerdir').flatMap((l) => l.split(':'))].filter(Boolean);
+  return layers.length ? layers : [rootfs];
 }
 
 /**
@@ -88,12 +107,20 @@ export async function prepareGvisorJail(p: GvisorPaths, rootfs: string, id: Jail
   // The root of the sandbox's root is the top layer's: the uid's, so it reads as root's inside.
   own(p.skel, 0o755);
   own(join(p.skel, '.lodger'), 0o755);
-  for (const d of [p.idroot, p.rootfs]) mkdirSync(d, { recursive: true });
-  const have = mounted(proc, [p.idroot, p.rootfs]);
+  const layers = rootLayers(proc, rootfs);
+  for (const l of layers) {
+    if (!SAFE_PATH.test(l)) throw new SandboxError('SANDBOX_JAIL_FAILED', `gVisor jail: layer ${JSON.stringify(l)} of ${rootfs} has characters an overlay mount cannot take`);
+  }
+  const have = new Set(mountedUnder(proc, p.dir));
+  const ids = layers.map((_, i) => join(p.idroot, String(i)));
   try {
-    if (!have.has(p.idroot)) idmapMount(rootfs, p.idroot, id.uid, id.gid);
+    for (const [i, l] of layers.entries()) {
+      mkdirSync(ids[i]!, { recursive: true });
+      if (!have.has(ids[i]!)) idmapMount(l, ids[i]!, id.uid, id.gid);
+    }
+    mkdirSync(p.rootfs, { recursive: true });
     if (!have.has(p.rootfs)) {
-      await run('mount', ['-t', 'overlay', 'overlay', '-o', `ro,nosuid,nodev,lowerdir=${p.skel}:${p.idroot}`, p.rootfs]);
+      await run('mount', ['-t', 'overlay', 'overlay', '-o', `ro,nosuid,nodev,lowerdir=${[p.skel, ...ids].join(':')}`, p.rootfs]);
     }
   } catch (e) {
     await releaseGvisorJail(p, proc).catch(() => {});
@@ -102,16 +129,14 @@ export async function prepareGvisorJail(p: GvisorPaths, rootfs: string, id: Jail
   return p.rootfs;
 }
 
-/** Unmounts the jail's root (lazily: a gofer still dying keeps it busy); true when nothing of it is mounted any more. */
+/** Unmounts the jail's root (lazily: a gofer still dying keeps it busy); true when nothing under the run directory is mounted any more. */
 export async function releaseGvisorJail(p: GvisorPaths, proc: string): Promise<boolean> {
-  for (const m of [p.rootfs, p.idroot]) {
-    if (mounted(proc, [m]).size) await run('umount', ['-l', m]).catch(() => {});
+  // The overlay first, then the layers under it.
+  for (const m of mountedUnder(proc, p.dir).sort((x, y) => (x === p.rootfs ? -1 : y === p.rootfs ? 1 : 0))) {
+    await run('umount', ['-l', m]).catch(() => {});
   }
-  return mounted(proc, [p.rootfs, p.idroot]).size === 0;
+  return mountedUnder(proc, p.dir).length === 0;
 }
-
-/** Whether a sandbox's run directory still has jail mounts (its removal must wait for their unmount). */
-export const hasJailMounts = (p: GvisorPaths, proc: string): boolean => existsSync(p.rootfs) && mounted(proc, [p.rootfs, p.idroot]).size > 0;
 
 /**
  * Why a runsc process (sandbox or gofer) is not jailed as it should be, or null. Its
