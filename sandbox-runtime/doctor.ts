@@ -10,6 +10,7 @@ import type { HostPaths } from './host.ts';
 import { imageHash, resolveInputs, type ImageOptions } from './image/index.ts';
 import { DEFAULT_JAIL, jailReport, type JailOptions } from './qemu/index.ts';
 import { nativeAvailable } from '../native/index.ts';
+import { gvisorJailReport } from './gvisor/index.ts';
 
 const run = promisify(execFile);
 
@@ -98,6 +99,7 @@ export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; imag
   });
   // Every Lodger VMM running now, as /proc shows it.
   for (const v of jailReport(host.proc)) checks.push({ name: `vmm ${v.pid}`, ok: v.violation === null, required: false, detail: `${v.id}: ${v.summary}`, fix: v.violation ?? undefined });
+  for (const v of gvisorJailReport(host.proc)) checks.push({ name: `${v.what} ${v.pid}`, ok: v.violation === null, required: false, detail: v.summary, fix: v.violation ?? undefined });
 
   const psi = ['cpu', 'memory', 'io'].filter((r) => existsSync(join(host.proc, 'pressure', r)));
   checks.push({

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { JobStore, lockStateDir } from '../daemon/index.ts';
-import { gvisorJailViolation, openGvisorRuntime, readJailStatus, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { gvisorJailReport, gvisorJailViolation, openGvisorRuntime, readJailStatus, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
 import { collect, runscInstalled } from './helpers.ts';
 import { passableTmpDir } from '../bench/index.ts';
 
@@ -79,6 +79,10 @@ asRoot('the jail: runsc\'s sandbox and gofer run as their own uid, Seccomp 2, No
     t.is(gvisorJailViolation(j, { uid, gid: uid }), null);
   }
   t.not(readJailStatus('/proc', other.pid!).uid[0], uid, 'each sandbox its own uid');
+  // What `lodger doctor` lists: this sandbox's runsc processes, each without a violation.
+  const doctor = gvisorJailReport('/proc').filter((v) => pids.includes(v.pid));
+  t.deepEqual([...new Set(doctor.map((v) => v.what))].sort(), ['runsc-gofer', 'runsc-sandbox']);
+  t.true(doctor.every((v) => v.violation === null), JSON.stringify(doctor));
   // lodgerd's state directory (0711: the uid passes to its run directory) and its job store, tried from the uid.
   const state = join(dir, 'state');
   lockStateDir(state);

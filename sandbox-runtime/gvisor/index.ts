@@ -2,4 +2,4 @@
 export { GvisorRuntime, ensureBusyboxRoot, type GvisorRuntimeOptions } from './runtime.ts';
 export type { GvisorSandbox } from './sandbox.ts';
 export { probeRunsc, type GvisorPlatform } from './runsc.ts';
-export { gvisorJailViolation } from './jail.ts';
+export { gvisorJailReport, gvisorJailViolation } from './jail.ts';

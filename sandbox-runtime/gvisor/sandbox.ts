@@ -514,6 +514,9 @@ export class GvisorSandbox implements Sandbox {
       this.finish({ code: 0, signal: null, expected: true });
     }
     await this.exited;
+    // The cgroup's end kills what is left of the sandbox (its gofer, its stubs): nothing of the jail's uid lives
+    // on while /output, its directory, is copied, so no entry can be swapped for a link between check and copy.
+    await this.releaseCgroup();
     if (this.spec.outputDir) await this.collectOutput().catch((e: unknown) => this.log(`output not collected: ${(e as Error).message}`));
     await this.cleanup();
     if (this.state !== 'failed') this.state = 'stopped';
