@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { JobStore, lockStateDir } from '../daemon/index.ts';
 import { gvisorJailReport, gvisorJailViolation, openGvisorRuntime, readJailStatus, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
 import { collect, runscInstalled } from './helpers.ts';
-import { passableTmpDir } from '../bench/index.ts';
+import { mountsUnder, passableTmpDir } from '../bench/index.ts';
 
 const maybe = runscInstalled ? test.serial : test.skip;
 if (!runscInstalled) console.error('gvisor.test: runsc is not installed (npm run setup installs it from backports): gVisor contract tests skipped');
@@ -42,9 +42,6 @@ async function boot(id: string, extra: Partial<Parameters<GvisorRuntime['create'
 const knob = (sb: GvisorSandbox, hier: string, file: string): string => readFileSync(join(sb.cgroupDirs!.get(hier)!, file), 'utf8').trim();
 
 const asRoot = runscInstalled && process.getuid?.() === 0 ? test.serial : test.skip;
-
-/** Mount points under `under`, from this process's mountinfo. */
-const mountsUnder = (under: string): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(under));
 
 asRoot('the jail: runsc\'s sandbox and gofer run as their own uid, Seccomp 2, NoNewPrivs 1, capabilities only in a one-uid user namespace, not in the host root; they cannot open the job store; an image root\'s root-only files still read', async (t) => {
   // An image root as the image cache keeps it: owned by host root, one file and one directory root's alone.

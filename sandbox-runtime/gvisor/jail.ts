@@ -38,7 +38,7 @@ export function unsearchable(dir: string): { dir: string; mode: number } | null 
   const chain: string[] = [];
   for (let d = dir; ; d = dirname(d)) {
     chain.unshift(d);
-    if (d === '/' || d === '.') break;
+    if (d === '/') break;
   }
   for (const d of chain) {
     let mode: number;
@@ -84,9 +84,7 @@ export function rootLayers(proc: string, rootfs: string): string[] {
  * sandbox whose root is `rootfs`; returns the root to put in its OCI config.
  */
 export async function prepareGvisorJail(p: GvisorPaths, rootfs: string, id: JailIdentity, proc: string): Promise<string> {
-  for (const path of [p.dir, rootfs]) {
-    if (!SAFE_PATH.test(path)) throw new SandboxError('SANDBOX_JAIL_FAILED', `gVisor jail: path ${JSON.stringify(path)} has characters an overlay mount cannot take`);
-  }
+  if (!SAFE_PATH.test(p.dir)) throw new SandboxError('SANDBOX_JAIL_FAILED', `gVisor jail: path ${JSON.stringify(p.dir)} has characters an overlay mount cannot take`);
   // The run directory is the runtime's own: passable, not listable (each sandbox's directory is 0711 too, its contents the uid's or root's).
   chmodSync(dirname(p.dir), 0o711);
   const closed = unsearchable(dirname(p.dir));

@@ -20,7 +20,6 @@ import { jailMismatch, readJailStatus, type JailIdentity, type JailStatus } from
 
 export { allocateUid, DEFAULT_JAIL, holdUid, readJailStatus, releaseUid, type JailIdentity, type JailOptions, type JailStatus } from '../jail.ts';
 
-
 /** What one sandbox's jail holds besides /usr; every path is an absolute host path, kept as it is inside. */
 export interface JailFiles {
   /** Read-only to the VMM: kernel, initramfs, the job's root image. */
