@@ -1,25 +1,40 @@
-// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--flood-mib N]
+// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--flood-mib N]
+//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,flood,online]
 // The long variants of test/hostile.test.ts, with the figures docs/RELIABILITY.md records:
 // boot time and host overhead per sandbox with the jail off and on (interleaved, same run);
-// a log flood of --flood-mib (default 1024) through the scheduler with the default 100 MiB
-// log limit; QEMU killed --kills times each mid-resize, mid-suspend and mid-restore, with
-// what was lost, what leaked and how long the error took to surface.
+// QEMU killed --kills times each mid-resize, mid-suspend and mid-restore, and the owner
+// (as lodgerd) --owner-kills times each, with what was lost, what leaked and how long the
+// error or the take-over took; a log flood of --flood-mib (default 1024) through the
+// scheduler with the default 100 MiB log limit; the guest-side cases as lodgerd jobs next
+// to nginx under load, with nginx's p99 against its SLO (hostile-online.ts). Exits 1 when
+// a case's outcome is not the one asserted (a job lost, a leak, the SLO missed).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
 import { openRuntime, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { onlinePhase } from './hostile-online.ts';
+import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
 import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({
-  options: { json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' }, 'flood-mib': { type: 'string', default: '1024' } },
+  options: {
+    json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' },
+    'owner-kills': { type: 'string', default: '5' }, 'flood-mib': { type: 'string', default: '1024' },
+    'online-rounds': { type: 'string', default: '2' }, 'online-seconds': { type: 'string', default: '25' }, 'online-load': { type: 'string', default: '40' },
+    phases: { type: 'string', default: 'boot,kills,owner,flood,online' },
+  },
 });
+const phases = new Set(values.phases.split(','));
+/** Outcomes that are not the asserted ones: the exit status says so. */
+const failures: string[] = [];
 const say = (m: string): void => { if (!values.json) console.error(m); };
 const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)]! : NaN; };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const dir = passableTmpDir('lodger-hostile-');
-const opened = await openRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent: `lodger-hostile-${process.pid}` });
+const cgroupParent = `lodger-hostile-${process.pid}`;
+const opened = await openRuntime({ host: { runDir: join(dir, 'run') }, cgroupParent });
 const jailed = opened.runtime;
 const plain = jailed.with({ jail: null });
 const started = new Set<HostedSandbox>();
@@ -41,12 +56,40 @@ function leaks(): { processes: number; runDirs: number } {
   return { processes, runDirs };
 }
 
+/** A log flood of --flood-mib through the scheduler with the default log limit. */
+async function flood(): Promise<void> {
+  const floodMiB = Number(values['flood-mib']);
+  const limit = CONFIG_KEYS.jobLogMaxBytes.default as number;
+  const store = new JobStore(join(dir, 'flood.db'));
+  const s = new Scheduler({ store, runtime: jailed, maxRunning: () => 1, logLimitBytes: limit });
+  const rss0 = process.memoryUsage().rss;
+  let rssPeak = rss0;
+  const peak = setInterval(() => { rssPeak = Math.max(rssPeak, process.memoryUsage().rss); }, 200);
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  store.submit('flood', { name: 'flood', command: ['sh', '-c', `head -c ${floodMiB * 1048576} /dev/zero`], env: {}, rootfs: '', outputDir: '', vcpus: { min: 1, max: 1 }, memoryMiB: { min: 256, max: 256 }, priority: 0, timeoutSeconds: 0, retries: 0 });
+  s.start();
+  const job = await s.waitFinal('flood');
+  clearInterval(peak);
+  const secs = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  await s.stop(true);
+  const stored = store.logBytes('flood').reduce((a, b) => a + b, 0);
+  results.flood = {
+    mib: floodMiB, limitBytes: limit, storedBytes: stored, state: job.state, reason: job.transitions.at(-1)!.reason, seconds: +secs.toFixed(1),
+    mibPerS: +(floodMiB / secs).toFixed(1), lodgerdCpuCores: +((cpu.user + cpu.system) / 1e6 / secs).toFixed(3), rssGrowthMiB: +((rssPeak - rss0) / 1048576).toFixed(0),
+  };
+  store.close();
+  say(`log flood: ${JSON.stringify(results.flood)}`);
+  if (stored > limit + 4096 || !/SANDBOX_OUTPUT_LIMIT/.test(job.transitions.at(-1)!.reason)) failures.push(`log flood: ${stored} bytes stored, job ${job.state}: ${job.transitions.at(-1)!.reason}`);
+}
+
 try {
   // 1. Boot and overhead, jail off and on, interleaved.
   const boots: Record<'plain' | 'jailed', { bootMs: number[]; overheadMiB: number[]; pssOverheadMiB: number[] }> = {
     plain: { bootMs: [], overheadMiB: [], pssOverheadMiB: [] }, jailed: { bootMs: [], overheadMiB: [], pssOverheadMiB: [] },
   };
-  for (let i = 0; i < Number(values.runs); i++) {
+  for (let i = 0; phases.has('boot') && i < Number(values.runs); i++) {
     for (const [name, rt] of [['plain', plain], ['jailed', jailed]] as const) {
       const sb = await boot(rt, `boot-${name}-${i}`);
       await sleep(1000);
@@ -63,7 +106,7 @@ try {
   // 2. Kills: mid-resize, mid-suspend, mid-restore.
   const kills = Number(values.kills);
   const killRows: Record<string, { runs: number; codes: Record<string, number>; surfacedMsMedian: number; lostJobs: number; leaks: { processes: number; runDirs: number } }> = {};
-  for (const kind of ['resize', 'suspend', 'restore'] as const) {
+  for (const kind of phases.has('kills') ? ['resize', 'suspend', 'restore'] as const : []) {
     const codes: Record<string, number> = {};
     const surfaced: number[] = [];
     let lost = 0;
@@ -97,36 +140,57 @@ try {
     }
     killRows[kind] = { runs: kills, codes, surfacedMsMedian: Math.round(median(surfaced)), lostJobs: lost, leaks: leaks() };
     say(`QEMU killed mid-${kind} x${kills}: ${JSON.stringify(killRows[kind])}`);
+    if (lost || killRows[kind].leaks.processes) failures.push(`QEMU killed mid-${kind}: ${lost} jobs lost, ${killRows[kind].leaks.processes} processes left`);
   }
   results.kills = killRows;
 
+  // 2b. The owner (as lodgerd) killed mid-operation, at a random point of its first 2x the test's delay.
+  const TEST_KILL_MS: Record<OwnerOp, number> = { resize: 40, suspend: 120, restore: 150 };
+  const ownerRows: Record<string, unknown> = {};
+  for (const op of phases.has('owner') ? ['resize', 'suspend', 'restore'] as const : []) {
+    const found: Record<string, number> = {};
+    const takeover: number[] = [];
+    let lost = 0;
+    let finishedFirst = 0;
+    for (let i = 0; i < Number(values['owner-kills']); i++) {
+      const sb = await boot(jailed, `owner-${op}-${i}`);
+      started.delete(sb); // killOwnerMid stops it, through the owner that took it up
+      const killMs = Math.round(10 + Math.random() * 2 * TEST_KILL_MS[op]);
+      const k = await killOwnerMid(jailed, cgroupParent, sb, op, killMs);
+      found[k.state] = (found[k.state] ?? 0) + 1;
+      takeover.push(k.takeoverMs);
+      if (/^done$/m.test(k.said)) finishedFirst++;
+      const whole = k.exit?.code === 0 && k.lines.join(' ') === Array.from({ length: JOB_LINES }, (_, n) => String(n + 1)).join(' ');
+      if (!whole || (op === 'resize' && k.resized?.vcpus !== 2)) lost++;
+    }
+    ownerRows[op] = { runs: Number(values['owner-kills']), found, finishedBeforeTheKill: finishedFirst, takeoverMsMedian: Math.round(median(takeover)), lostJobs: lost, leaks: leaks() };
+    say(`owner killed mid-${op}: ${JSON.stringify(ownerRows[op])}`);
+    if (lost || leaks().processes) failures.push(`owner killed mid-${op}: ${lost} jobs lost or cut, ${leaks().processes} processes left`);
+  }
+  results.owner = ownerRows;
+
   // 3. A log flood through the scheduler with the default limit.
-  const floodMiB = Number(values['flood-mib']);
-  const limit = CONFIG_KEYS.jobLogMaxBytes.default as number;
-  const store = new JobStore(join(dir, 'flood.db'));
-  const s = new Scheduler({ store, runtime: jailed, maxRunning: () => 1, logLimitBytes: limit });
-  const rss0 = process.memoryUsage().rss;
-  let rssPeak = rss0;
-  const peak = setInterval(() => { rssPeak = Math.max(rssPeak, process.memoryUsage().rss); }, 200);
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  store.submit('flood', { name: 'flood', command: ['sh', '-c', `head -c ${floodMiB * 1048576} /dev/zero`], env: {}, rootfs: '', outputDir: '', vcpus: { min: 1, max: 1 }, memoryMiB: { min: 256, max: 256 }, priority: 0, timeoutSeconds: 0, retries: 0 });
-  s.start();
-  const job = await s.waitFinal('flood');
-  clearInterval(peak);
-  const secs = (performance.now() - t0) / 1000;
-  const cpu = process.cpuUsage(cpu0);
-  await s.stop(true);
-  const stored = store.logBytes('flood').reduce((a, b) => a + b, 0);
-  results.flood = {
-    mib: floodMiB, limitBytes: limit, storedBytes: stored, state: job.state, reason: job.transitions.at(-1)!.reason, seconds: +secs.toFixed(1),
-    mibPerS: +(floodMiB / secs).toFixed(1), lodgerdCpuCores: +((cpu.user + cpu.system) / 1e6 / secs).toFixed(3), rssGrowthMiB: +((rssPeak - rss0) / 1048576).toFixed(0),
-  };
-  store.close();
-  say(`log flood: ${JSON.stringify(results.flood)}`);
-  results.leaks = leaks();
+  if (phases.has('flood')) await flood();
+
+  // 4. The guest-side cases next to nginx under lodgerd.
+  if (phases.has('online')) {
+    const online = await onlinePhase(dir, { rounds: Number(values['online-rounds']), seconds: Number(values['online-seconds']), loadPct: Number(values['online-load']) }, say);
+    results.online = online;
+    for (const [name, c] of Object.entries(online.summary)) {
+      if (!c.within) failures.push(`online ${name}: probe p99 up to ${c.probeP99MsWorst.toFixed(2)} ms against the SLO's ${online.targetMs.toFixed(2)}`);
+    }
+    if (online.leaks.processes) failures.push(`online: ${online.leaks.processes} processes left`);
+  }
+  const left = leaks();
+  results.leaks = left;
+  if (left.processes || left.runDirs) failures.push(`left: ${JSON.stringify(left)}`);
 } finally {
   for (const sb of started) await sb.stop({ graceMs: 0 }).catch(() => {});
   await opened.cgroups?.removeParents();
 }
+results.failures = failures;
 console.log(JSON.stringify(results, null, 2));
+if (failures.length) {
+  console.error(`not as asserted:\n${failures.join('\n')}`);
+  process.exitCode = 1;
+}

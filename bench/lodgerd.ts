@@ -14,13 +14,18 @@ export class TestDaemon {
   log = '';
   readonly vmmPids = new Set<number>();
 
-  /** `args`: the flags every start gets (state dir, policy dir...); `--socket` is added. */
-  constructor(readonly socket: string, readonly args: string[]) {}
+  /**
+   * `args`: the flags every start gets (state dir, policy dir...); `--socket` is added.
+   * `cpus`: run it on these (taskset execs it, so the pid stays lodgerd's), as a control
+   * plane on housekeeping CPUs would be.
+   */
+  constructor(readonly socket: string, readonly args: string[], readonly cpus: string | null = null) {}
 
   /** Starts lodgerd and resolves once it listens; rejects with its log if it exits or takes longer than `timeoutMs`. */
   start(extra: string[] = [], timeoutMs = 30_000): Promise<void> {
     this.log = '';
-    const d = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const cmd = [...(this.cpus ? ['taskset', '-c', this.cpus] : []), process.execPath, join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra];
+    const d = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc = d;
     d.stderr!.on('data', (b) => {
       this.log += b;

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parsePolicyText, PolicyError } from '../control/index.ts';
 import { InvalidRequest, JobStore, Scheduler, toJobSpec, type JobSpec } from '../daemon/index.ts';
 import { AgentClient, encodeFrame, FrameType, readJailStatus, SandboxError, VmmExitedError, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { JOB_LINES, killOwnerMid } from '../bench/index.ts';
 import { collect, testRuntime, type TestRuntime } from './helpers.ts';
 
 const root = process.getuid?.() === 0;
@@ -374,49 +375,22 @@ test.serial('QEMU killed mid-suspend, and the new QEMU killed mid-restore: typed
   await b.stop();
 });
 
-// The owner (lodgerd, in production) killed mid-operation: the operation runs in a child
-// process that is SIGKILLed this long after it starts, then this process takes the
-// sandbox up as a restarted lodgerd would. Early enough that each operation is under way.
+// The owner (lodgerd, in production) killed mid-operation (bench/owner-kill.ts), this long
+// after the operation starts: early enough that each one is under way.
 const OWNER_KILL_MS = { resize: 40, suspend: 120, restore: 150 } as const;
 for (const op of ['resize', 'suspend', 'restore'] as const) {
   test.serial(`the owner (as lodgerd) killed mid-${op}: a new owner takes the sandbox up, the job goes on to its end, every line once; nothing is left`, async (t) => {
     const id = `owner-${op}`;
     const a = await rt.boot({ id, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
-    const h = await a.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i; sleep 0.1; done'] });
-    let stored = '';
-    h.onStdout((b) => { stored += b.toString(); });
-    while (!stored.includes('3\n')) await new Promise((r) => setTimeout(r, 20));
-    if (op === 'restore') await a.suspend();
-    a.release();
-    const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'owner.ts'), rt.runtime.opts.host.runDir, `lodger-test-${process.pid}`, id, op], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let said = '';
-    child.stdout!.on('data', (b) => { said += b; });
-    child.stderr!.on('data', (b) => { said += b; });
-    const gone = new Promise((r) => child.once('exit', r));
-    try {
-      for (let i = 0; i < 3000 && !said.includes('go '); i++) await new Promise((r) => setTimeout(r, 10));
-      t.regex(said, /^go (running|suspended)$/m, said);
-      await new Promise((r) => setTimeout(r, OWNER_KILL_MS[op]));
-    } finally {
-      child.kill('SIGKILL');
-      await gone;
-    }
-    t.notRegex(said, /^done$/m, 'killed while the operation was under way');
-    const c = await rt.runtime.with({}).attach(id);
-    try {
-      const st = c.status().state;
-      t.log(`after the owner was killed ${OWNER_KILL_MS[op]} ms into the ${op}: ${st}, ${c.status().vcpus} vCPUs, ${c.status().memoryMiB} MiB`);
-      t.true(st === 'running' || st === 'suspended', st);
-      const hc = await c.resumeExec(h.id, [Buffer.byteLength(stored), 0]);
-      hc.onStdout((b) => { stored += b.toString(); });
-      if (st === 'suspended') await c.resume();
-      t.deepEqual(await hc.wait(), { code: 0, signal: null });
-      t.deepEqual(stored.trim().split('\n'), Array.from({ length: 30 }, (_, i) => String(i + 1)), 'every line once, in order');
-      // Still a working sandbox: the operation can be done now.
-      if (op === 'resize') t.like(await c.update({ vcpus: 2, memoryMiB: 768 }), { vcpus: 2, memoryMiB: 768 });
-    } finally {
-      await c.stop();
-    }
+    const k = await killOwnerMid(rt.runtime, `lodger-test-${process.pid}`, a, op, OWNER_KILL_MS[op]);
+    t.log(`after the owner was killed ${OWNER_KILL_MS[op]} ms into the ${op}: ${k.state}, ${k.vcpus} vCPUs, ${k.memoryMiB} MiB; taken up in ${k.takeoverMs.toFixed(0)} ms`);
+    t.regex(k.said, /^go (running|suspended)$/m, k.said);
+    t.notRegex(k.said, /^done$/m, 'killed while the operation was under way');
+    t.true(k.state === 'running' || k.state === 'suspended', k.state);
+    t.deepEqual(k.exit, { code: 0, signal: null });
+    t.deepEqual(k.lines, Array.from({ length: JOB_LINES }, (_, i) => String(i + 1)), 'every line once, in order');
+    // Still a working sandbox: the operation can be done now.
+    if (op === 'resize') t.deepEqual(k.resized, { vcpus: 2, memoryMiB: 768 });
     t.false((await rt.runtime.list()).some((x) => x.id === id), 'no VMM, record or run files of it left');
     t.false(readdirSync('/proc').some((p) => /^\d+$/.test(p) && (() => {
       try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`lodger-${id},`); } catch { return false; }

@@ -46,7 +46,7 @@ export function cpuSeconds(pid: number): number {
  * in the cell (the static split's sets lodgerd's target: the tail an operator choosing it
  * accepts), and the median over the 1-s windows of their p99 (a typical second).
  */
-async function probeP99(svc: Service, during: Promise<unknown>): Promise<{ cell: number; window: number }> {
+export async function probeP99(svc: Service, during: Promise<unknown>): Promise<{ cell: number; window: number }> {
   const mon = new ServiceMonitor({ name: svc.name, source: 'bench', slo: { percentile: 99, targetMs: 1000, windowMs: 1000 }, probe: svc.probe, prometheus: null, cpus: null });
   const lat: { at: number; ms: number }[] = [];
   mon.onSample = (r, at) => { if (r.ok) lat.push({ at, ms: r.latencyMs }); };

@@ -1,7 +1,7 @@
 // A sandbox's owner in a process of its own, for the cases that kill the owner (as lodgerd
 // would be killed) in the middle of an operation: it takes the sandbox up, says "go",
 // starts the operation and holds on, as a daemon does, until it is killed.
-// node --import tsx test/owner.ts RUN_DIR CGROUP_PARENT ID resize|suspend|restore
+// node --import tsx bench/owner.ts RUN_DIR CGROUP_PARENT ID resize|suspend|restore
 import { openRuntime } from '../sandbox-runtime/index.ts';
 
 const [runDir, cgroupParent, id, op] = process.argv.slice(2) as [string, string, string, string];
