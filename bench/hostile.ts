@@ -1,7 +1,8 @@
 // npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--flood-mib N]
 //   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,flood,online]
 // The long variants of test/hostile.test.ts, with the figures docs/RELIABILITY.md records:
-// boot time and host overhead per sandbox with the jail off and on (interleaved, same run);
+// boot time and host overhead per sandbox with the jail off and on (interleaved, same run),
+// for QEMU and gVisor;
 // QEMU killed --kills times each mid-resize, mid-suspend and mid-restore, and the owner
 // (as lodgerd) --owner-kills times each, with what was lost, what leaked and how long the
 // error or the take-over took; a log flood of --flood-mib (default 1024) through the
@@ -12,7 +13,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
-import { openRuntime, type HostedRuntime, type HostedSandbox } from '../sandbox-runtime/index.ts';
+import { openGvisorRuntime, openRuntime, type HostedRuntime, type HostedSandbox, type Sandbox, type SandboxRuntime } from '../sandbox-runtime/index.ts';
 import { onlinePhase } from './hostile-online.ts';
 import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
 import { passableTmpDir } from './tmp.ts';
@@ -52,7 +53,7 @@ function leaks(): { processes: number; runDirs: number } {
   const processes = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
     try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir); } catch { return false; }
   }).length;
-  const runDirs = existsSync(join(dir, 'run')) ? readdirSync(join(dir, 'run')).length : 0;
+  const runDirs = ['run', 'run-gvisor'].reduce((n, d) => n + (existsSync(join(dir, d)) ? readdirSync(join(dir, d)).length : 0), 0);
   return { processes, runDirs };
 }
 
@@ -85,23 +86,43 @@ async function flood(): Promise<void> {
 }
 
 try {
-  // 1. Boot and overhead, jail off and on, interleaved.
-  const boots: Record<'plain' | 'jailed', { bootMs: number[]; overheadMiB: number[]; pssOverheadMiB: number[] }> = {
-    plain: { bootMs: [], overheadMiB: [], pssOverheadMiB: [] }, jailed: { bootMs: [], overheadMiB: [], pssOverheadMiB: [] },
+  // 1. Boot and overhead, jail off and on, interleaved; QEMU and gVisor (when runsc runs here).
+  // Host memory beyond the guest's: QEMU's RSS and PSS beyond guest RAM; gVisor's sentry
+  // and gofer as its cgroup charges them (an idle sandbox: what bench/backends.ts reports).
+  const gv = phases.has('boot') ? await openGvisorRuntime({ host: { runDir: join(dir, 'run-gvisor') }, cgroupParent: `${cgroupParent}-gv` }).catch((e: Error) => { say(`gVisor not measured: ${e.message}`); return null; }) : null;
+  type Kind = { rt: SandboxRuntime; memory: (sb: Sandbox) => Promise<{ rss: number; pss: number | null }> };
+  const qemuMemory = async (sb: Sandbox): Promise<{ rss: number; pss: number }> => {
+    const m = (await (sb as HostedSandbox).vmmMemory())!;
+    return { rss: (m.rssBytes - m.guestRamRssBytes) / 1048576, pss: (m.pssBytes - m.guestRamPssBytes) / 1048576 };
   };
+  const gvisorMemory = async (sb: Sandbox): Promise<{ rss: number; pss: null }> => ({ rss: (await sb.metrics()).memoryBytes / 1048576, pss: null });
+  const kinds: Record<string, Kind> = {
+    'qemu-plain': { rt: plain, memory: qemuMemory }, 'qemu-jailed': { rt: jailed, memory: qemuMemory },
+    ...(gv ? { 'gvisor-plain': { rt: gv.runtime.with({ jail: null }), memory: gvisorMemory }, 'gvisor-jailed': { rt: gv.runtime, memory: gvisorMemory } } : {}),
+  };
+  const boots: Record<string, { bootMs: number[]; overheadMiB: number[]; pssOverheadMiB: number[] }> = {};
   for (let i = 0; phases.has('boot') && i < Number(values.runs); i++) {
-    for (const [name, rt] of [['plain', plain], ['jailed', jailed]] as const) {
-      const sb = await boot(rt, `boot-${name}-${i}`);
-      await sleep(1000);
-      const m = (await sb.vmmMemory())!;
-      boots[name].bootMs.push(sb.status().bootMs!);
-      boots[name].overheadMiB.push((m.rssBytes - m.guestRamRssBytes) / 1048576);
-      boots[name].pssOverheadMiB.push((m.pssBytes - m.guestRamPssBytes) / 1048576);
-      await sb.stop({ graceMs: 1000 });
-      say(`boot ${name} #${i}: ${sb.status().bootMs!.toFixed(0)} ms, overhead ${((m.rssBytes - m.guestRamRssBytes) / 1048576).toFixed(1)} MiB RSS`);
+    for (const [name, k] of Object.entries(kinds)) {
+      const sb = await k.rt.create({ id: `boot-${name}-${i}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
+      try {
+        await sb.start();
+        await sleep(1000);
+        const m = await k.memory(sb);
+        const b = (boots[name] ??= { bootMs: [], overheadMiB: [], pssOverheadMiB: [] });
+        b.bootMs.push(sb.status().bootMs!);
+        b.overheadMiB.push(m.rss);
+        if (m.pss !== null) b.pssOverheadMiB.push(m.pss);
+        say(`boot ${name} #${i}: ${sb.status().bootMs!.toFixed(0)} ms, host memory beyond the guest's ${m.rss.toFixed(1)} MiB`);
+      } finally {
+        await sb.stop({ graceMs: 1000 });
+      }
     }
   }
-  results.boot = Object.fromEntries(Object.entries(boots).map(([k, v]) => [k, { runs: v.bootMs.length, bootMsMedian: Math.round(median(v.bootMs)), overheadMiBMedian: +median(v.overheadMiB).toFixed(1), pssOverheadMiBMedian: +median(v.pssOverheadMiB).toFixed(1) }]));
+  await gv?.cgroups?.removeParents();
+  results.boot = Object.fromEntries(Object.entries(boots).map(([k, v]) => [k, {
+    runs: v.bootMs.length, bootMsMedian: Math.round(median(v.bootMs)), overheadMiBMedian: +median(v.overheadMiB).toFixed(1),
+    ...(v.pssOverheadMiB.length ? { pssOverheadMiBMedian: +median(v.pssOverheadMiB).toFixed(1) } : {}),
+  }]));
 
   // 2. Kills: mid-resize, mid-suspend, mid-restore.
   const kills = Number(values.kills);

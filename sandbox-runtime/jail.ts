@@ -1,7 +1,7 @@
 // What every backend's jail shares: the uid range each sandbox takes one uid of, and a
 // jailed process's properties as /proc shows them. How a backend confines its process is
 // its own (qemu/jail.ts: util-linux around QEMU; gvisor/jail.ts: a user namespace for runsc).
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError } from './errors.ts';
 
@@ -11,10 +11,17 @@ export interface JailOptions {
   uidCount: number;
   /** The host's /usr, bound read-only into every jail (QEMU, libraries, firmware). */
   usr?: string;
+  /**
+   * Where the range's leases are kept, host-wide: `<leases>/<uid>` is a symlink to the run
+   * directory of the sandbox holding it, so that every Lodger process on the host (lodgerd,
+   * `lodger run`, either backend) sees a suspended sandbox's uid. Default DEFAULT_LEASES.
+   */
+  leases?: string;
 }
 
 /** Above the subordinate-uid ranges (100000 + 65536 per user) of a few dozen users. */
 export const DEFAULT_JAIL: JailOptions = { uidBase: 3_000_000, uidCount: 100_000 };
+export const DEFAULT_LEASES = '/var/lib/lodger/jail-uids';
 
 export interface JailIdentity {
   uid: number;
@@ -25,10 +32,35 @@ export interface JailIdentity {
 const reserved = new Set<number>();
 
 /**
- * A uid of the range no live sandbox holds: not reserved here, not in a record of `runDir`
- * (`recordUid` reads one), not any running process's (another runtime's VMM).
+ * Takes `uid`'s lease for `owner` (a run directory). A lease is live while the directory
+ * it names exists; a stale one (its sandbox gone without cleanup) is taken over. Two
+ * processes taking over the same stale lease at the same instant could both succeed:
+ * the one race left, with no lock between processes.
  */
-export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<number>): JailIdentity {
+function takeLease(dir: string, uid: number, owner: string): boolean {
+  const path = join(dir, String(uid));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      symlinkSync(owner, path);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    let holder: string;
+    try { holder = readlinkSync(path); } catch { continue; } // given back meanwhile
+    if (holder === owner) return true;
+    if (existsSync(holder)) return false;
+    try { unlinkSync(path); } catch { /* another process took it over first */ }
+  }
+  return false;
+}
+
+/**
+ * A uid of the range no live sandbox holds: not reserved here, not in a record of this
+ * runtime's run directory (`usedByRecords`), not any running process's, not leased on
+ * this host to another sandbox's run directory; its lease is taken for `owner`.
+ */
+export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<number>, owner: string): JailIdentity {
   const running = new Set<number>();
   for (const name of readdirSync(proc)) {
     if (!/^\d+$/.test(name)) continue;
@@ -37,22 +69,42 @@ export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<num
       if (m) running.add(Number(m[1]));
     } catch { /* exited */ }
   }
+  const leases = j.leases ?? DEFAULT_LEASES;
+  try {
+    mkdirSync(leases, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new SandboxError('SANDBOX_JAIL_FAILED', `jail uid leases: ${(e as Error).message}`);
+  }
   for (let k = 0; k < j.uidCount; k++) {
     const uid = j.uidBase + k;
-    if (reserved.has(uid) || running.has(uid) || usedByRecords.has(uid)) continue;
+    if (reserved.has(uid) || running.has(uid) || usedByRecords.has(uid) || !takeLease(leases, uid, owner)) continue;
     reserved.add(uid);
     return { uid, gid: uid };
   }
   throw new SandboxError('SANDBOX_JAIL_FAILED', `no free uid in the jail range ${j.uidBase}-${j.uidBase + j.uidCount - 1}`);
 }
 
-export function releaseUid(uid: number): void {
+/** Gives `uid` back: this process's reservation, and its lease once `owner` is gone. */
+export function releaseUid(j: JailOptions, uid: number, owner: string): void {
   reserved.delete(uid);
+  const path = join(j.leases ?? DEFAULT_LEASES, String(uid));
+  try {
+    if (readlinkSync(path) === owner && !existsSync(owner)) unlinkSync(path);
+  } catch { /* not leased */ }
 }
 
-/** Marks a uid taken up from a record (attach) as held. */
-export function holdUid(uid: number): void {
+/**
+ * Marks a uid taken up from a record (attach) as held, and its lease (a reboot may have
+ * left it stale) as this owner's. False: another live sandbox's run directory holds it.
+ */
+export function holdUid(j: JailOptions, uid: number, owner: string): boolean {
   reserved.add(uid);
+  try {
+    mkdirSync(j.leases ?? DEFAULT_LEASES, { recursive: true, mode: 0o700 });
+    return takeLease(j.leases ?? DEFAULT_LEASES, uid, owner);
+  } catch {
+    return true; // no lease directory: the record and /proc still guard it in this process
+  }
 }
 
 /** A jailed VMM's properties as /proc shows them (what docs/RELIABILITY.md records). */
@@ -105,4 +157,27 @@ export function jailMismatch(s: JailStatus, want: JailIdentity): string | null {
   if (s.noNewPrivs !== 1) return 'no_new_privs is not set';
   if (s.hostRoot) return 'its root is the host\'s root';
   return null;
+}
+
+/** A process `jailedProcesses` found: its pid, the name `match` gave it, its jail as /proc shows it. */
+export interface JailedProcess { pid: number; name: string; status: JailStatus }
+
+/**
+ * Every process whose command line `match` names (a VMM's sandbox id, a runsc process's
+ * role), with its jail read back from /proc: what `lodger doctor` reports, per backend.
+ */
+export function jailedProcesses(proc: string, match: (argv: string[]) => string | null): JailedProcess[] {
+  const out: JailedProcess[] = [];
+  for (const pid of readdirSync(proc)) {
+    if (!/^\d+$/.test(pid)) continue;
+    let name: string | null;
+    try {
+      name = match(readFileSync(join(proc, pid, 'cmdline'), 'utf8').split('\0'));
+    } catch { continue; }
+    if (name === null) continue;
+    try {
+      out.push({ pid: Number(pid), name, status: readJailStatus(proc, Number(pid)) });
+    } catch { /* exited */ }
+  }
+  return out;
 }

@@ -17,12 +17,12 @@
 //   containerd's 0711 state directories are); lodgerd's state directory is 0711 with
 //   everything in it 0700/0600 (daemon/lodgerd.ts).
 import { execFile } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { idmapMount } from '../../native/index.ts';
 import { SandboxError } from '../errors.ts';
-import { jailMismatch, readJailStatus, type JailIdentity, type JailStatus } from '../jail.ts';
+import { jailedProcesses, jailMismatch, type JailIdentity, type JailStatus } from '../jail.ts';
 import { IN_CMD, IN_IO, type GvisorPaths } from './bundle.ts';
 
 const run = promisify(execFile);
@@ -153,22 +153,9 @@ export function gvisorJailViolation(s: JailStatus, want: JailIdentity): string |
 
 /** Every runsc sandbox and gofer on the host with its jail as /proc shows it (for `lodger doctor`). */
 export function gvisorJailReport(proc: string): { pid: number; what: string; summary: string; violation: string | null }[] {
-  const out: { pid: number; what: string; summary: string; violation: string | null }[] = [];
-  for (const name of readdirSync(proc)) {
-    if (!/^\d+$/.test(name)) continue;
-    let what: string;
-    try {
-      what = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0')[0]!;
-    } catch { continue; }
-    if (what !== 'runsc-sandbox' && what !== 'runsc-gofer') continue;
-    try {
-      const s = readJailStatus(proc, Number(name));
-      const violation = s.uid[0] === 0 ? 'runs as root' : gvisorJailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! });
-      out.push({
-        pid: Number(name), what, violation,
-        summary: `uid ${s.uid[0]} gid ${s.gid[0]}, own ns ${s.ownNamespaces.join(',') || 'none'}, uid_map ${s.uidMap}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
-      });
-    } catch { /* exited */ }
-  }
-  return out;
+  const role = (argv: string[]): string | null => (argv[0] === 'runsc-sandbox' || argv[0] === 'runsc-gofer' ? argv[0] : null);
+  return jailedProcesses(proc, role).map(({ pid, name, status: s }) => ({
+    pid, what: name, violation: s.uid[0] === 0 ? 'runs as root' : gvisorJailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! }),
+    summary: `uid ${s.uid[0]} gid ${s.gid[0]}, own ns ${s.ownNamespaces.join(',') || 'none'}, uid_map ${s.uidMap}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
+  }));
 }

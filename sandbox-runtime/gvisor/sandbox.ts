@@ -124,7 +124,7 @@ export class GvisorSandbox implements Sandbox {
       await this.tellSize();
       let rootfs = this.spec.rootfsDir ?? this.opts.defaultRoot;
       if (this.opts.jail) {
-        this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedGvisorUids(this.opts.host.runDir));
+        this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedGvisorUids(this.opts.host.runDir), this.paths.dir);
         rootfs = await prepareGvisorJail(p, rootfs, this.jailId, this.opts.host.proc);
       }
       await writeFile(`${p.bundle}/config.json`, JSON.stringify(ociConfig({ rootfs, paths: p, hostname: this.id, jail: this.jailId })));
@@ -226,7 +226,7 @@ export class GvisorSandbox implements Sandbox {
     this.nextExec = rec.nextExec;
     this.pausedWhenSuspended = rec.pausedWhenSuspended;
     this.jailId = rec.jail ?? null;
-    if (this.jailId) holdUid(this.jailId.uid);
+    if (this.jailId && this.opts.jail && !holdUid(this.opts.jail, this.jailId.uid, this.paths.dir)) this.log(`jail uid ${this.jailId.uid} is leased to another sandbox too`);
     this.cgroup = this.opts.cgroups?.open(gvisorCgroupName(this.id)) ?? null;
     if (rec.state === 'suspended') {
       if (!existsSync(this.paths.checkpoint)) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its checkpoint is gone`);
@@ -547,9 +547,10 @@ export class GvisorSandbox implements Sandbox {
     await this.releaseCgroup();
     // Never remove through a mount: the job's root is behind it.
     const unmounted = await releaseGvisorJail(this.paths, this.opts.host.proc);
-    if (this.jailId) releaseUid(this.jailId.uid);
     if (!unmounted) this.log(`run directory kept: ${this.paths.rootfs} is still mounted`);
     else if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.dir, { recursive: true, force: true });
+    // After the run directory: a kept one (its files the uid's) keeps the lease.
+    if (this.jailId && this.opts.jail) releaseUid(this.opts.jail, this.jailId.uid, this.paths.dir);
   }
 
   wait(): Promise<VmmExit> {

@@ -12,11 +12,11 @@
 // its own setgid(); the filter would have to allow set*id. Here QEMU is never root, so it
 // keeps its strictest filter. Why not a C helper: util-linux is on every Debian host,
 // audited, and costs a few execs (measured in docs/RELIABILITY.md).
-import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SandboxError } from '../errors.ts';
 import { LAUNCH_PRELUDE } from '../host.ts';
-import { jailMismatch, readJailStatus, type JailIdentity, type JailStatus } from '../jail.ts';
+import { jailedProcesses, jailMismatch, type JailIdentity, type JailStatus } from '../jail.ts';
 
 export { allocateUid, DEFAULT_JAIL, holdUid, readJailStatus, releaseUid, type JailIdentity, type JailOptions, type JailStatus } from '../jail.ts';
 
@@ -145,22 +145,10 @@ export function sandboxJail(p: { jailRoot: string; socketDir: string; console: s
 
 /** Every Lodger VMM on the host with its jail as /proc shows it (for `lodger doctor`). */
 export function jailReport(proc: string): { pid: number; id: string; summary: string; violation: string | null }[] {
-  const out: { pid: number; id: string; summary: string; violation: string | null }[] = [];
-  for (const name of readdirSync(proc)) {
-    if (!/^\d+$/.test(name)) continue;
-    let id: string | undefined;
-    try {
-      id = readFileSync(join(proc, name, 'cmdline'), 'utf8').split('\0').find((a) => a.startsWith('lodger-') && a.endsWith(',debug-threads=on'));
-    } catch { continue; }
-    if (!id) continue;
-    try {
-      const s = readJailStatus(proc, Number(name));
-      const violation = jailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! }, true) ?? (s.uid[0] === 0 ? 'runs as root' : null);
-      out.push({
-        pid: Number(name), id: id.slice('lodger-'.length, -',debug-threads=on'.length), violation,
-        summary: `uid ${s.uid[0]} gid ${s.gid[0]}, root ${s.root}, own ns ${s.ownNamespaces.join(',') || 'none'}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
-      });
-    } catch { /* exited */ }
-  }
-  return out;
+  const suffix = ',debug-threads=on';
+  const id = (argv: string[]): string | null => argv.find((a) => a.startsWith('lodger-') && a.endsWith(suffix))?.slice('lodger-'.length, -suffix.length) ?? null;
+  return jailedProcesses(proc, id).map(({ pid, name, status: s }) => ({
+    pid, id: name, violation: jailViolation(s, { uid: s.uid[0]!, gid: s.gid[0]! }, true) ?? (s.uid[0] === 0 ? 'runs as root' : null),
+    summary: `uid ${s.uid[0]} gid ${s.gid[0]}, root ${s.root}, own ns ${s.ownNamespaces.join(',') || 'none'}, Seccomp ${s.seccomp}, NoNewPrivs ${s.noNewPrivs}, CapEff ${s.capEff}`,
+  }));
 }

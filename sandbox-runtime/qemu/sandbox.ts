@@ -102,7 +102,7 @@ export class QemuSandbox implements HostedSandbox {
       }
       if (this.spec.outputDir || this.spec.outputDisk) await makeOutputImage(this.paths.outputImage, this.spec.outputDiskMiB ?? 256);
       if (this.spec.rootfsDir && !this.spec.rootfsImage) await makeRootfsImage(this.spec.rootfsDir, this.paths.rootfsImage);
-      if (this.opts.jail) this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedUids(this.opts.host.runDir));
+      if (this.opts.jail) this.jailId = allocateUid(this.opts.jail, this.opts.host.proc, recordedUids(this.opts.host.runDir), this.paths.runDir);
       // -S: no guest instruction runs until the jail is confirmed from /proc.
       this.spawnVmm(['-S'], false);
       const bootTimeout = this.opts.bootTimeoutMs ?? (this.accel === 'kvm' ? 15_000 : 60_000);
@@ -216,7 +216,7 @@ export class QemuSandbox implements HostedSandbox {
     this.res.adopt(rec);
     this.snapshot.pausedWhenSaved = rec.wasPausedWhenSuspended;
     this.jailId = rec.jail ?? null;
-    if (this.jailId) holdUid(this.jailId.uid);
+    if (this.jailId && this.opts.jail && !holdUid(this.opts.jail, this.jailId.uid, this.paths.runDir)) this.log(`jail uid ${this.jailId.uid} is leased to another sandbox too`);
     this.cgroup = this.opts.cgroups?.open(cgroupName(this.id)) ?? null;
     const agent = this.agent = this.newAgent();
     const { proc } = this.opts.host;
@@ -454,8 +454,9 @@ export class QemuSandbox implements HostedSandbox {
       this.agent?.close();
       this.qmp?.close();
       await this.releaseCgroup();
-      if (this.jailId) releaseUid(this.jailId.uid);
       if (!process.env.LODGER_KEEP_RUN_DIR) await rm(this.paths.runDir, { recursive: true, force: true });
+      // After the run directory: a kept one (its files the uid's) keeps the lease.
+      if (this.jailId && this.opts.jail) releaseUid(this.opts.jail, this.jailId.uid, this.paths.runDir);
     })();
     return this.cleaned;
   }
