@@ -1,19 +1,21 @@
-// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--flood-mib N]
-//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,flood,online]
+// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--lodgerd-kills N] [--flood-mib N]
+//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,lodgerd,flood,online]
 // The long variants of test/hostile.test.ts, with the figures docs/RELIABILITY.md records:
 // boot time and host overhead per sandbox with the jail off and on (interleaved, same run),
-// for QEMU and gVisor;
-// QEMU killed --kills times each mid-resize, mid-suspend and mid-restore, and the owner
-// (as lodgerd) --owner-kills times each, with what was lost, what leaked and how long the
-// error or the take-over took; a log flood of --flood-mib (default 1024) through the
-// scheduler with the default 100 MiB log limit; the guest-side cases as lodgerd jobs next
-// to nginx under load, with nginx's p99 against its SLO (hostile-online.ts). Exits 1 when
-// a case's outcome is not the one asserted (a job lost, a leak, the SLO missed).
+// for QEMU and gVisor; QEMU killed --kills times each mid-resize, mid-suspend and
+// mid-restore, the sandbox's owner (as lodgerd) --owner-kills times each, and a whole
+// lodgerd --lodgerd-kills times mid-resize (hostile-lodgerd.ts), with what was lost, what
+// leaked and how long the error or the take-over took; a log flood of --flood-mib (default
+// 1024) through the scheduler with the default 100 MiB log limit; the guest-side cases as
+// lodgerd jobs next to nginx under load, nginx's probe p99 against its SLO
+// (hostile-online.ts). Exits 1 when an outcome is not the asserted one (a job lost, a
+// leak, the SLO missed).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
 import { openGvisorRuntime, openRuntime, type HostedRuntime, type HostedSandbox, type Sandbox, type SandboxRuntime } from '../sandbox-runtime/index.ts';
+import { lodgerdKills } from './hostile-lodgerd.ts';
 import { onlinePhase } from './hostile-online.ts';
 import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
 import { passableTmpDir } from './tmp.ts';
@@ -21,9 +23,9 @@ import { passableTmpDir } from './tmp.ts';
 const { values } = parseArgs({
   options: {
     json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' },
-    'owner-kills': { type: 'string', default: '5' }, 'flood-mib': { type: 'string', default: '1024' },
+    'owner-kills': { type: 'string', default: '5' }, 'lodgerd-kills': { type: 'string', default: '5' }, 'flood-mib': { type: 'string', default: '1024' },
     'online-rounds': { type: 'string', default: '2' }, 'online-seconds': { type: 'string', default: '25' }, 'online-load': { type: 'string', default: '40' },
-    phases: { type: 'string', default: 'boot,kills,owner,flood,online' },
+    phases: { type: 'string', default: 'boot,kills,owner,lodgerd,flood,online' },
   },
 });
 const phases = new Set(values.phases.split(','));
@@ -189,6 +191,13 @@ try {
     if (lost || leaks().processes) failures.push(`owner killed mid-${op}: ${lost} jobs lost or cut, ${leaks().processes} processes left`);
   }
   results.owner = ownerRows;
+
+  // 2c. lodgerd itself killed mid-resize (its controller's), started again on its state directory.
+  if (phases.has('lodgerd')) {
+    const k = await lodgerdKills(dir, Number(values['lodgerd-kills']), say);
+    results.lodgerdKills = k;
+    if (k.lostJobs || k.killedMidResize < k.runs) failures.push(`lodgerd killed mid-resize: ${k.lostJobs} jobs lost, ${k.runs - k.killedMidResize} runs without a resize to kill it in: ${k.details.join('; ')}`);
+  }
 
   // 3. A log flood through the scheduler with the default limit.
   if (phases.has('flood')) await flood();
