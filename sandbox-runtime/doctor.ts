@@ -10,6 +10,7 @@ import type { HostPaths } from './host.ts';
 import { imageHash, resolveInputs, type ImageOptions } from './image/index.ts';
 import { DEFAULT_JAIL, jailReport, type JailOptions } from './qemu/index.ts';
 import { nativeAvailable } from '../native/index.ts';
+import { leaseReport } from './jail.ts';
 import { gvisorJailReport } from './gvisor/index.ts';
 
 const run = promisify(execFile);
@@ -91,10 +92,11 @@ export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; imag
   const missingTools = tools.filter(([, ok]) => !ok).map(([t]) => t);
   const root = process.getuid?.() === 0;
   const jail = o.jail === false ? null : o.jail ?? DEFAULT_JAIL;
+  const leases = jail ? leaseReport(jail) : null;
   checks.push({
     name: 'jail', ok: !!jail && root && missingTools.length === 0, required: false,
     detail: !jail ? 'disabled by configuration: VMMs run as lodgerd\'s user in its namespaces'
-      : `uids ${jail.uidBase}-${jail.uidBase + jail.uidCount - 1}; ${root ? 'root' : 'not root: VMMs cannot be jailed'}; ${missingTools.length ? `missing ${missingTools.join(' ')}` : 'unshare, setpriv, prlimit, chroot, mount found'}`,
+      : `uids ${jail.uidBase}-${jail.uidBase + jail.uidCount - 1}; ${root ? 'root' : 'not root: VMMs cannot be jailed'}; ${missingTools.length ? `missing ${missingTools.join(' ')}` : 'unshare, setpriv, prlimit, chroot, mount found'}; leases in ${leases!.dir}: ${leases!.live} held, ${leases!.stale} stale (taken over when needed)`,
     fix: missingTools.length ? 'apt-get install util-linux mount coreutils' : 'run lodgerd as root (it gives each VMM its own uid)',
   });
   // Every Lodger VMM running now, as /proc shows it.

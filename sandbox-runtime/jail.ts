@@ -93,6 +93,20 @@ export function releaseUid(j: JailOptions, uid: number, owner: string): void {
   } catch { /* not leased */ }
 }
 
+/** The range's leases for `lodger doctor`: where they are, how many name a live run directory, how many are stale. */
+export function leaseReport(j: JailOptions): { dir: string; live: number; stale: number } {
+  const dir = j.leases ?? DEFAULT_LEASES;
+  const r = { dir, live: 0, stale: 0 };
+  if (!existsSync(dir)) return r;
+  for (const name of readdirSync(dir)) {
+    try {
+      if (existsSync(readlinkSync(join(dir, name)))) r.live++;
+      else r.stale++;
+    } catch { /* not a lease */ }
+  }
+  return r;
+}
+
 /**
  * Marks a uid taken up from a record (attach) as held, and its lease (a reboot may have
  * left it stale) as this owner's. False: another live sandbox's run directory holds it.
