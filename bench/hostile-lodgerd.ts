@@ -1,8 +1,8 @@
 // bench/hostile.ts's "lodgerd killed mid-resize", with the whole daemon: a job sized 1..2
 // vCPUs under a real lodgerd whose pool may grow it (nothing online to protect, a CPU
 // spare); when lodgerd's decision to grow it is heard on WatchEvents, lodgerd is killed
-// (SIGKILL) a random 0-150 ms later, its actuator's resize under way, and started again on
-// the same state directory. The job must go on to its end: one attempt, every line once
+// (SIGKILL) at a random point of the time that grow took in a first run left alone (its
+// actuator's resize under way), and started again on the same state directory. The job must go on to its end: one attempt, every line once
 // and in order, its sandbox's size as the guest has it. (The sandbox-owner variants in
 // owner-kill.ts cover suspend and restore, which lodgerd's controller starts only under
 // memory pressure.)
@@ -20,8 +20,10 @@ export interface LodgerdKillResult {
   /** Of those, the job's size when it was taken up again: vCPUs -> runs. */
   vcpusAfter: Record<string, number>;
   lostJobs: number;
-  /** From the kill to the restarted lodgerd listening, and to the job being taken up. */
+  /** From the kill to the restarted lodgerd listening (its orphans taken up before it listens). */
   restartMsMedian: number;
+  /** Without a kill, once: from the grow decision to GetStatus showing 2 vCPUs (polled every 10 ms), how long a kill has to land inside. */
+  resizeMs: number | null;
   details: string[];
 }
 
@@ -43,14 +45,14 @@ spec:
   growth: { cooldown: 1s, minSlack: 0.05, shrinkSlack: 0, memoryStep: 256Mi }
 `);
   const daemon = new TestDaemon(join(base, 'lodgerd.sock'), ['--config', join(base, 'lodgerd.yaml'), '--state-dir', join(base, 'state'), '--policy-dir', policyDir]);
-  const r: LodgerdKillResult = { runs, killedMidResize: 0, vcpusAfter: {}, lostJobs: 0, restartMsMedian: NaN, details: [] };
+  const r: LodgerdKillResult = { runs, killedMidResize: 0, vcpusAfter: {}, lostJobs: 0, restartMsMedian: NaN, resizeMs: null, details: [] };
   const restarts: number[] = [];
   let api: ApiClient | null = null;
   try {
     await daemon.start();
-    for (let i = 0; i < runs; i++) {
+    for (let i = -1; i < runs; i++) {
       api = connect(daemon.socket);
-      const id = `grow-${i}`;
+      const id = i < 0 ? 'grow-unkilled' : `grow-${i}`;
       let grow: number | null = null;
       const events = api.stream('WatchEvents', {});
       events.on('data', (e: { kind?: string; reason?: string }) => { if (e.kind === 'decision' && /-> 2 vCPUs/.test(e.reason ?? '') && grow === null) grow = performance.now(); });
@@ -65,7 +67,20 @@ spec:
         api.close();
         continue;
       }
-      const delay = Math.random() * 150;
+      if (i < 0) {
+        for (let k = 0; k < 1000 && r.resizeMs === null; k++) {
+          const st = await api.call<{ sandboxes?: { jobId?: string; vcpus?: number }[] }>('GetStatus', {});
+          if (st.sandboxes?.find((x) => x.jobId === id)?.vcpus === 2) r.resizeMs = Math.round(performance.now() - grow);
+          else await sleep(10);
+        }
+        say(`lodgerd's grow 1 -> 2 vCPUs, not killed: ${r.resizeMs} ms from the decision to the status showing it`);
+        events.cancel();
+        await api.call('WaitJob', { id });
+        api.close();
+        continue;
+      }
+      // A random point inside the resize as it took without a kill.
+      const delay = Math.random() * (r.resizeMs ?? 15);
       await sleep(Math.max(0, grow + delay - performance.now()));
       events.cancel();
       api.close();
@@ -76,8 +91,14 @@ spec:
       restarts.push(performance.now() - killed);
       api = connect(daemon.socket);
       const taken = /taking up sandbox/.test(daemon.log);
-      const st = await api.call<{ sandboxes?: { vcpus?: number }[] }>('GetStatus', {});
-      const vcpus = String(st.sandboxes?.[0]?.vcpus ?? '?');
+      // Its size as the restarted lodgerd reads it back (its first control round lists it).
+      let vcpus = '?';
+      for (let k = 0; k < 50 && vcpus === '?'; k++) {
+        const st = await api.call<{ sandboxes?: { jobId?: string; vcpus?: number }[] }>('GetStatus', {});
+        const mine = st.sandboxes?.find((x) => x.jobId === id);
+        if (mine?.vcpus) vcpus = String(mine.vcpus);
+        else await sleep(100);
+      }
       r.vcpusAfter[vcpus] = (r.vcpusAfter[vcpus] ?? 0) + 1;
       const job = await api.call<{ state: string; attempts?: number; exitCode?: number }>('WaitJob', { id });
       let out = '';
