@@ -167,7 +167,11 @@ export class VmmProcess {
   exitError(exit: { code: number | null; signal: string | null }): VmmExitedError {
     let log = '';
     try { log = readFileSync(this.who.vmmLog, 'utf8').slice(-8192); } catch { /* removed with the run directory */ }
-    return new VmmExitedError(this.who.id, exit.code, exit.signal, exit.code === 125 ? 'could not join its cgroup'
-      : exit.code === 124 ? `could not set up its jail: ${tail(log, 3)}` : tail(log + this.stderrTail, 5));
+    // -no-reboot and panic=-1: a guest that reboots, powers off or panics ends QEMU with 0.
+    const why = exit.code === 125 ? 'could not join its cgroup'
+      : exit.code === 124 ? `could not set up its jail: ${tail(log, 3)}`
+        : exit.code === 0 && this.intent === 'run' ? ['the guest shut down, rebooted or panicked', tail(log + this.stderrTail, 5)].filter(Boolean).join(': ')
+          : tail(log + this.stderrTail, 5);
+    return new VmmExitedError(this.who.id, exit.code, exit.signal, why);
   }
 }
