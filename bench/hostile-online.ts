@@ -36,7 +36,7 @@ function cases(dir: string): Case[] {
     { name: 'output-fill', what: '/output filled to the last block, emptied, filled again', spec: job('while :; do dd if=/dev/zero of=$LODGER_OUTPUT/fill bs=1M 2>/dev/null; sync; rm -f $LODGER_OUTPUT/fill; done', { outputDir: join(dir, 'out-fill') }) },
     { name: 'reboot-storm', what: 'a guest that dies as a panic does (reboot -f) 2 s in, retried 5 times', spec: job('sleep 2; reboot -f', { retries: 5 }) },
     { name: 'agent-killed', what: 'kill -9 and SIGSTOP of the agent (PID 1), then a busy loop', spec: job('kill -9 1; kill -STOP 1; while :; do :; done') },
-    { name: 'spin-all', what: 'a busy loop on every vCPU while lodgerd grows and shrinks it', spec: job('(while :; do :; done) & (while :; do :; done) & wait') },
+    { name: 'spin-all', what: 'a busy loop on every vCPU it has (lodgerd sizes it as any job)', spec: job('(while :; do :; done) & (while :; do :; done) & wait') },
   ];
 }
 
