@@ -6,8 +6,9 @@
 // The SLO is the colocation benchmark's rule, measured in this run: the p99 lodgerd's probe
 // sees over a cell of the static split (the benign batch pinned off the service's CPU), the
 // tail an operator who chose the static split accepts. A case passes when the same probe's
-// p99 from the job's submission to the case's end stays within it; the clients' p99 (hey)
-// is reported beside it, against the static split's clients' p99.
+// p99 from the job's submission to the case's end stays within it with no probe or request
+// failed, and its job ended as the case makes it end (so it did run); the clients' p99
+// (hey) is reported beside it, against the static split's clients' p99.
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -20,30 +21,37 @@ const SERVICE_CPU = 0;
 const BATCH_CPUS = cpus().length > 1 ? `1-${cpus().length - 1}` : '0';
 
 interface JobView { state: string; error?: string; attempts?: number; transitions?: { reason?: string }[] }
-interface Case { name: string; what: string; spec: Record<string, unknown> }
+/** What the job must come to: it ran (its sandbox booted) and ended as the case makes it end. */
+interface Expect { states: string[]; attempts: [min: number, max: number]; reason?: RegExp }
+interface Case { name: string; what: string; spec: Record<string, unknown>; expect: Expect }
 
 const job = (command: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
   command: ['sh', '-c', command], vcpus: { min: 1, max: 2 }, memoryMib: { min: 256, max: 256 }, ...extra,
 });
 
+/** Still running when the case ends, then cancelled: its one attempt was never cut short. */
+const RUNS_TO_THE_END: Expect = { states: ['cancelled'], attempts: [1, 1] };
+
 /** The guest-side cases of the issue, each for the whole case (its job cancelled at the end if it still runs). */
 function cases(dir: string): Case[] {
   return [
-    { name: 'benign', what: 'the colocation benchmark\'s CPU loop (the reference)', spec: job(JOBS[0]!.command[2]!) },
-    { name: 'fork-bomb', what: 'a fork bomb (the job\'s shell then execs a sleep: forking nothing, it lives on)', spec: job('bomb() { bomb | bomb & }; bomb; exec sleep 3600') },
-    { name: 'balloon', what: 'memory ballooned past the guest\'s RAM, over and over (each OOM-killed)', spec: job('while :; do awk \'BEGIN { s = "x"; while (1) s = s s }\'; done') },
-    { name: 'log-flood', what: 'stdout flooded without end (past the 100 MiB log limit)', spec: job('cat /dev/zero') },
-    { name: 'output-fill', what: '/output filled to the last block, emptied, filled again', spec: job('while :; do dd if=/dev/zero of=$LODGER_OUTPUT/fill bs=1M 2>/dev/null; sync; rm -f $LODGER_OUTPUT/fill; done', { outputDir: join(dir, 'out-fill') }) },
-    { name: 'reboot-storm', what: 'a guest that dies as a panic does (reboot -f) 2 s in, retried 5 times', spec: job('sleep 2; reboot -f', { retries: 5 }) },
-    { name: 'agent-killed', what: 'kill -9 and SIGSTOP of the agent (PID 1), then a busy loop', spec: job('kill -9 1; kill -STOP 1; while :; do :; done') },
-    { name: 'spin-all', what: 'a busy loop on every vCPU it has (lodgerd sizes it as any job)', spec: job('(while :; do :; done) & (while :; do :; done) & wait') },
+    { name: 'benign', what: 'the colocation benchmark\'s CPU loop (the reference)', spec: job(JOBS[0]!.command[2]!), expect: RUNS_TO_THE_END },
+    { name: 'fork-bomb', what: 'a fork bomb (the job\'s shell then execs a sleep: forking nothing, it lives on)', spec: job('bomb() { bomb | bomb & }; bomb; exec sleep 3600'), expect: RUNS_TO_THE_END },
+    { name: 'balloon', what: 'memory ballooned past the guest\'s RAM, over and over (each OOM-killed)', spec: job('while :; do awk \'BEGIN { s = "x"; while (1) s = s s }\'; done'), expect: RUNS_TO_THE_END },
+    { name: 'log-flood', what: 'stdout flooded without end (past the 100 MiB log limit)', spec: job('cat /dev/zero'), expect: { ...RUNS_TO_THE_END, reason: /SANDBOX_OUTPUT_LIMIT: output past \d+ bytes dropped/ } },
+    { name: 'output-fill', what: '/output filled to the last block, emptied, filled again', spec: job('while :; do dd if=/dev/zero of=$LODGER_OUTPUT/fill bs=1M 2>/dev/null; sync; rm -f $LODGER_OUTPUT/fill; done', { outputDir: join(dir, 'out-fill') }), expect: RUNS_TO_THE_END },
+    { name: 'reboot-storm', what: 'a guest that dies as a panic does (reboot -f) 2 s in, retried 5 times', spec: job('sleep 2; reboot -f', { retries: 5 }), expect: { states: ['failed', 'cancelled'], attempts: [2, 6], reason: /the guest shut down, rebooted or panicked/ } },
+    { name: 'agent-killed', what: 'kill -9 and SIGSTOP of the agent (PID 1), then a busy loop', spec: job('kill -9 1; kill -STOP 1; while :; do :; done'), expect: RUNS_TO_THE_END },
+    { name: 'spin-all', what: 'a busy loop on every vCPU it has (lodgerd sizes it as any job)', spec: job('(while :; do :; done) & (while :; do :; done) & wait'), expect: RUNS_TO_THE_END },
   ];
 }
 
 export interface OnlineRow {
   /** probeP99Ms: lodgerd's probe (the SLO's instrument) over the case; p50Ms, p99Ms: the clients' (hey). */
-  case: string; round: number; probeP99Ms: number; p50Ms: number; p99Ms: number; windows: number; windowsOver: number; errors: number;
+  case: string; round: number; probeP99Ms: number; probeFailures: number; p50Ms: number; p99Ms: number; windows: number; windowsOver: number; errors: number;
   jobState: string; jobReason: string; attempts: number;
+  /** The job ended as the case expects (see Expect); else why not. */
+  jobAsExpected: string | null;
 }
 
 export interface OnlineResult {
@@ -52,7 +60,7 @@ export interface OnlineResult {
   cases: { name: string; what: string }[];
   rows: OnlineRow[];
   /** Per case: the median of the rounds' p99 and the worst, and whether every round stayed within the target. */
-  summary: Record<string, { probeP99MsMedian: number; probeP99MsWorst: number; p99MsMedian: number; windowsOver: number; windows: number; within: boolean; states: string[] }>;
+  summary: Record<string, { probeP99MsMedian: number; probeP99MsWorst: number; p99MsMedian: number; windowsOver: number; windows: number; within: boolean; states: string[]; jobsNotAsExpected: string[] }>;
   leaks: { processes: number };
 }
 
@@ -113,9 +121,15 @@ export async function onlinePhase(dir: string, o: { rounds: number; seconds: num
           const sum = summarise(samples);
           const wins = windowP99s(samples, (Date.now() - submitted) / 1000);
           const reasons = [...new Set((j.transitions ?? []).map((x) => x.reason ?? '').filter(Boolean))].join('; ').slice(0, 300);
-          const row: OnlineRow = { case: c.name, round, probeP99Ms: probe.cell, p50Ms: sum.p50Ms, p99Ms: sum.p99Ms, windows: wins.length, windowsOver: wins.filter((w) => w > staticClientP99Ms).length, errors: sum.errors, jobState: j.state, jobReason: j.error ? `${reasons} (${j.error.slice(0, 200)})` : reasons, attempts: j.attempts ?? 0 };
+          const attempts = j.attempts ?? 0;
+          const jobReason = j.error ? `${reasons} (${j.error.slice(0, 200)})` : reasons;
+          // A reboot storm fails after its retries, or is cancelled in the middle of them by a short case.
+          const [lo, hi] = c.expect.attempts;
+          const off = !c.expect.states.includes(j.state) ? `ended ${j.state}, not ${c.expect.states.join(' or ')}` : attempts < lo || attempts > hi ? `${attempts} attempts, not ${lo}-${hi}`
+            : c.expect.reason && !c.expect.reason.test(`${reasons} ${j.error ?? ''}`) ? `no ${c.expect.reason} in its reason` : null;
+          const row: OnlineRow = { case: c.name, round, probeP99Ms: probe.cell, probeFailures: probe.failures, jobAsExpected: off, p50Ms: sum.p50Ms, p99Ms: sum.p99Ms, windows: wins.length, windowsOver: wins.filter((w) => w > staticClientP99Ms).length, errors: sum.errors, jobState: j.state, jobReason, attempts };
           rows.push(row);
-          say(`online ${id}: probe p99 ${probe.cell.toFixed(2)} ms (SLO ${targetMs.toFixed(2)}), clients' p99 ${sum.p99Ms.toFixed(2)} ms (static ${staticClientP99Ms.toFixed(2)}; ${row.windowsOver}/${row.windows} windows over it), ${sum.errors} errors; job ${j.state} after ${row.attempts} attempt(s): ${row.jobReason.slice(0, 120)}`);
+          say(`online ${id}: probe p99 ${probe.cell.toFixed(2)} ms (SLO ${targetMs.toFixed(2)}), clients' p99 ${sum.p99Ms.toFixed(2)} ms (static ${staticClientP99Ms.toFixed(2)}; ${row.windowsOver}/${row.windows} windows over it), ${sum.errors} errors, ${probe.failures} probes failed; job ${j.state} after ${row.attempts} attempt(s)${off ? ` (NOT AS EXPECTED: ${off})` : ''}: ${row.jobReason.slice(0, 120)}`);
         }
       }
     } finally {
@@ -128,7 +142,8 @@ export async function onlinePhase(dir: string, o: { rounds: number; seconds: num
       summary[c.name] = {
         probeP99MsMedian: median(mine.map((r) => r.probeP99Ms)), probeP99MsWorst: Math.max(...mine.map((r) => r.probeP99Ms)), p99MsMedian: median(mine.map((r) => r.p99Ms)),
         windowsOver: mine.reduce((a, r) => a + r.windowsOver, 0), windows: mine.reduce((a, r) => a + r.windows, 0),
-        within: mine.every((r) => r.probeP99Ms <= targetMs && r.errors === 0), states: mine.map((r) => r.jobState),
+        within: mine.every((r) => r.probeP99Ms <= targetMs && r.errors === 0 && r.probeFailures === 0), states: mine.map((r) => r.jobState),
+        jobsNotAsExpected: mine.filter((r) => r.jobAsExpected).map((r) => `round ${r.round + 1}: ${r.jobAsExpected}`),
       };
     }
     return { capacityRps: cap.capacityRps, rps, loadPct: o.loadPct, targetMs, staticClientP99Ms, cases: all.map(({ name, what }) => ({ name, what })), rows, summary, leaks: { processes: leftUnder(base) } };

@@ -103,24 +103,27 @@ try {
     ...(gv ? { 'gvisor-plain': { rt: gv.runtime.with({ jail: null }), memory: gvisorMemory }, 'gvisor-jailed': { rt: gv.runtime, memory: gvisorMemory } } : {}),
   };
   const boots: Record<string, { bootMs: number[]; overheadMiB: number[]; pssOverheadMiB: number[] }> = {};
-  for (let i = 0; phases.has('boot') && i < Number(values.runs); i++) {
-    for (const [name, k] of Object.entries(kinds)) {
-      const sb = await k.rt.create({ id: `boot-${name}-${i}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
-      try {
-        await sb.start();
-        await sleep(1000);
-        const m = await k.memory(sb);
-        const b = (boots[name] ??= { bootMs: [], overheadMiB: [], pssOverheadMiB: [] });
-        b.bootMs.push(sb.status().bootMs!);
-        b.overheadMiB.push(m.rss);
-        if (m.pss !== null) b.pssOverheadMiB.push(m.pss);
-        say(`boot ${name} #${i}: ${sb.status().bootMs!.toFixed(0)} ms, host memory beyond the guest's ${m.rss.toFixed(1)} MiB`);
-      } finally {
-        await sb.stop({ graceMs: 1000 });
+  try {
+    for (let i = 0; phases.has('boot') && i < Number(values.runs); i++) {
+      for (const [name, k] of Object.entries(kinds)) {
+        const sb = await k.rt.create({ id: `boot-${name}-${i}`, vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 768 });
+        try {
+          await sb.start();
+          await sleep(1000);
+          const m = await k.memory(sb);
+          const b = (boots[name] ??= { bootMs: [], overheadMiB: [], pssOverheadMiB: [] });
+          b.bootMs.push(sb.status().bootMs!);
+          b.overheadMiB.push(m.rss);
+          if (m.pss !== null) b.pssOverheadMiB.push(m.pss);
+          say(`boot ${name} #${i}: ${sb.status().bootMs!.toFixed(0)} ms, host memory beyond the guest's ${m.rss.toFixed(1)} MiB`);
+        } finally {
+          await sb.stop({ graceMs: 1000 }).catch((e: Error) => say(`boot ${name} #${i}: stop: ${e.message}`));
+        }
       }
     }
+  } finally {
+    await gv?.cgroups?.removeParents();
   }
-  await gv?.cgroups?.removeParents();
   results.boot = Object.fromEntries(Object.entries(boots).map(([k, v]) => [k, {
     runs: v.bootMs.length, bootMsMedian: Math.round(median(v.bootMs)), overheadMiBMedian: +median(v.overheadMiB).toFixed(1),
     ...(v.pssOverheadMiB.length ? { pssOverheadMiBMedian: +median(v.pssOverheadMiB).toFixed(1) } : {}),
@@ -175,6 +178,7 @@ try {
     const takeover: number[] = [];
     let lost = 0;
     let finishedFirst = 0;
+    let notStarted = 0;
     for (let i = 0; i < Number(values['owner-kills']); i++) {
       const sb = await boot(jailed, `owner-${op}-${i}`);
       started.delete(sb); // killOwnerMid stops it, through the owner that took it up
@@ -182,13 +186,15 @@ try {
       const k = await killOwnerMid(jailed, cgroupParent, sb, op, killMs);
       found[k.state] = (found[k.state] ?? 0) + 1;
       takeover.push(k.takeoverMs);
+      if (!/^go /m.test(k.said)) notStarted++;
       if (/^done$/m.test(k.said)) finishedFirst++;
       const whole = k.exit?.code === 0 && k.lines.join(' ') === Array.from({ length: JOB_LINES }, (_, n) => String(n + 1)).join(' ');
       if (!whole || (op === 'resize' && k.resized?.vcpus !== 2)) lost++;
     }
-    ownerRows[op] = { runs: Number(values['owner-kills']), found, finishedBeforeTheKill: finishedFirst, takeoverMsMedian: Math.round(median(takeover)), lostJobs: lost, leaks: leaks() };
+    ownerRows[op] = { runs: Number(values['owner-kills']), found, notStarted, finishedBeforeTheKill: finishedFirst, takeoverMsMedian: Math.round(median(takeover)), lostJobs: lost, leaks: leaks() };
     say(`owner killed mid-${op}: ${JSON.stringify(ownerRows[op])}`);
-    if (lost || leaks().processes) failures.push(`owner killed mid-${op}: ${lost} jobs lost or cut, ${leaks().processes} processes left`);
+    // A kill after the operation finished is counted (finishedBeforeTheKill), not failed: the random point may fall past its end.
+    if (lost || notStarted || leaks().processes) failures.push(`owner killed mid-${op}: ${lost} jobs lost or cut, ${notStarted} owners never started the ${op}, ${leaks().processes} processes left`);
   }
   results.owner = ownerRows;
 
@@ -207,7 +213,8 @@ try {
     const online = await onlinePhase(dir, { rounds: Number(values['online-rounds']), seconds: Number(values['online-seconds']), loadPct: Number(values['online-load']) }, say);
     results.online = online;
     for (const [name, c] of Object.entries(online.summary)) {
-      if (!c.within) failures.push(`online ${name}: probe p99 up to ${c.probeP99MsWorst.toFixed(2)} ms against the SLO's ${online.targetMs.toFixed(2)}`);
+      if (!c.within) failures.push(`online ${name}: probe p99 up to ${c.probeP99MsWorst.toFixed(2)} ms against the SLO's ${online.targetMs.toFixed(2)}, or a request or probe failed`);
+      if (c.jobsNotAsExpected.length) failures.push(`online ${name}: the job ${c.jobsNotAsExpected.join('; ')}`);
     }
     if (online.leaks.processes) failures.push(`online: ${online.leaks.processes} processes left`);
   }

@@ -32,10 +32,24 @@ export const JOB_LINES = 30;
  * whatever happens; a failure to take it up is thrown.
  */
 export async function killOwnerMid(runtime: HostedRuntime, cgroupParent: string, a: HostedSandbox, op: OwnerOp, killMs: number): Promise<OwnerKilled> {
+  let taken = false;
+  try {
+    return await killAndTakeUp(runtime, cgroupParent, a, op, killMs, () => { taken = true; });
+  } finally {
+    // Not taken up (the job died early, the attach failed): ended by id all the same.
+    if (!taken) await runtime.shutdown(a.id).catch(() => {});
+  }
+}
+
+async function killAndTakeUp(runtime: HostedRuntime, cgroupParent: string, a: HostedSandbox, op: OwnerOp, killMs: number, onTaken: () => void): Promise<OwnerKilled> {
   const h = await a.exec({ argv: ['sh', '-c', `i=0; while [ $i -lt ${JOB_LINES} ]; do i=$((i+1)); echo $i; sleep 0.1; done`] });
   let stored = '';
   h.onStdout((b) => { stored += b.toString(); });
-  while (!stored.includes('3\n')) await new Promise((r) => setTimeout(r, 20));
+  const deadline = Date.now() + 60_000;
+  while (!stored.includes('3\n')) {
+    if (Date.now() > deadline) throw new Error(`sandbox ${a.id}: its job printed ${JSON.stringify(stored)} in 60 s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
   if (op === 'restore') await a.suspend();
   a.release();
   const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'owner.ts'), runtime.opts.host.runDir, cgroupParent, a.id, op], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -54,6 +68,7 @@ export async function killOwnerMid(runtime: HostedRuntime, cgroupParent: string,
   }
   const c = await runtime.with({}).attach(a.id);
   const takeoverMs = performance.now() - killedAt;
+  onTaken();
   try {
     const { state, vcpus, memoryMiB } = c.status();
     let exit: OwnerKilled['exit'] = null;

@@ -96,7 +96,7 @@ export async function runDoctor(host: HostPaths, o: { accel?: AccelRequest; imag
   checks.push({
     name: 'jail', ok: !!jail && root && missingTools.length === 0, required: false,
     detail: !jail ? 'disabled by configuration: VMMs run as lodgerd\'s user in its namespaces'
-      : `uids ${jail.uidBase}-${jail.uidBase + jail.uidCount - 1}; ${root ? 'root' : 'not root: VMMs cannot be jailed'}; ${missingTools.length ? `missing ${missingTools.join(' ')}` : 'unshare, setpriv, prlimit, chroot, mount found'}; leases in ${leases!.dir}: ${leases!.live} held, ${leases!.stale} stale (taken over when needed)`,
+      : `uids ${jail.uidBase}-${jail.uidBase + jail.uidCount - 1}; ${root ? 'root' : 'not root: VMMs cannot be jailed'}; ${missingTools.length ? `missing ${missingTools.join(' ')}` : 'unshare, setpriv, prlimit, chroot, mount found'}; leases in ${leases!.dir}: ${leases!.error ? `unreadable (${leases!.error})` : `${leases!.live} held, ${leases!.stale} stale (taken over when needed)`}`,
     fix: missingTools.length ? 'apt-get install util-linux mount coreutils' : 'run lodgerd as root (it gives each VMM its own uid)',
   });
   // Every Lodger VMM running now, as /proc shows it.

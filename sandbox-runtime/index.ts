@@ -13,7 +13,7 @@ export {
 } from './open.ts';
 export { MultiRuntime, type BackendEntry } from './multi.ts';
 export type { GvisorPlatform, GvisorRuntime, GvisorRuntimeOptions, GvisorSandbox } from './gvisor/index.ts';
-export { gvisorJailReport, gvisorJailViolation } from './gvisor/index.ts';
+export { gvisorJailReport, gvisorJailViolation, SANDBOX_RLIMITS } from './gvisor/index.ts';
 export type { GuestStats, ExitStatus } from './agent/index.ts';
 // For suites that speak the agent's wire protocol to a real guest.
 export { AgentClient, encodeFrame, FrameType } from './agent/index.ts';

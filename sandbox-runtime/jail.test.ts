@@ -1,5 +1,5 @@
 import test from 'ava';
-import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { allocateUid, holdUid, releaseUid, type JailOptions } from './jail.ts';
@@ -47,16 +47,24 @@ test('a lease whose run directory is gone is stale: taken over; given back once 
   h.done();
 });
 
-test('holdUid (a sandbox taken up from its record) takes a stale lease, and says when a live one names another run directory', (t) => {
+test('holdUid (a sandbox taken up from its record) takes a stale lease, and refuses one a live sandbox of another run directory holds', (t) => {
   const h = host(7000);
   const other = h.run('other');
   t.is(allocateUid(h.j, h.proc, new Set(), other).uid, 7000);
   const mine = h.run('mine');
-  t.false(holdUid(h.j, 7000, mine), 'leased to a live run directory of another sandbox');
+  t.throws(() => holdUid(h.j, 7000, mine), { message: /jail uid 7000 of .*mine is leased to another live sandbox \(.*other\)/ });
   rmSync(other, { recursive: true });
-  t.true(holdUid(h.j, 7000, mine));
+  holdUid(h.j, 7000, mine);
   t.is(readlinkSync(join(h.j.leases!, '7000')), mine);
-  t.true(holdUid(h.j, 7000, mine), 'its own lease');
+  t.notThrows(() => holdUid(h.j, 7000, mine), 'its own lease');
+  h.done();
+});
+
+test('a lease directory others can write is refused: SANDBOX_JAIL_FAILED names it', (t) => {
+  const h = host(9000);
+  mkdirSync(h.j.leases!, { mode: 0o777 });
+  chmodSync(h.j.leases!, 0o777);
+  t.throws(() => allocateUid(h.j, h.proc, new Set(), h.run('a')), { message: /jail uid leases: .*leases must be a directory of uid \d+ that no one else can write/ });
   h.done();
 });
 

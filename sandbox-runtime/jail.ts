@@ -1,8 +1,9 @@
 // What every backend's jail shares: the uid range each sandbox takes one uid of, and a
 // jailed process's properties as /proc shows them. How a backend confines its process is
 // its own (qemu/jail.ts: util-linux around QEMU; gvisor/jail.ts: a user namespace for runsc).
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { nativeAvailable, withFileLock } from '../native/index.ts';
 import { SandboxError } from './errors.ts';
 
 export interface JailOptions {
@@ -32,27 +33,46 @@ export interface JailIdentity {
 const reserved = new Set<number>();
 
 /**
- * Takes `uid`'s lease for `owner` (a run directory). A lease is live while the directory
- * it names exists; a stale one (its sandbox gone without cleanup) is taken over. Two
- * processes taking over the same stale lease at the same instant could both succeed:
- * the one race left, with no lock between processes.
+ * The lease directory, made if missing; refused unless it is a directory of this process's
+ * user that nobody else may write (whoever could would block uids or drop leases).
+ */
+function leaseDir(j: JailOptions): string {
+  const dir = resolve(j.leases ?? DEFAULT_LEASES);
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== process.geteuid?.() || (st.mode & 0o022) !== 0) throw new Error(`${dir} must be a directory of uid ${process.geteuid?.()} that no one else can write`);
+  } catch (e) {
+    throw new SandboxError('SANDBOX_JAIL_FAILED', `jail uid leases: ${(e as Error).message}`);
+  }
+  return dir;
+}
+
+/**
+ * Runs `fn` with the lease directory locked against every other Lodger process (flock on
+ * `.lock`, dropped by the kernel if the holder dies), so that a take-over or a release
+ * never undoes another process's fresh lease. Without the native addon: unlocked.
+ */
+function locked<T>(dir: string, fn: () => T): T {
+  return nativeAvailable() ? withFileLock(join(dir, '.lock'), fn) : fn();
+}
+
+/**
+ * Takes `uid`'s lease for `owner` (an absolute run directory; the lock held). A lease is
+ * live while the directory it names exists; a stale one (its sandbox gone without
+ * cleanup) is taken over. False: another live sandbox's.
  */
 function takeLease(dir: string, uid: number, owner: string): boolean {
   const path = join(dir, String(uid));
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      symlinkSync(owner, path);
-      return true;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    let holder: string;
-    try { holder = readlinkSync(path); } catch { continue; } // given back meanwhile
-    if (holder === owner) return true;
+  let holder: string | null = null;
+  try { holder = readlinkSync(path); } catch { /* none */ }
+  if (holder === owner) return true;
+  if (holder !== null) {
     if (existsSync(holder)) return false;
-    try { unlinkSync(path); } catch { /* another process took it over first */ }
+    unlinkSync(path);
   }
-  return false;
+  symlinkSync(owner, path);
+  return true;
 }
 
 /**
@@ -69,56 +89,75 @@ export function allocateUid(j: JailOptions, proc: string, usedByRecords: Set<num
       if (m) running.add(Number(m[1]));
     } catch { /* exited */ }
   }
-  const leases = j.leases ?? DEFAULT_LEASES;
+  const dir = leaseDir(j);
+  let uid: number | null;
   try {
-    mkdirSync(leases, { recursive: true, mode: 0o700 });
+    uid = locked(dir, () => {
+      for (let k = 0; k < j.uidCount; k++) {
+        const u = j.uidBase + k;
+        if (!reserved.has(u) && !running.has(u) && !usedByRecords.has(u) && takeLease(dir, u, resolve(owner))) return u;
+      }
+      return null;
+    });
   } catch (e) {
-    throw new SandboxError('SANDBOX_JAIL_FAILED', `jail uid leases: ${(e as Error).message}`);
+    throw new SandboxError('SANDBOX_JAIL_FAILED', `jail uid leases in ${dir}: ${(e as Error).message}`);
   }
-  for (let k = 0; k < j.uidCount; k++) {
-    const uid = j.uidBase + k;
-    if (reserved.has(uid) || running.has(uid) || usedByRecords.has(uid) || !takeLease(leases, uid, owner)) continue;
-    reserved.add(uid);
-    return { uid, gid: uid };
-  }
-  throw new SandboxError('SANDBOX_JAIL_FAILED', `no free uid in the jail range ${j.uidBase}-${j.uidBase + j.uidCount - 1}`);
+  if (uid === null) throw new SandboxError('SANDBOX_JAIL_FAILED', `no free uid in the jail range ${j.uidBase}-${j.uidBase + j.uidCount - 1}`);
+  reserved.add(uid);
+  return { uid, gid: uid };
 }
 
 /** Gives `uid` back: this process's reservation, and its lease once `owner` is gone. */
 export function releaseUid(j: JailOptions, uid: number, owner: string): void {
   reserved.delete(uid);
-  const path = join(j.leases ?? DEFAULT_LEASES, String(uid));
   try {
-    if (readlinkSync(path) === owner && !existsSync(owner)) unlinkSync(path);
-  } catch { /* not leased */ }
+    const dir = leaseDir(j);
+    const path = join(dir, String(uid));
+    locked(dir, () => {
+      if (readlinkSync(path) === resolve(owner) && !existsSync(owner)) unlinkSync(path);
+    });
+  } catch { /* not leased, or no lease directory: a stale lease is taken over anyway */ }
 }
 
 /** The range's leases for `lodger doctor`: where they are, how many name a live run directory, how many are stale. */
-export function leaseReport(j: JailOptions): { dir: string; live: number; stale: number } {
-  const dir = j.leases ?? DEFAULT_LEASES;
+export function leaseReport(j: JailOptions): { dir: string; live: number; stale: number; error?: string } {
+  const dir = resolve(j.leases ?? DEFAULT_LEASES);
   const r = { dir, live: 0, stale: 0 };
-  if (!existsSync(dir)) return r;
-  for (const name of readdirSync(dir)) {
-    try {
-      if (existsSync(readlinkSync(join(dir, name)))) r.live++;
-      else r.stale++;
-    } catch { /* not a lease */ }
+  try {
+    if (!existsSync(dir)) return r;
+    for (const name of readdirSync(dir)) {
+      try {
+        if (existsSync(readlinkSync(join(dir, name)))) r.live++;
+        else r.stale++;
+      } catch { /* the lock file, or not a lease */ }
+    }
+    return r;
+  } catch (e) {
+    return { ...r, error: (e as NodeJS.ErrnoException).code ?? (e as Error).message };
   }
-  return r;
 }
 
 /**
  * Marks a uid taken up from a record (attach) as held, and its lease (a reboot may have
- * left it stale) as this owner's. False: another live sandbox's run directory holds it.
+ * left it stale) as this owner's. Throws SANDBOX_JAIL_FAILED when another live sandbox's
+ * run directory holds it: the two would share a uid, and so each other's files.
  */
-export function holdUid(j: JailOptions, uid: number, owner: string): boolean {
+export function holdUid(j: JailOptions, uid: number, owner: string): void {
   reserved.add(uid);
+  let dir: string;
   try {
-    mkdirSync(j.leases ?? DEFAULT_LEASES, { recursive: true, mode: 0o700 });
-    return takeLease(j.leases ?? DEFAULT_LEASES, uid, owner);
+    dir = leaseDir(j);
   } catch {
-    return true; // no lease directory: the record and /proc still guard it in this process
+    return; // a lease directory gone wrong refuses new sandboxes; one already running is still taken up
   }
+  const path = join(dir, String(uid));
+  locked(dir, () => {
+    if (!takeLease(dir, uid, resolve(owner))) {
+      let holder = '?';
+      try { holder = readlinkSync(path); } catch { /* given back meanwhile */ }
+      throw new SandboxError('SANDBOX_JAIL_FAILED', `jail uid ${uid} of ${owner} is leased to another live sandbox (${holder})`);
+    }
+  });
 }
 
 /** A jailed VMM's properties as /proc shows them (what docs/RELIABILITY.md records). */

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { JobStore, lockStateDir } from '../daemon/index.ts';
-import { gvisorJailReport, gvisorJailViolation, openGvisorRuntime, readJailStatus, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
+import { gvisorJailReport, gvisorJailViolation, openGvisorRuntime, readJailStatus, SANDBOX_RLIMITS, SandboxError, VMM_OOM_SCORE_ADJ, type GvisorRuntime, type GvisorSandbox } from '../sandbox-runtime/index.ts';
 import { collect, runscInstalled } from './helpers.ts';
 import { mountsUnder, passableTmpDir } from '../bench/index.ts';
 
@@ -74,6 +74,11 @@ asRoot('the jail: runsc\'s sandbox and gofer run as their own uid, Seccomp 2, No
     t.true(j.ownNamespaces.includes('user'));
     t.is(j.uidMap, `0 ${uid} 1`, 'its capabilities are over that one uid only');
     t.is(gvisorJailViolation(j, { uid, gid: uid }), null);
+    const limits = readFileSync(`/proc/${pid}/limits`, 'utf8');
+    t.regex(limits, /^Max core file size\s+0\s+0\s/m, 'no core dumps');
+    // At most SANDBOX_RLIMITS.nofile, or the lower hard limit this process inherited (20000 here, not raisable).
+    const nofile = /^Max open files\s+(\d+)\s+(\d+)\s/m.exec(limits);
+    t.true(!!nofile && Number(nofile[2]) <= SANDBOX_RLIMITS.nofile, `open files bounded: ${nofile?.[0]}`);
   }
   t.not(readJailStatus('/proc', other.pid!).uid[0], uid, 'each sandbox its own uid');
   // What `lodger doctor` lists: this sandbox's runsc processes, each without a violation.

@@ -46,18 +46,19 @@ export function cpuSeconds(pid: number): number {
  * in the cell (the static split's sets lodgerd's target: the tail an operator choosing it
  * accepts), and the median over the 1-s windows of their p99 (a typical second).
  */
-export async function probeP99(svc: Service, during: Promise<unknown>): Promise<{ cell: number; window: number }> {
+export async function probeP99(svc: Service, during: Promise<unknown>): Promise<{ cell: number; window: number; failures: number }> {
   const mon = new ServiceMonitor({ name: svc.name, source: 'bench', slo: { percentile: 99, targetMs: 1000, windowMs: 1000 }, probe: svc.probe, prometheus: null, cpus: null });
   const lat: { at: number; ms: number }[] = [];
-  mon.onSample = (r, at) => { if (r.ok) lat.push({ at, ms: r.latencyMs }); };
+  let failures = 0;
+  mon.onSample = (r, at) => { if (r.ok) lat.push({ at, ms: r.latencyMs }); else failures++; };
   mon.start();
   await during;
   mon.stop();
-  if (!lat.length) return { cell: NaN, window: NaN };
+  if (!lat.length) return { cell: NaN, window: NaN, failures };
   const t0 = lat[0]!.at;
   const cell = percentile(lat.map((x) => x.ms), 99);
   const wins = windowP99s(lat.map((x) => ({ t: x.at - t0, ms: x.ms, ok: true })), Math.floor((lat.at(-1)!.at - t0) / 1000));
-  return { cell, window: wins.length ? percentile(wins, 50) : cell };
+  return { cell, window: wins.length ? percentile(wins, 50) : cell, failures };
 }
 
 /** Tightening and loosening in lodgerd's decision reasons (decide.ts words them). */

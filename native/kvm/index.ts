@@ -21,6 +21,8 @@ interface Addon {
   pinThread(tid: number, cpus: number[]): void;
   threadAffinity(tid: number): number[];
   idmapMount(source: string, target: string, uid: number, gid: number): void;
+  lockFile(path: string): number;
+  unlockFile(fd: number): void;
 }
 
 export class NativeAddonMissingError extends Error {
@@ -61,4 +63,18 @@ export function threadAffinity(tid: number): number[] {
  */
 export function idmapMount(source: string, target: string, uid: number, gid: number): void {
   addon().idmapMount(source, target, uid, gid);
+}
+
+/**
+ * Runs `fn` holding an exclusive flock(2) on `path` (created 0600, never through a link):
+ * one Lodger process at a time. The kernel drops the lock if the holder dies.
+ */
+export function withFileLock<T>(path: string, fn: () => T): T {
+  const a = addon();
+  const fd = a.lockFile(path);
+  try {
+    return fn();
+  } finally {
+    a.unlockFile(fd);
+  }
 }

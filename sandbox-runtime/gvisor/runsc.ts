@@ -27,14 +27,26 @@ export interface RunOptions {
   cgroupProcs?: string[];
   /** stderr also appended here (the sandbox's log, read for a VmmExitedError's detail). */
   log?: string;
+  /** A boot: the sandbox and gofer runsc forks inherit SANDBOX_RLIMITS. */
+  rlimits?: boolean;
 }
+
+/**
+ * What a sandbox's runsc processes may hold: no core dumps (a sentry's would hold the
+ * job's memory), and a bound on open files (the gofer keeps a host fd per file the job has
+ * open; QEMU needs only 4096). Set by the launcher shell's builtin, no extra exec.
+ */
+export const SANDBOX_RLIMITS = { core: 0, nofile: 65536 } as const;
 
 /** Runs `runsc <flags> args...`; resolves with stdout (at most 1 MiB) or throws with its stderr's tail. */
 export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<string> {
   const argv = [...globalFlags(r), ...args];
   const procs = o.cgroupProcs ?? [];
   // The sandbox process runsc forks inherits the score (a batch sandbox goes before the service).
-  const script = `${LAUNCH_PRELUDE}exec "$@"`;
+  // Raising the file limit fails where the inherited hard limit is lower and may not be
+  // raised (no CAP_SYS_RESOURCE, as on Lodger's test machines): that lower one bounds it then.
+  const limits = o.rlimits ? `ulimit -c ${SANDBOX_RLIMITS.core} && { ulimit -n ${SANDBOX_RLIMITS.nofile} 2>/dev/null || true; } && ` : '';
+  const script = `${LAUNCH_PRELUDE}${limits}exec "$@"`;
   return new Promise((resolve, reject) => {
     // Pipes, never a regular file (runsc's output overwrote one from offset 0). The
     // container's processes inherit them, so the end is 'exit', not the pipes closing.

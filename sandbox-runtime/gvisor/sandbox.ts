@@ -149,7 +149,7 @@ export class GvisorSandbox implements Sandbox {
   private async boot([cmd, ...args]: string[]): Promise<void> {
     const pidFile = join(this.paths.dir, 'runsc.pid');
     await rm(pidFile, { force: true });
-    await runsc(this.rs, [cmd!, `--pid-file=${pidFile}`, ...args], { timeoutMs: 30_000, code: 'SANDBOX_BOOT_FAILED', cgroupProcs: this.cgroup?.procsFiles ?? [], log: this.paths.log });
+    await runsc(this.rs, [cmd!, `--pid-file=${pidFile}`, ...args], { timeoutMs: 30_000, code: 'SANDBOX_BOOT_FAILED', cgroupProcs: this.cgroup?.procsFiles ?? [], log: this.paths.log, rlimits: true });
     const pid = parsePidFile(readFileSync(pidFile, 'latin1'));
     this.pidValue = pid;
     this.intent = 'run';
@@ -226,7 +226,7 @@ export class GvisorSandbox implements Sandbox {
     this.nextExec = rec.nextExec;
     this.pausedWhenSuspended = rec.pausedWhenSuspended;
     this.jailId = rec.jail ?? null;
-    if (this.jailId && this.opts.jail && !holdUid(this.opts.jail, this.jailId.uid, this.paths.dir)) this.log(`jail uid ${this.jailId.uid} is leased to another sandbox too`);
+    if (this.jailId && this.opts.jail) holdUid(this.opts.jail, this.jailId.uid, this.paths.dir);
     this.cgroup = this.opts.cgroups?.open(gvisorCgroupName(this.id)) ?? null;
     if (rec.state === 'suspended') {
       if (!existsSync(this.paths.checkpoint)) throw new SandboxError('SANDBOX_GONE', `sandbox ${this.id} was suspended but its checkpoint is gone`);

@@ -216,7 +216,7 @@ export class QemuSandbox implements HostedSandbox {
     this.res.adopt(rec);
     this.snapshot.pausedWhenSaved = rec.wasPausedWhenSuspended;
     this.jailId = rec.jail ?? null;
-    if (this.jailId && this.opts.jail && !holdUid(this.opts.jail, this.jailId.uid, this.paths.runDir)) this.log(`jail uid ${this.jailId.uid} is leased to another sandbox too`);
+    if (this.jailId && this.opts.jail) holdUid(this.opts.jail, this.jailId.uid, this.paths.runDir);
     this.cgroup = this.opts.cgroups?.open(cgroupName(this.id)) ?? null;
     const agent = this.agent = this.newAgent();
     const { proc } = this.opts.host;

@@ -170,7 +170,9 @@ export class VmmProcess {
     // -no-reboot and panic=-1: a guest that reboots, powers off or panics ends QEMU with 0.
     const why = exit.code === 125 ? 'could not join its cgroup'
       : exit.code === 124 ? `could not set up its jail: ${tail(log, 3)}`
-        : exit.code === 0 && this.intent === 'run' ? ['the guest shut down, rebooted or panicked', tail(log + this.stderrTail, 5)].filter(Boolean).join(': ')
+        // ... unless QEMU itself was told to quit (a signal, QMP quit), which it logs.
+        : exit.code === 0 && this.intent === 'run' && !/terminating on signal|quit/i.test(log + this.stderrTail)
+          ? ['the guest shut down, rebooted or panicked', tail(log + this.stderrTail, 5)].filter(Boolean).join(': ')
           : tail(log + this.stderrTail, 5);
     return new VmmExitedError(this.who.id, exit.code, exit.signal, why);
   }

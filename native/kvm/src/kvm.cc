@@ -1,6 +1,6 @@
 // lodger_kvm: the few things Node cannot do itself. Probe /dev/kvm (API version, vCPU
 // limits, which vendor module backs it) and pin a thread to a set of CPUs; idmapped
-// mounts for the gVisor jail are in idmap.cc.
+// mounts for the gVisor jail are in idmap.cc, file locks in lock.cc.
 #include <napi.h>
 
 #include <cerrno>
@@ -15,6 +15,7 @@
 
 namespace lodger {
 void InitIdmap(Napi::Env env, Napi::Object exports);
+void InitLock(Napi::Env env, Napi::Object exports);
 }
 
 namespace {
@@ -107,6 +108,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pinThread", Napi::Function::New(env, PinThread));
   exports.Set("threadAffinity", Napi::Function::New(env, ThreadAffinity));
   lodger::InitIdmap(env, exports);
+  lodger::InitLock(env, exports);
   return exports;
 }
 
