@@ -1,10 +1,11 @@
 // npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--lodgerd-kills N] [--flood-mib N]
-//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,lodgerd,flood,online]
+//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,lodgerd,lodgerd-suspend,flood,online]
 // The long variants of test/hostile.test.ts, with the figures docs/RELIABILITY.md records:
 // boot time and host overhead per sandbox with the jail off and on (interleaved, same run),
 // for QEMU and gVisor; QEMU killed --kills times each mid-resize, mid-suspend and
 // mid-restore, the sandbox's owner (as lodgerd) --owner-kills times each, and a whole
-// lodgerd --lodgerd-kills times mid-resize (hostile-lodgerd.ts), with what was lost, what
+// lodgerd --lodgerd-kills times mid-resize (hostile-lodgerd.ts) and once mid-suspend
+// (hostile-suspend.ts), with what was lost, what
 // leaked and how long the error or the take-over took; a log flood of --flood-mib (default
 // 1024) through the scheduler with the default 100 MiB log limit; the guest-side cases as
 // lodgerd jobs next to nginx under load, nginx's probe p99 against its SLO
@@ -16,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
 import { openGvisorRuntime, openRuntime, type HostedRuntime, type HostedSandbox, type Sandbox, type SandboxRuntime } from '../sandbox-runtime/index.ts';
 import { lodgerdKills } from './hostile-lodgerd.ts';
+import { lodgerdKillMidSuspend } from './hostile-suspend.ts';
 import { onlinePhase } from './hostile-online.ts';
 import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
 import { passableTmpDir } from './tmp.ts';
@@ -25,7 +27,7 @@ const { values } = parseArgs({
     json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' },
     'owner-kills': { type: 'string', default: '5' }, 'lodgerd-kills': { type: 'string', default: '5' }, 'flood-mib': { type: 'string', default: '1024' },
     'online-rounds': { type: 'string', default: '2' }, 'online-seconds': { type: 'string', default: '25' }, 'online-load': { type: 'string', default: '40' },
-    phases: { type: 'string', default: 'boot,kills,owner,lodgerd,flood,online' },
+    phases: { type: 'string', default: 'boot,kills,owner,lodgerd,lodgerd-suspend,flood,online' },
   },
 });
 const phases = new Set(values.phases.split(','));
@@ -203,6 +205,14 @@ try {
     const k = await lodgerdKills(dir, Number(values['lodgerd-kills']), say);
     results.lodgerdKills = k;
     if (k.lostJobs || k.killedMidResize < k.runs) failures.push(`lodgerd killed mid-resize: ${k.lostJobs} jobs lost, ${k.runs - k.killedMidResize} runs without a resize to kill it in: ${k.details.join('; ')}`);
+  }
+
+  // 2d. lodgerd killed mid-suspend (its controller's, under memory pressure in a budget cgroup).
+  if (phases.has('lodgerd-suspend')) {
+    const k = await lodgerdKillMidSuspend(dir, say);
+    results.lodgerdSuspendKill = k;
+    say(`lodgerd killed mid-suspend: ${JSON.stringify(k)}`);
+    if (!k.ran || !k.whole || !['succeeded', 'running'].includes(k.final ?? '') || k.attempts !== 1) failures.push(`lodgerd killed mid-suspend: ${JSON.stringify(k)}`);
   }
 
   // 3. A log flood through the scheduler with the default limit.

@@ -17,14 +17,15 @@ export class TestDaemon {
   /**
    * `args`: the flags every start gets (state dir, policy dir...); `--socket` is added.
    * `cpus`: run it on these (taskset execs it, so the pid stays lodgerd's), as a control
-   * plane on housekeeping CPUs would be.
+   * plane on housekeeping CPUs would be. `cgroupProcs`: a cgroup.procs file it is started
+   * in (a shell joins it and execs lodgerd: a memory budget around lodgerd and its VMMs).
    */
-  constructor(readonly socket: string, readonly args: string[], readonly cpus: string | null = null) {}
+  constructor(readonly socket: string, readonly args: string[], readonly cpus: string | null = null, readonly cgroupProcs: string | null = null) {}
 
   /** Starts lodgerd and resolves once it listens; rejects with its log if it exits or takes longer than `timeoutMs`. */
   start(extra: string[] = [], timeoutMs = 30_000): Promise<void> {
     this.log = '';
-    const cmd = [...(this.cpus ? ['taskset', '-c', this.cpus] : []), process.execPath, join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra];
+    const cmd = [...(this.cgroupProcs ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', this.cgroupProcs] : []), ...(this.cpus ? ['taskset', '-c', this.cpus] : []), process.execPath, join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra];
     const d = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc = d;
     d.stderr!.on('data', (b) => {
