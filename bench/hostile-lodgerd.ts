@@ -9,7 +9,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../daemon/index.ts';
-import { TestDaemon } from './lodgerd.ts';
+import { storedStdout, TestDaemon } from './lodgerd.ts';
+import { median } from './services.ts';
 
 const LINES = 60;
 
@@ -28,7 +29,6 @@ export interface LodgerdKillResult {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)]! : NaN; };
 
 export async function lodgerdKills(dir: string, runs: number, say: (m: string) => void): Promise<LodgerdKillResult> {
   const base = join(dir, 'lodgerd-kill');
@@ -101,13 +101,7 @@ spec:
       }
       r.vcpusAfter[vcpus] = (r.vcpusAfter[vcpus] ?? 0) + 1;
       const job = await api.call<{ state: string; attempts?: number; exitCode?: number }>('WaitJob', { id });
-      let out = '';
-      await new Promise<void>((resolve) => {
-        const logs = api!.stream('StreamLogs', { id, follow: false });
-        logs.on('data', (c: { stream?: string; data?: Buffer }) => { if (c.stream === 'stdout' && c.data) out += c.data.toString(); });
-        logs.on('end', resolve);
-        logs.on('error', () => resolve());
-      });
+      const out = await storedStdout(api, id);
       const whole = out === Array.from({ length: LINES }, (_, n) => `${n + 1}\n`).join('');
       if (!taken || job.state !== 'succeeded' || job.attempts !== 1 || !whole) {
         r.lostJobs++;

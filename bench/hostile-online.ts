@@ -9,13 +9,14 @@
 // p99 from the job's submission to the case's end stays within it with no probe or request
 // failed, and its job ended as the case makes it end (so it did run); the clients' p99
 // (hey) is reported beside it, against the static split's clients' p99.
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '../daemon/index.ts';
 import { JOBS, load, measureCapacity, measureCell, policyYaml, probeP99, startDirect, summarise, windowP99s, type Service } from './colocation/index.ts';
 import { TestDaemon } from './lodgerd.ts';
-import { startNginx } from './services.ts';
+import { median, startNginx } from './services.ts';
+import { processesNaming } from './containerd.ts';
 
 const SERVICE_CPU = 0;
 const BATCH_CPUS = cpus().length > 1 ? `1-${cpus().length - 1}` : '0';
@@ -65,7 +66,6 @@ export interface OnlineResult {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; };
 
 export async function onlinePhase(dir: string, o: { rounds: number; seconds: number; loadPct: number }, say: (m: string) => void): Promise<OnlineResult> {
   const nginx = await startNginx(join(dir, 'nginx'), 0, SERVICE_CPU);
@@ -146,16 +146,9 @@ export async function onlinePhase(dir: string, o: { rounds: number; seconds: num
         jobsNotAsExpected: mine.filter((r) => r.jobAsExpected).map((r) => `round ${r.round + 1}: ${r.jobAsExpected}`),
       };
     }
-    return { capacityRps: cap.capacityRps, rps, loadPct: o.loadPct, targetMs, staticClientP99Ms, cases: all.map(({ name, what }) => ({ name, what })), rows, summary, leaks: { processes: leftUnder(base) } };
+    return { capacityRps: cap.capacityRps, rps, loadPct: o.loadPct, targetMs, staticClientP99Ms, cases: all.map(({ name, what }) => ({ name, what })), rows, summary, leaks: { processes: processesNaming(base).length } };
   } finally {
     daemon.end();
     await nginx.stop();
   }
-}
-
-/** Processes whose command line names `dir` (lodgerd's VMMs, lodgerd itself). */
-function leftUnder(dir: string): number {
-  return readdirSync('/proc').filter((p) => /^\d+$/.test(p) && existsSync(`/proc/${p}/cmdline`)).filter((p) => {
-    try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir); } catch { return false; }
-  }).length;
 }

@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'n
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../daemon/index.ts';
-import { TestDaemon } from './lodgerd.ts';
+import { storedStdout, TestDaemon } from './lodgerd.ts';
 
 const MEM = '/sys/fs/cgroup/memory';
 const UNITS = 240;
@@ -82,16 +82,7 @@ spec:
     await api.call('SubmitJob', { id: 'spare', spec: { name: 'spare', command: ['sh', '-c', 'mkdir -p /tmp/h; mount -t tmpfs -o size=400m tmpfs /tmp/h; head -c 268435456 /dev/zero > /tmp/h/x; rm /tmp/h/x; echo freed; sleep 3600'], memoryMib: mem } });
     await api.call('SubmitJob', { id: 'hold', spec: { name: 'hold', command: ['sh', '-c', 'mkdir -p /tmp/h; mount -t tmpfs -o size=500m tmpfs /tmp/h; n=0; while [ $(awk \'/^MemAvailable/{print $2}\' /proc/meminfo) -gt 40960 ]; do head -c 4194304 /dev/zero > /tmp/h/c$n; n=$((n+1)); done; echo held $n; '
       + `i=1; while [ $i -le ${UNITS} ]; do echo "$i"; i=$((i+1)); sleep 0.5; done; echo done`], memoryMib: mem } });
-    const logs = async (id: string): Promise<string> => {
-      let out = '';
-      await new Promise<void>((resolve) => {
-        const s = api!.stream('StreamLogs', { id, follow: false });
-        s.on('data', (c: { stream?: string; data?: Buffer }) => { if (c.stream === 'stdout' && c.data) out += c.data.toString(); });
-        s.on('end', resolve);
-        s.on('error', () => resolve());
-      });
-      return out;
-    };
+    const logs = (id: string): Promise<string> => storedStdout(api!, id);
     const until = Date.now() + 180_000;
     while (!((await logs('spare')).includes('freed') && (await logs('hold')).includes('held'))) {
       if (Date.now() > until) return { ran: false, why: 'the jobs did not take their memory in 180 s' };

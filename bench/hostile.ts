@@ -20,6 +20,8 @@ import { lodgerdKills } from './hostile-lodgerd.ts';
 import { lodgerdKillMidSuspend } from './hostile-suspend.ts';
 import { onlinePhase } from './hostile-online.ts';
 import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
+import { median } from './services.ts';
+import { processesNaming } from './containerd.ts';
 import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({
@@ -34,7 +36,6 @@ const phases = new Set(values.phases.split(','));
 /** Outcomes that are not the asserted ones: the exit status says so. */
 const failures: string[] = [];
 const say = (m: string): void => { if (!values.json) console.error(m); };
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)]! : NaN; };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const dir = passableTmpDir('lodger-hostile-');
@@ -54,9 +55,7 @@ async function boot(rt: HostedRuntime, id: string, extra: Record<string, unknown
 
 /** VMMs from our run directory still running, and sandbox run directories left. */
 function leaks(): { processes: number; runDirs: number } {
-  const processes = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
-    try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir); } catch { return false; }
-  }).length;
+  const processes = processesNaming(dir).length;
   const runDirs = ['run', 'run-gvisor'].reduce((n, d) => n + (existsSync(join(dir, d)) ? readdirSync(join(dir, d)).length : 0), 0);
   return { processes, runDirs };
 }

@@ -3,6 +3,7 @@
 // keeps its sandboxes on purpose, a test must not.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import type { ApiClient } from '../daemon/index.ts';
 
 const root = join(import.meta.dirname, '..');
 
@@ -75,4 +76,15 @@ export class TestDaemon {
       try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
     }
   }
+}
+
+/** A job's stored stdout, all of it, through lodgerd's API (StreamLogs without follow). */
+export function storedStdout(api: ApiClient, id: string): Promise<string> {
+  let out = '';
+  return new Promise((resolve) => {
+    const s = api.stream('StreamLogs', { id, follow: false });
+    s.on('data', (c: { stream?: string; data?: Buffer }) => { if (c.stream === 'stdout' && c.data) out += c.data.toString(); });
+    s.on('end', () => resolve(out));
+    s.on('error', () => resolve(out));
+  });
 }

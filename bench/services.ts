@@ -132,6 +132,12 @@ export function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
+/** The middle of a list (the upper one of an even count); NaN when it is empty. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)]! : NaN;
+}
+
 export function runHey(url: string, seconds: number, rate: number, workers = 4, cpu: number | null = null): Promise<HeyResult> {
   return new Promise((resolve, reject) => {
     const cmd = [...loadGeneratorPrefix(cpu), 'hey', '-z', `${seconds}s`, '-c', String(workers), '-q', String(Math.max(1, Math.round(rate / workers))), url];
