@@ -1,11 +1,11 @@
-// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--lodgerd-kills N] [--flood-mib N]
-//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,lodgerd,lodgerd-suspend,flood,online]
+// npm run bench:hostile -- [--json] [--runs N] [--kills N] [--owner-kills N] [--lodgerd-kills N] [--budget-kills N] [--flood-mib N]
+//   [--online-rounds N] [--online-seconds N] [--online-load PCT] [--phases boot,kills,owner,lodgerd,lodgerd-suspend,lodgerd-restore,flood,online]
 // The long variants of test/hostile.test.ts, with the figures docs/RELIABILITY.md records:
 // boot time and host overhead per sandbox with the jail off and on (interleaved, same run),
 // for QEMU and gVisor; QEMU killed --kills times each mid-resize, mid-suspend and
 // mid-restore, the sandbox's owner (as lodgerd) --owner-kills times each, and a whole
-// lodgerd --lodgerd-kills times mid-resize (hostile-lodgerd.ts) and once mid-suspend
-// (hostile-suspend.ts), with what was lost, what
+// lodgerd --lodgerd-kills times mid-resize (hostile-lodgerd.ts) and --budget-kills times
+// each mid-suspend and mid-restore, interleaved (hostile-suspend.ts), with what was lost, what
 // leaked and how long the error or the take-over took; a log flood of --flood-mib (default
 // 1024) through the scheduler with the default 100 MiB log limit; the guest-side cases as
 // lodgerd jobs next to nginx under load, nginx's probe p99 against its SLO
@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, JobStore, Scheduler } from '../daemon/index.ts';
 import { openGvisorRuntime, openRuntime, type HostedRuntime, type HostedSandbox, type Sandbox, type SandboxRuntime } from '../sandbox-runtime/index.ts';
 import { lodgerdKills } from './hostile-lodgerd.ts';
-import { lodgerdKillMidSuspend } from './hostile-suspend.ts';
+import { lodgerdKillMidSuspend, type LodgerdSuspendKill } from './hostile-suspend.ts';
 import { onlinePhase } from './hostile-online.ts';
 import { JOB_LINES, killOwnerMid, type OwnerOp } from './owner-kill.ts';
 import { median } from './services.ts';
@@ -27,9 +27,9 @@ import { passableTmpDir } from './tmp.ts';
 const { values } = parseArgs({
   options: {
     json: { type: 'boolean', default: false }, runs: { type: 'string', default: '5' }, kills: { type: 'string', default: '10' },
-    'owner-kills': { type: 'string', default: '5' }, 'lodgerd-kills': { type: 'string', default: '5' }, 'flood-mib': { type: 'string', default: '1024' },
+    'owner-kills': { type: 'string', default: '5' }, 'lodgerd-kills': { type: 'string', default: '5' }, 'budget-kills': { type: 'string', default: '3' }, 'flood-mib': { type: 'string', default: '1024' },
     'online-rounds': { type: 'string', default: '2' }, 'online-seconds': { type: 'string', default: '25' }, 'online-load': { type: 'string', default: '40' },
-    phases: { type: 'string', default: 'boot,kills,owner,lodgerd,lodgerd-suspend,flood,online' },
+    phases: { type: 'string', default: 'boot,kills,owner,lodgerd,lodgerd-suspend,lodgerd-restore,flood,online' },
   },
 });
 const phases = new Set(values.phases.split(','));
@@ -206,13 +206,18 @@ try {
     if (k.lostJobs || k.killedMidResize < k.runs) failures.push(`lodgerd killed mid-resize: ${k.lostJobs} jobs lost, ${k.runs - k.killedMidResize} runs without a resize to kill it in: ${k.details.join('; ')}`);
   }
 
-  // 2d. lodgerd killed mid-suspend (its controller's, under memory pressure in a budget cgroup).
-  if (phases.has('lodgerd-suspend')) {
-    const k = await lodgerdKillMidSuspend(dir, say);
-    results.lodgerdSuspendKill = k;
-    say(`lodgerd killed mid-suspend: ${JSON.stringify(k)}`);
-    if (!k.ran || !k.whole || !['succeeded', 'running'].includes(k.final ?? '') || k.attempts !== 1) failures.push(`lodgerd killed mid-suspend: ${JSON.stringify(k)}`);
+  // 2d. lodgerd killed mid-suspend and mid-restore (its controller's, under memory pressure in a budget cgroup), interleaved.
+  const budgetKills: Record<string, LodgerdSuspendKill[]> = {};
+  for (let i = 0; i < Number(values['budget-kills']); i++) {
+    for (const mode of ['suspend', 'restore'] as const) {
+      if (!phases.has(`lodgerd-${mode}`)) continue;
+      const k = await lodgerdKillMidSuspend(join(dir, `budget-${i}`), mode, say);
+      (budgetKills[mode] ??= []).push(k);
+      say(`lodgerd killed mid-${mode}: ${JSON.stringify(k)}`);
+      if (!k.ran || !k.whole || !['succeeded', 'running'].includes(k.final ?? '') || k.attempts !== 1) failures.push(`lodgerd killed mid-${mode}: ${JSON.stringify(k)}`);
+    }
   }
+  if (Object.keys(budgetKills).length) results.lodgerdBudgetKills = budgetKills;
 
   // 3. A log flood through the scheduler with the default limit.
   if (phases.has('flood')) await flood();
