@@ -1,5 +1,6 @@
 // Every host path the runtime touches, injected so logic runs against a temp dir in
 // unit tests and against the real kernel in integration tests.
+import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 
@@ -54,6 +55,16 @@ export const VMM_OOM_SCORE_ADJ = 1000;
  */
 export const LAUNCH_PRELUDE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_OOM_SCORE_ADJ" > /proc/$$/oom_score_adj; '
   + 'for f in $LODGER_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; ';
-export function launchEnv(cgroupProcs: readonly string[]): Record<string, string> {
-  return { LODGER_CGROUP_PROCS: cgroupProcs.join(' '), LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ) };
+/**
+ * How the launcher ends: exec "$@" with the CPU affinity inherited from lodgerd dropped
+ * (every online CPU, `LODGER_CPUS`): where a sandbox runs is its cgroup's cpuset alone. A
+ * lodgerd pinned to housekeeping CPUs (taskset, systemd's CPUAffinity=) would otherwise pin
+ * its sandboxes there too: since Linux 6.2 an affinity asked for is kept through cpuset
+ * changes and inherited, so widening the batch cpuset would not widen them.
+ */
+export const LAUNCH_EXEC = 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
+export function launchEnv(cgroupProcs: readonly string[], sys = '/sys'): Record<string, string> {
+  let cpus = '';
+  try { cpus = readFileSync(join(sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
+  return { LODGER_CGROUP_PROCS: cgroupProcs.join(' '), LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ), LODGER_CPUS: cpus };
 }

@@ -3,6 +3,7 @@
 // cannot pass yet is registered as an expected failure with the reason (ava turns it red
 // the day it passes); the fake, which runs no real guest, skips what only a guest shows.
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError, type Sandbox, type SandboxRuntime, type SandboxSpec } from '../sandbox-runtime/index.ts';
@@ -200,5 +201,24 @@ export function contractSuite(b: ContractBackend): void {
     await rt.shutdown(sb.id);
     t.deepEqual((await rt.list()).filter((x) => x.id === sb.id), []);
     t.deepEqual(paths.filter((p) => existsSync(p)), [], 'nothing left on the host');
+  });
+
+  // A lodgerd pinned to housekeeping CPUs must not pin its sandboxes there (since Linux 6.2
+  // an affinity asked for is inherited and kept through cpuset changes): the sandbox's
+  // processes may run on every online CPU, and its cgroup's cpuset alone places them.
+  def('a sandbox booted by an owner pinned to one CPU may run on every online CPU: its cgroup places it, not its owner\'s affinity', async (t) => {
+    const online = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim();
+    if (!b.realGuest || online === '0') { t.pass('no process, or one CPU'); return; }
+    const pin = (cpus: string): void => { spawnSync('taskset', ['-a', '-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' }); };
+    let sb: Sandbox | null = null;
+    pin('0');
+    try {
+      sb = await boot(`${b.name}-affinity`);
+    } finally {
+      pin(online);
+    }
+    const allowed = /^Cpus_allowed_list:\s*(\S+)$/m.exec(readFileSync(`/proc/${sb.status().pid!}/status`, 'utf8'))?.[1];
+    t.is(allowed, online);
+    await sb.stop();
   });
 }

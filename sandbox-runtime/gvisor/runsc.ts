@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxError, type SandboxErrorCode } from '../errors.ts';
-import { LAUNCH_PRELUDE, launchEnv } from '../host.ts';
+import { LAUNCH_EXEC, LAUNCH_PRELUDE, launchEnv } from '../host.ts';
 
 export type GvisorPlatform = 'systrap' | 'ptrace';
 
@@ -23,8 +23,10 @@ export function globalFlags(r: Runsc): string[] {
 export interface RunOptions {
   timeoutMs?: number;
   code?: SandboxErrorCode;
-  /** cgroup.procs files the runsc process joins first: its sandbox and gofer are born there. */
+  /** cgroup.procs files the runsc process joins first: its sandbox and gofer are born there, placed by the cgroup alone. */
   cgroupProcs?: string[];
+  /** The host's /sys (the online CPUs a boot may run on). */
+  sys?: string;
   /** stderr also appended here (the sandbox's log, read for a VmmExitedError's detail). */
   log?: string;
   /** A boot: the sandbox and gofer runsc forks inherit SANDBOX_RLIMITS. */
@@ -46,12 +48,13 @@ export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<str
   // Raising the file limit fails where the inherited hard limit is lower and may not be
   // raised (no CAP_SYS_RESOURCE, as on Lodger's test machines): that lower one bounds it then.
   const limits = o.rlimits ? `ulimit -c ${SANDBOX_RLIMITS.core} && { ulimit -n ${SANDBOX_RLIMITS.nofile} 2>/dev/null || true; } && ` : '';
-  const script = `${LAUNCH_PRELUDE}${limits}exec "$@"`;
+  // A boot's processes drop lodgerd's CPU affinity as QEMU's do (LAUNCH_EXEC); a short command keeps it.
+  const script = o.cgroupProcs ? `${LAUNCH_PRELUDE}${limits}${LAUNCH_EXEC}` : `${LAUNCH_PRELUDE}${limits}exec "$@"`;
   return new Promise((resolve, reject) => {
     // Pipes, never a regular file (runsc's output overwrote one from offset 0). The
     // container's processes inherit them, so the end is 'exit', not the pipes closing.
     const child = spawn('/bin/sh', ['-c', script, 'lodger-runsc', r.binary, ...argv], {
-      env: { ...process.env, ...launchEnv(procs) },
+      env: { ...process.env, ...launchEnv(procs, o.sys) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -149,7 +149,7 @@ export class GvisorSandbox implements Sandbox {
   private async boot([cmd, ...args]: string[]): Promise<void> {
     const pidFile = join(this.paths.dir, 'runsc.pid');
     await rm(pidFile, { force: true });
-    await runsc(this.rs, [cmd!, `--pid-file=${pidFile}`, ...args], { timeoutMs: 30_000, code: 'SANDBOX_BOOT_FAILED', cgroupProcs: this.cgroup?.procsFiles ?? [], log: this.paths.log, rlimits: true });
+    await runsc(this.rs, [cmd!, `--pid-file=${pidFile}`, ...args], { timeoutMs: 30_000, code: 'SANDBOX_BOOT_FAILED', cgroupProcs: this.cgroup?.procsFiles ?? [], sys: this.opts.host.sys, log: this.paths.log, rlimits: true });
     const pid = parsePidFile(readFileSync(pidFile, 'latin1'));
     this.pidValue = pid;
     this.intent = 'run';

@@ -15,7 +15,7 @@
 import { chownSync, existsSync, linkSync, lstatSync, mkdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SandboxError } from '../errors.ts';
-import { LAUNCH_PRELUDE } from '../host.ts';
+import { LAUNCH_EXEC, LAUNCH_PRELUDE } from '../host.ts';
 import { jailedProcesses, jailMismatch, type JailIdentity, type JailStatus } from '../jail.ts';
 
 export { allocateUid, DEFAULT_JAIL, holdUid, readJailStatus, releaseUid, type JailIdentity, type JailOptions, type JailStatus } from '../jail.ts';
@@ -106,7 +106,7 @@ export function jailedLaunch(qemu: string, args: string[], j: { root: string; id
     // A file past RLIMIT_FSIZE (a flooded console log) fails the write instead of killing QEMU.
     + "trap '' XFSZ; "
     + 'set -- unshare --mount --ipc --uts --net --propagation private -- /bin/sh -c "$LODGER_JAIL_INNER" lodger-jail "$LODGER_JAIL_ROOT" "$@"; '
-    + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
+    + LAUNCH_EXEC;
   return {
     argv: ['-c', outer, 'lodger-vmm', qemu, ...args],
     // Nothing of lodgerd's environment reaches the VMM (setpriv --reset-env needs a passwd entry).

@@ -6,7 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmmExitedError } from '../errors.ts';
 import { vmmName } from './args.ts';
-import { LAUNCH_PRELUDE, launchEnv } from '../host.ts';
+import { LAUNCH_EXEC, LAUNCH_PRELUDE, launchEnv } from '../host.ts';
 import { jailedLaunch } from './jail.ts';
 import { tail } from './wait.ts';
 
@@ -98,18 +98,15 @@ export class VmmProcess {
   /**
    * Starts QEMU through a shell that joins the cgroup, then becomes QEMU: every thread QEMU
    * ever makes is born inside the cgroup, none is left in the daemon's. It also drops the
-   * CPU affinity inherited from us: where a sandbox runs is its cgroup's cpuset.
+   * CPU affinity inherited from us (LAUNCH_EXEC).
    * `onExit` hears an exit that is the sandbox's end (not a retired or released VMM).
    */
   static spawn(o: SpawnOptions, onExit: (e: ProcessExit) => void): VmmProcess {
-    const script = LAUNCH_PRELUDE
-      + 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
-    let cpus = '';
-    try { cpus = readFileSync(join(o.sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
+    const script = LAUNCH_PRELUDE + LAUNCH_EXEC;
     const errFd = openSync(o.vmmLog, 'a');
     const launch = o.jail ? jailedLaunch(o.qemuBinary, o.args, o.jail) : { argv: ['-c', script, 'lodger-vmm', o.qemuBinary, ...o.args], env: {} };
     const child = spawn('/bin/sh', launch.argv, {
-      env: { ...(o.jail ? {} : process.env), ...launch.env, ...launchEnv(o.cgroupProcs), LODGER_CPUS: cpus },
+      env: { ...(o.jail ? {} : process.env), ...launch.env, ...launchEnv(o.cgroupProcs, o.sys) },
       stdio: ['ignore', 'ignore', errFd],
       detached: o.detached,
     });
