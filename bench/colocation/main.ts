@@ -24,7 +24,6 @@
 // clients, and on the other CPU it would take from exactly the batch CPU the static split
 // gives batch (skewing the comparison against it). Writes colocation.json and two PNG
 // charts to --out, and the report to docs/BENCHMARKS.md. Everything is stopped by pid.
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -85,13 +84,6 @@ const FIXED: Record<Exclude<Scenario, 'solo' | 'lodger'>, { cpus: string; cpuIdl
 const t0 = Date.now();
 const say = (m: string): void => console.error(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}`);
 say(`batch sandboxes: ${backend.backend} (${backend.reason})`);
-// This process (its probe, lodgerd's log streams, the report) runs off the service's CPU, as
-// lodgerd does: it is part of no scenario, and left to the scheduler it took 5% of the
-// service's CPU (2026-12-04, sampled per task), and its probe, which sets lodgerd's SLO,
-// saw the static split from a CPU lodgerd's own probe never runs on. What it starts is
-// placed on its own: the services and load generators by taskset, the sandboxes by their
-// cgroup's cpuset (the runtime drops an inherited affinity).
-if (cpus().length > 1) spawnSync('taskset', ['-a', '-p', '-c', BATCH_CPUS, String(process.pid)], { stdio: 'ignore' });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const policyYaml = (svc: Service, targetMs: number): string => policy(svc, targetMs, String(SERVICE_CPU));
