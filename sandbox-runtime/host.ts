@@ -63,8 +63,9 @@ export const LAUNCH_PRELUDE = '[ -n "$LODGER_OOM_SCORE_ADJ" ] && echo "$LODGER_O
  * changes and inherited, so widening the batch cpuset would not widen them.
  */
 export const LAUNCH_EXEC = 'if [ -n "$LODGER_CPUS" ] && command -v taskset >/dev/null; then exec taskset -c "$LODGER_CPUS" "$@"; fi; exec "$@"';
-export function launchEnv(cgroupProcs: readonly string[], sys = '/sys'): Record<string, string> {
+/** The launcher's inputs; `sys` (the host's /sys) given for a sandbox's own processes, whose affinity LAUNCH_EXEC drops. */
+export function launchEnv(cgroupProcs: readonly string[], sys?: string): Record<string, string> {
   let cpus = '';
-  try { cpus = readFileSync(join(sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
+  if (sys) try { cpus = readFileSync(join(sys, 'devices/system/cpu/online'), 'utf8').trim(); } catch { /* keep the inherited affinity */ }
   return { LODGER_CGROUP_PROCS: cgroupProcs.join(' '), LODGER_OOM_SCORE_ADJ: String(VMM_OOM_SCORE_ADJ), LODGER_CPUS: cpus };
 }

@@ -25,7 +25,7 @@ export interface RunOptions {
   code?: SandboxErrorCode;
   /** cgroup.procs files the runsc process joins first: its sandbox and gofer are born there, placed by the cgroup alone. */
   cgroupProcs?: string[];
-  /** The host's /sys (the online CPUs a boot may run on). */
+  /** The host's /sys, given for a boot: its processes may run on every online CPU, placed by their cgroup. */
   sys?: string;
   /** stderr also appended here (the sandbox's log, read for a VmmExitedError's detail). */
   log?: string;
@@ -48,8 +48,8 @@ export function runsc(r: Runsc, args: string[], o: RunOptions = {}): Promise<str
   // Raising the file limit fails where the inherited hard limit is lower and may not be
   // raised (no CAP_SYS_RESOURCE, as on Lodger's test machines): that lower one bounds it then.
   const limits = o.rlimits ? `ulimit -c ${SANDBOX_RLIMITS.core} && { ulimit -n ${SANDBOX_RLIMITS.nofile} 2>/dev/null || true; } && ` : '';
-  // A boot's processes drop lodgerd's CPU affinity as QEMU's do (LAUNCH_EXEC); a short command keeps it.
-  const script = o.cgroupProcs ? `${LAUNCH_PRELUDE}${limits}${LAUNCH_EXEC}` : `${LAUNCH_PRELUDE}${limits}exec "$@"`;
+  // A boot (given `sys`) drops lodgerd's CPU affinity as QEMU's launch does; a short command keeps it.
+  const script = `${LAUNCH_PRELUDE}${limits}${LAUNCH_EXEC}`;
   return new Promise((resolve, reject) => {
     // Pipes, never a regular file (runsc's output overwrote one from offset 0). The
     // container's processes inherit them, so the end is 'exit', not the pipes closing.
