@@ -103,12 +103,26 @@ async function until(what: string, ok: () => boolean, ms: number): Promise<void>
     // And memory is given back to a guest that needs it, once b is back and the pressure
     // stays away: a's job now fills its guest until less than a quarter of it is available.
     void a.exec({ argv: ['sh', '-c', 'n=0; while [ $(awk \'/^MemAvailable/{print $2}\' /proc/meminfo) -gt 51200 ]; do head -c 4194304 /dev/zero > /tmp/h/g$n; n=$((n+1)); done; echo short; sleep 3600'] });
-    await until('a given memory back', () => a.status().memoryMiB > lowA, 120_000).catch((e: Error) => {
+    // Waits for the recorded decision, not a's status: the status changes as the resize
+    // lands, the decision is recorded once the whole step is done.
+    // A resize is a grow when it asks for more than the step before it (a started at 512 MiB).
+    const memorySteps = (): string[] => {
+      let size = 512;
+      return decisions.flatMap((d) => d.results.filter((r) => r.action.kind === 'resize' || r.action.kind === 'restore').map((r) => {
+        const to = r.action.kind === 'resize' ? r.action.memoryMiB : undefined;
+        const grow = r.action.sandbox === 'mem-a' && to !== undefined && to > size;
+        if (r.action.sandbox === 'mem-a' && to !== undefined) size = to;
+        return `${r.action.kind} ${r.action.sandbox}${grow ? ' grow' : ''} ${r.ok ? 'ok' : 'failed'}`;
+      }));
+    };
+    await until('a given memory back', () => memorySteps().includes('resize mem-a grow ok'), 120_000).catch((e: Error) => {
       throw new Error(`${e.message}: a at ${a.status().memoryMiB} MiB, budget usage ${usage().toFixed(0)} MiB; the controller: ${loop?.lastReason}`);
     });
-    const after = decisions.flatMap((d) => d.results.filter((r) => r.action.kind === 'resize' || r.action.kind === 'restore').map((r) => `${r.action.kind} ${r.action.sandbox} ${r.ok ? 'ok' : 'failed'}`));
+    const after = memorySteps();
     t.log(`after the pressure: a ${lowA} -> ${a.status().memoryMiB} MiB; ${after.slice(-4).join(', ')}`);
-    t.true(after.lastIndexOf('restore mem-b ok') >= 0 && after.lastIndexOf('restore mem-b ok') < after.lastIndexOf('resize mem-a ok'), 'restore first, then regrow');
+    t.true(a.status().memoryMiB > lowA, `read back: a is at ${a.status().memoryMiB} MiB`);
+    const restored = after.lastIndexOf('restore mem-b ok');
+    t.true(restored >= 0 && restored < after.indexOf('resize mem-a grow ok'), 'restore first, then regrow');
     t.is(oomKills(), oomBefore, 'no OOM kill inside the budget');
   } finally {
     filler?.kill('SIGKILL');
