@@ -124,7 +124,7 @@ try {
       api.close();
     }
     await stopChild(b.lodgerd.proc, null, 30_000);
-    b.lodgerd.end();
+    await b.lodgerd.end();
   }
   for (const m of mountsUnder(dir).reverse()) spawnSync('umount', ['-l', m]);
   rmSync(dir, { recursive: true, force: true });

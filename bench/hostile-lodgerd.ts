@@ -114,7 +114,7 @@ spec:
   } finally {
     api?.close();
     await daemon.stop('SIGTERM').catch(() => {});
-    daemon.end();
+    await daemon.end();
   }
   r.restartMsMedian = Math.round(median(restarts));
   return r;

@@ -148,7 +148,7 @@ export async function onlinePhase(dir: string, o: { rounds: number; seconds: num
     }
     return { capacityRps: cap.capacityRps, rps, loadPct: o.loadPct, targetMs, staticClientP99Ms, cases: all.map(({ name, what }) => ({ name, what })), rows, summary, leaks: { processes: processesNaming(base).length } };
   } finally {
-    daemon.end();
+    await daemon.end();
     await nginx.stop();
   }
 }

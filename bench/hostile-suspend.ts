@@ -218,7 +218,7 @@ spec:
     filler?.kill('SIGKILL');
     api?.close();
     await daemon.stop('SIGTERM').catch(() => {});
-    daemon.end();
+    await daemon.end();
     server.close();
     for (let i = 0; i < 50; i++) {
       try { rmdirSync(bdir); break; } catch { await sleep(100); }

@@ -1,6 +1,8 @@
 // A real lodgerd for end-to-end tests, and the real CLI against it. It remembers the VMM
-// pids lodgerd logs ("... pid N)") so that `end()` can stop them by pid: a stopped lodgerd
-// keeps its sandboxes on purpose, a test must not.
+// pids lodgerd logs ("... pid N)") so that `end()` can stop them by pid, then has
+// `lodgerd --end-sandboxes` end what is left by id (a sandbox killed mid-boot was never
+// logged; a gVisor one has a gofer and mounts): a stopped lodgerd keeps its sandboxes on
+// purpose, a test must not.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { ApiClient } from '../daemon/index.ts';
@@ -14,6 +16,8 @@ export class TestDaemon {
   /** Everything lodgerd wrote to stderr since the last start. */
   log = '';
   readonly vmmPids = new Set<number>();
+  /** The flags of the latest start, for the sweep in end(). */
+  private started: string[] | null = null;
 
   /**
    * `args`: the flags every start gets (state dir, policy dir...); `--socket` is added.
@@ -26,6 +30,7 @@ export class TestDaemon {
   /** Starts lodgerd and resolves once it listens; rejects with its log if it exits or takes longer than `timeoutMs`. */
   start(extra: string[] = [], timeoutMs = 30_000): Promise<void> {
     this.log = '';
+    this.started = [...this.args, ...extra];
     const cmd = [...(this.cgroupProcs ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', this.cgroupProcs] : []), ...(this.cpus ? ['taskset', '-c', this.cpus] : []), process.execPath, join(root, 'bin', 'lodgerd.js'), '--socket', this.socket, ...this.args, ...extra];
     const d = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc = d;
@@ -69,13 +74,31 @@ export class TestDaemon {
     });
   }
 
-  /** For test.after.always: lodgerd and every VMM it logged, by pid. */
-  end(): void {
-    if (this.proc?.pid && this.running) this.proc.kill('SIGKILL');
+  /**
+   * For test.after.always: lodgerd and every VMM it logged, by pid; then every sandbox
+   * left in its state directory, by id (refused, harmlessly, while another lodgerd holds it).
+   */
+  async end(): Promise<void> {
+    if (this.proc?.pid && this.running) {
+      const exited = new Promise((r) => this.proc!.once('exit', r));
+      this.proc.kill('SIGKILL');
+      await exited;
+    }
     for (const pid of this.vmmPids) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
     }
+    if (this.started) await endSandboxes(this.started);
   }
+}
+
+/** `lodgerd --end-sandboxes` with these flags (its state directory, config): its exit code and log. */
+export function endSandboxes(flags: string[]): Promise<{ code: number | null; log: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(root, 'bin', 'lodgerd.js'), ...flags, '--end-sandboxes'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    child.stderr.on('data', (b) => { log += b; });
+    child.on('close', (code) => resolve({ code, log }));
+  });
 }
 
 /** A job's stored stdout, all of it, through lodgerd's API (StreamLogs without follow). */

@@ -105,6 +105,29 @@ async function configuredRuntime(cfg: LodgerdConfig, log: (m: string) => void): 
   return { runtime, accel: choice.backend === 'gvisor' ? { accel: first.accel.accel, reason: choice.reason } : first.accel, cgroups: first.cgroups };
 }
 
+/**
+ * Ends every sandbox a stopped lodgerd left in its state directory (a stop keeps job
+ * sandboxes for a restart on purpose): for a lodgerd that is not coming back, or a test
+ * that killed one. Holds the job store's lock while it runs, so a live lodgerd's
+ * sandboxes are refused (STORE_LOCKED); the jobs are left as they are, and a later start
+ * fails those whose sandbox is gone, their stored output kept. Returns the ids ended.
+ */
+export async function endLeftSandboxes(cfg: LodgerdConfig, log: (m: string) => void): Promise<string[]> {
+  lockStateDir(cfg.stateDir);
+  const store = new JobStore(join(cfg.stateDir, 'jobs.db'));
+  try {
+    const { runtime } = await configuredRuntime(cfg, log);
+    const ids = (await runtime.list()).map((s) => s.id);
+    for (const id of ids) {
+      await runtime.shutdown(id);
+      log(`sandbox ${id} ended`);
+    }
+    return ids;
+  } finally {
+    store.close();
+  }
+}
+
 /** The parts start() opens, in that order. */
 interface Parts {
   store: JobStore;

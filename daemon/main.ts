@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { spawn } from 'node:child_process';
 import { defaultConfigPath, loadConfig, type LodgerdConfig } from './config.ts';
-import { Lodgerd } from './lodgerd.ts';
+import { endLeftSandboxes, Lodgerd } from './lodgerd.ts';
 
 const log = (m: string): void => console.error(`lodgerd: ${m}`);
 
@@ -14,8 +14,9 @@ const program = new Command('lodgerd')
   .option('--policy-dir <dir>', 'overrides policyDir')
   .option('--metrics-address <host:port>', 'overrides metricsAddress')
   .option('--tcp-address <host:port>', 'overrides tcpAddress (needs the tls* keys)')
+  .option('--end-sandboxes', 'do not start: end every sandbox a stopped lodgerd left in the state directory (refused while a lodgerd runs on it), then exit')
   .parse(process.argv);
-const { config: file, ...overrides } = program.opts<{ config: string } & Partial<LodgerdConfig>>();
+const { config: file, endSandboxes, ...overrides } = program.opts<{ config: string; endSandboxes?: boolean } & Partial<LodgerdConfig>>();
 
 let config: LodgerdConfig;
 try {
@@ -23,6 +24,17 @@ try {
 } catch (e) {
   log((e as Error).message);
   process.exit(2);
+}
+
+if (endSandboxes) {
+  try {
+    const ids = await endLeftSandboxes(config, log);
+    log(`${ids.length} sandbox(es) ended`);
+    process.exit(0);
+  } catch (e) {
+    log((e as Error).message);
+    process.exit(1);
+  }
 }
 
 const lodgerd = new Lodgerd({ config, log });

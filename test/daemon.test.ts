@@ -5,7 +5,7 @@ import { execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { type CliResult, freePort, passableTmpDir, TestDaemon } from '../bench/index.ts';
+import { type CliResult, endSandboxes, freePort, passableTmpDir, TestDaemon } from '../bench/index.ts';
 import { runscInstalled } from './helpers.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -99,7 +99,7 @@ test.serial('a second lodgerd on the same state directory is refused: the job st
     t.regex(e!.message, /the job store .*jobs\.db is locked by another process/);
     t.not(second.proc?.exitCode, 0);
   } finally {
-    second.end();
+    await second.end();
   }
   t.is((await lodger(['status'])).code, 0);
   t.true(existsSync(socket), 'the first lodgerd\'s socket is untouched');
@@ -272,4 +272,25 @@ test.serial('stop semantics: SIGTERM stops the warm pool (also a sandbox still b
   t.regex(lodgerd.log, /job drained: succeeded \(exit 0\)/);
   t.regex(lodgerd.log, /shut down: no sandbox, cgroup or pool VMM left/);
   t.deepEqual(vmmsOf(s2), [], 'no VMM left');
+});
+
+test.serial('lodgerd --end-sandboxes ends what a killed lodgerd left, by id, and is refused while a lodgerd runs on the state directory', async (t) => {
+  const s3 = join(dir, 'stop-3');
+  await startDaemon(['--state-dir', s3]);
+  for (let i = 0; i < 600 && !/\[sandbox pool-[0-9a-f]+\] ready/.test(lodgerd.log); i++) await new Promise((r) => setTimeout(r, 100));
+  const [pool] = vmmsOf(s3);
+  t.truthy(pool, 'the pool sandbox runs');
+  const refused = await endSandboxes(['--state-dir', s3, '--policy-dir', policyDir]);
+  t.is(refused.code, 1);
+  t.regex(refused.log, /jobs\.db is locked by another process/);
+  t.true(existsSync(`/proc/${pool}`), 'a running lodgerd\'s sandbox is left alone');
+  await stopDaemon('SIGKILL');
+  t.true(existsSync(`/proc/${pool}`), 'a killed lodgerd leaves its pool sandbox');
+  const ended = await endSandboxes(['--state-dir', s3, '--policy-dir', policyDir]);
+  t.is(ended.code, 0, ended.log);
+  t.regex(ended.log, /sandbox pool-[0-9a-f]+ ended/);
+  t.regex(ended.log, /1 sandbox\(es\) ended/);
+  t.deepEqual(vmmsOf(s3), [], 'no VMM left');
+  const again = await endSandboxes(['--state-dir', s3, '--policy-dir', policyDir]);
+  t.regex(again.log, /0 sandbox\(es\) ended/, 'repeated, it finds nothing');
 });

@@ -67,8 +67,8 @@ const reasons = async (id: string): Promise<string> => {
   return jobs.find((j) => j.id === id)!.transitions.map((x) => x.reason).join(' | ');
 };
 
-test.after.always(() => {
-  lodgerd.end();
+test.after.always(async () => {
+  await lodgerd.end();
   // A stopped lodgerd keeps its cgroup parent (and its sandboxes' groups, ended above).
   for (const p of new CgroupManager({ host: { root: '/sys/fs/cgroup', proc: '/proc' }, parent: cgroupParent }).parents.values()) {
     if (!existsSync(p)) continue;

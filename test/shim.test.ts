@@ -75,7 +75,7 @@ test.after.always(async () => {
     api.close();
   }
   await stopChild(lodgerd.proc, null, 30_000);
-  lodgerd.end();
+  await lodgerd.end();
   for (const m of mountsUnder(dir).reverse()) spawnSync('umount', ['-l', m]);
   if (!process.env.LODGER_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
 });
