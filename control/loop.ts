@@ -13,7 +13,7 @@ import { MemoryBudget, parsePsi, ProcFile, type ServiceMonitor, type ServiceRead
 import { join } from 'node:path';
 
 export interface LoopSandbox extends ActuatedSandbox {
-  status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };
+  status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null; backend?: string };
 }
 
 export interface HostReader {
@@ -63,6 +63,8 @@ export interface ControlLoopOptions {
   monitors: ServiceMonitor[];
   host: HostReader;
   sandboxes: () => LoopSandbox[];
+  /** Sandboxes kept on the batch CPUs whatever the level (SandboxObservation.confined). */
+  confined?: (s: LoopSandbox) => boolean;
   /** The pool's parent cgroup, for clamps a starting sandbox inherits. */
   pool?: ActuatedPool | null;
   /** Where the controller's state survives a restart. */
@@ -184,6 +186,7 @@ export class ControlLoop extends EventEmitter {
         return {
           id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', suspended: st.state === 'suspended', suspending: st.state === 'suspending' || st.state === 'resuming',
           guestMemAvailableMiB: st.guest && st.state !== 'suspended' ? Math.round(st.guest.memAvailableKiB / 1024) : null,
+          ...(this.o.confined?.(s) ? { confined: true } : {}),
         };
       }),
     };

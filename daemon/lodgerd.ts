@@ -327,6 +327,9 @@ export class Lodgerd {
       monitors: this.policySet.services.map((s) => new ServiceMonitor(s)),
       host,
       sandboxes: () => this.loopSandboxes(),
+      // gVisor batch spread over the service's CPUs under cpu.idle does less work than on
+      // the batch CPUs alone, with the same CPU time (bench/idle-spread.ts, docs/BENCHMARKS.md).
+      confined: (s) => s.status().backend === 'gvisor',
       pool: await this.poolTarget(),
       store: new FileStateStore(join(this.config.stateDir, 'controller.json'), this.log),
     });

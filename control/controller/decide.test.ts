@@ -482,3 +482,22 @@ test('a breach with the cpuset applied takes no vCPU away (batch is already off 
   t.is(run('cpu.idle, cpuset'), 2);
   t.is(run('cpu.idle, cpu.weight'), 1);
 });
+
+test('a confined sandbox stays on the batch CPUs whatever the level, with the level\'s other knobs; the pool parent and the others follow the level', (t) => {
+  const sbs = [{ id: 'q', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 }, { id: 'g', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200, confined: true }];
+  const obs = obsAt(0, 0.5, sbs);
+  // Only cpu.idle applied: the cpuset is released.
+  const released = decide(policy, obs, { ...INITIAL_STATE, level: 1, order: ['cpu.idle', 'cpuset', 'cpu.weight'] });
+  const knobs = (p: Plan, id: string) => p.desired.sandboxes.find((d) => d.id === id)!.knobs;
+  t.is(knobs(released, 'q').cpus, '0-7');
+  t.is(knobs(released, 'g').cpus, '1,2,3,4,5,6,7');
+  t.is(released.desired.pool.cpus, '0-7', 'the parent is wide, so the unconfined sandbox may use every CPU');
+  t.true(knobs(released, 'g').cpuIdle, 'the level\'s other knobs hold for it too');
+  t.false(knobs(released, 'g').cpuWeight === 1, 'and the released ones are released for it too');
+  t.regex(released.reason, /1 sandbox kept on the batch CPUs \(confined\)/);
+  // With the cpuset applied both are on the batch CPUs, and the reason says nothing more.
+  const clamped = decide(policy, obs, { ...INITIAL_STATE, level: 2, order: ['cpu.idle', 'cpuset', 'cpu.weight'] });
+  t.is(knobs(clamped, 'q').cpus, '1,2,3,4,5,6,7');
+  t.is(knobs(clamped, 'g').cpus, '1,2,3,4,5,6,7');
+  t.notRegex(clamped.reason, /confined/);
+});

@@ -62,6 +62,12 @@ export interface SandboxObservation {
   suspending?: boolean;
   /** Guest MemAvailable, when the guest reports it. */
   guestMemAvailableMiB: number | null;
+  /**
+   * Kept on the batch CPUs whatever the level: a sandbox that does less work spread over
+   * the service's CPUs under cpu.idle than on the batch CPUs alone (gVisor's, measured by
+   * bench/idle-spread.ts); the pool parent and the other sandboxes still follow the level.
+   */
+  confined?: boolean;
 }
 
 export interface Observations {
@@ -371,9 +377,13 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
 
   const split = cpuSplit(obs.host.cpus, policy.services, pool.reserve.cpus);
   const on = new Set(applied);
+  const onConfined = new Set<CgroupKnob>([...applied, 'cpuset']);
+  const live = obs.sandboxes.filter((sb) => !sb.suspended);
+  const confinedNow = pool.knobs.includes('cpuset') && !on.has('cpuset') ? live.filter((sb) => sb.confined).length : 0;
+  if (confinedNow) why += `; ${confinedNow} sandbox${confinedNow > 1 ? 'es' : ''} kept on the batch CPUs (confined)`;
   const desired: Desired = {
     pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), on, split, 1),
-    sandboxes: obs.sandboxes.filter((sb) => !sb.suspended).map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, on, split, sb.vcpus), paused: state.paused })),
+    sandboxes: live.map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, sb.confined ? onConfined : on, split, sb.vcpus), paused: state.paused })),
     applied, reason: why,
   };
 
