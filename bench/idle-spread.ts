@@ -65,8 +65,12 @@ try {
         console.error(`${backend} round ${round} ${name.padEnd(14)}: cpu job ${row.cpuUnits.toFixed(2)} units/s on ${row.cpuUse.toFixed(2)} CPUs, mem job ${row.memUnits.toFixed(2)} units/s on ${row.memUse.toFixed(2)} CPUs`);
       }
     }
-    for (const k of kids) writeFileSync(join(CPU, parent, k, 'cpu.shares'), '1024');
+    writeFileSync(join(CPU, parent, 'cpu.idle'), '0');
     writeFileSync(join(CPU, parent, 'cpu.shares'), '1024');
+    for (const k of kids) {
+      writeFileSync(join(CPU, parent, k, 'cpu.idle'), '0');
+      writeFileSync(join(CPU, parent, k, 'cpu.shares'), '1024');
+    }
     await batch.stop();
     batch = null;
   }
