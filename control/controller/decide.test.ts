@@ -494,10 +494,28 @@ test('a confined sandbox stays on the batch CPUs whatever the level, with the le
   t.is(released.desired.pool.cpus, '0-7', 'the parent is wide, so the unconfined sandbox may use every CPU');
   t.true(knobs(released, 'g').cpuIdle, 'the level\'s other knobs hold for it too');
   t.false(knobs(released, 'g').cpuWeight === 1, 'and the released ones are released for it too');
-  t.regex(released.reason, /1 sandbox kept on the batch CPUs \(confined\)/);
+  t.regex(released.reason, /1 sandbox confined/);
   // With the cpuset applied both are on the batch CPUs, and the reason says nothing more.
   const clamped = decide(policy, obs, { ...INITIAL_STATE, level: 2, order: ['cpu.idle', 'cpuset', 'cpu.weight'] });
   t.is(knobs(clamped, 'q').cpus, '1,2,3,4,5,6,7');
   t.is(knobs(clamped, 'g').cpus, '1,2,3,4,5,6,7');
   t.notRegex(clamped.reason, /confined/);
+});
+
+test('with cpu.idle and cpu.weight kept applied, a confined sandbox gets the static split\'s setting until a breach escalates; the pool parent too when every sandbox is confined', (t) => {
+  const kept: ControllerPolicy = { services: [service], pool: defaultPool('reserve: { cpus: 1, memory: 1Gi }, sandbox: { maxVcpus: 4, maxMemory: 2Gi }, knobs: [cpu.idle, cpu.weight, cpuset], keepApplied: [cpu.idle, cpu.weight], escalate: [cpuset]') };
+  const g = { id: 'g', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200, confined: true };
+  const q = { id: 'q', vcpus: 2, memoryMiB: 256, paused: false, guestMemAvailableMiB: 200 };
+  const calm = { ...INITIAL_STATE, level: 2, order: ['cpu.idle', 'cpu.weight', 'cpuset'] as ControllerState['order'] };
+  const knobs = (p: Plan, id: string) => p.desired.sandboxes.find((d) => d.id === id)!.knobs;
+  const only = decide(kept, obsAt(0, 0.5, [g]), calm);
+  t.deepEqual(knobs(only, 'g'), { cpuIdle: false, cpuWeight: 100, cpus: '1,2,3,4,5,6,7' });
+  t.deepEqual(only.desired.pool, { cpuIdle: false, cpus: '1,2,3,4,5,6,7' }, 'the parent is the static split\'s too');
+  const mixed = decide(kept, obsAt(0, 0.5, [g, q]), calm);
+  t.deepEqual(knobs(mixed, 'g'), { cpuIdle: false, cpuWeight: 100, cpus: '1,2,3,4,5,6,7' });
+  t.deepEqual(knobs(mixed, 'q'), { cpuIdle: true, cpuWeight: 1, cpus: '0-7' });
+  t.deepEqual(mixed.desired.pool, { cpuIdle: true, cpus: '0-7' }, 'an unconfined sandbox keeps the parent at the level');
+  const escalated = decide(kept, obsAt(0, 0.5, [g]), { ...calm, level: 3 });
+  t.deepEqual(knobs(escalated, 'g'), { cpuIdle: true, cpuWeight: 1, cpus: '1,2,3,4,5,6,7' }, 'an escalation clamps it too');
+  t.deepEqual(escalated.desired.pool, { cpuIdle: true, cpus: '1,2,3,4,5,6,7' });
 });

@@ -377,12 +377,19 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
 
   const split = cpuSplit(obs.host.cpus, policy.services, pool.reserve.cpus);
   const on = new Set(applied);
-  const onConfined = new Set<CgroupKnob>([...applied, 'cpuset']);
+  // A confined sandbox gets the static split's setting (the batch CPUs, nothing else)
+  // until the level goes past the kept knobs (a breach earned an escalation), then all of
+  // the level's; the pool parent too when every sandbox is confined (its cpu.idle is what
+  // costs them most, bench/idle-spread.ts), else it follows the level for the others.
+  const keep = keptKnobs(pool);
+  const escalated = applied.some((k) => !keep.includes(k));
+  const onConfined = new Set<CgroupKnob>([...(escalated ? applied : applied.filter((k) => !keep.includes(k))), 'cpuset']);
   const live = obs.sandboxes.filter((sb) => !sb.suspended);
-  const confinedNow = pool.knobs.includes('cpuset') && !on.has('cpuset') ? live.filter((sb) => sb.confined).length : 0;
-  if (confinedNow) why += `; ${confinedNow} sandbox${confinedNow > 1 ? 'es' : ''} kept on the batch CPUs (confined)`;
+  const allConfined = live.length > 0 && live.every((sb) => sb.confined);
+  const confinedNow = live.filter((sb) => sb.confined).length;
+  if (confinedNow && (!escalated || !on.has('cpuset'))) why += `; ${confinedNow} sandbox${confinedNow > 1 ? 'es' : ''} confined (the batch CPUs${escalated ? '' : ', no kept knob until a breach escalates'})`;
   const desired: Desired = {
-    pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), on, split, 1),
+    pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), allConfined ? onConfined : on, split, 1),
     sandboxes: live.map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, sb.confined ? onConfined : on, split, sb.vcpus), paused: state.paused })),
     applied, reason: why,
   };
