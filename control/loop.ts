@@ -63,7 +63,7 @@ export interface ControlLoopOptions {
   monitors: ServiceMonitor[];
   host: HostReader;
   sandboxes: () => LoopSandbox[];
-  /** Sandboxes kept on the batch CPUs whatever the level (SandboxObservation.confined). */
+  /** Sandboxes given the static split's setting until a breach escalates (SandboxObservation.confined). */
   confined?: (s: LoopSandbox) => boolean;
   /** The pool's parent cgroup, for clamps a starting sandbox inherits. */
   pool?: ActuatedPool | null;

@@ -63,9 +63,9 @@ export interface SandboxObservation {
   /** Guest MemAvailable, when the guest reports it. */
   guestMemAvailableMiB: number | null;
   /**
-   * Kept on the batch CPUs whatever the level: a sandbox that does less work spread over
-   * the service's CPUs under cpu.idle than on the batch CPUs alone (gVisor's, measured by
-   * bench/idle-spread.ts); the pool parent and the other sandboxes still follow the level.
+   * Given the static split's setting (the batch CPUs, no kept knob) until a breach
+   * escalates: a sandbox that does less work under cpu.idle with the same CPU time
+   * (gVisor's, bench/idle-spread.ts), where the kept knobs are no longer work-conserving.
    */
   confined?: boolean;
 }
