@@ -13,7 +13,7 @@ import { MemoryBudget, parsePsi, ProcFile, type ServiceMonitor, type ServiceRead
 import { join } from 'node:path';
 
 export interface LoopSandbox extends ActuatedSandbox {
-  status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null; backend?: string };
+  status(): { vcpus: number; memoryMiB: number; state: string; guest: { memAvailableKiB: number } | null };
 }
 
 export interface HostReader {
@@ -63,8 +63,6 @@ export interface ControlLoopOptions {
   monitors: ServiceMonitor[];
   host: HostReader;
   sandboxes: () => LoopSandbox[];
-  /** Sandboxes given the static split's setting until a breach escalates (SandboxObservation.confined). */
-  confined?: (s: LoopSandbox) => boolean;
   /** The pool's parent cgroup, for clamps a starting sandbox inherits. */
   pool?: ActuatedPool | null;
   /** Where the controller's state survives a restart. */
@@ -186,7 +184,6 @@ export class ControlLoop extends EventEmitter {
         return {
           id: s.id, vcpus: st.vcpus, memoryMiB: st.memoryMiB, paused: st.state === 'paused', suspended: st.state === 'suspended', suspending: st.state === 'suspending' || st.state === 'resuming',
           guestMemAvailableMiB: st.guest && st.state !== 'suspended' ? Math.round(st.guest.memAvailableKiB / 1024) : null,
-          ...(this.o.confined?.(s) ? { confined: true } : {}),
         };
       }),
     };

@@ -327,9 +327,6 @@ export class Lodgerd {
       monitors: this.policySet.services.map((s) => new ServiceMonitor(s)),
       host,
       sandboxes: () => this.loopSandboxes(),
-      // gVisor batch under cpu.idle does less work with the same CPU time, spread over
-      // the service's CPUs most of all (bench/idle-spread.ts, docs/BENCHMARKS.md).
-      confined: (s) => s.status().backend === 'gvisor',
       pool: await this.poolTarget(),
       store: new FileStateStore(join(this.config.stateDir, 'controller.json'), this.log),
     });

@@ -62,12 +62,6 @@ export interface SandboxObservation {
   suspending?: boolean;
   /** Guest MemAvailable, when the guest reports it. */
   guestMemAvailableMiB: number | null;
-  /**
-   * Given the static split's setting (the batch CPUs, no kept knob) until a breach
-   * escalates: a sandbox that does less work under cpu.idle with the same CPU time
-   * (gVisor's, bench/idle-spread.ts), where the kept knobs are no longer work-conserving.
-   */
-  confined?: boolean;
 }
 
 export interface Observations {
@@ -377,20 +371,9 @@ export function decide(policy: ControllerPolicy, obs: Observations, prevIn: Cont
 
   const split = cpuSplit(obs.host.cpus, policy.services, pool.reserve.cpus);
   const on = new Set(applied);
-  // A confined sandbox gets the static split's setting (the batch CPUs, nothing else)
-  // until the level goes past the kept knobs (a breach earned an escalation), then all of
-  // the level's; the pool parent too when every sandbox is confined (its cpu.idle is what
-  // costs them most, bench/idle-spread.ts), else it follows the level for the others.
-  const keep = keptKnobs(pool);
-  const escalated = applied.some((k) => !keep.includes(k));
-  const onConfined = new Set<CgroupKnob>([...(escalated ? applied : applied.filter((k) => !keep.includes(k))), 'cpuset']);
-  const live = obs.sandboxes.filter((sb) => !sb.suspended);
-  const allConfined = live.length > 0 && live.every((sb) => sb.confined);
-  const confinedNow = live.filter((sb) => sb.confined).length;
-  if (confinedNow && (!escalated || !on.has('cpuset'))) why += `; ${confinedNow} sandbox${confinedNow > 1 ? 'es' : ''} confined (the batch CPUs${escalated ? '' : ', no kept knob until a breach escalates'})`;
   const desired: Desired = {
-    pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), allConfined ? onConfined : on, split, 1),
-    sandboxes: live.map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, sb.confined ? onConfined : on, split, sb.vcpus), paused: state.paused })),
+    pool: settingsFor(pool.knobs.filter((k) => k === 'cpuset' || k === 'cpu.idle'), on, split, 1),
+    sandboxes: obs.sandboxes.filter((sb) => !sb.suspended).map((sb) => ({ id: sb.id, knobs: settingsFor(pool.knobs, on, split, sb.vcpus), paused: state.paused })),
     applied, reason: why,
   };
 
