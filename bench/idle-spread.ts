@@ -10,7 +10,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startDirect, type DirectBatch } from './colocation/batch.ts';
+import { startDirect, type DirectBatch } from './colocation/index.ts';
 import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({ options: { backends: { type: 'string', default: 'gvisor,qemu' }, rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '10' } } });
