@@ -11,6 +11,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startDirect, type DirectBatch } from './colocation/index.ts';
+import { median } from './services.ts';
 import { passableTmpDir } from './tmp.ts';
 
 const { values } = parseArgs({ options: { backends: { type: 'string', default: 'gvisor,qemu' }, rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '10' } } });
@@ -29,7 +30,6 @@ const VARIANTS: Record<string, { parentIdle: boolean; kidsIdle: boolean; shares:
   'weight-1': { parentIdle: false, kidsIdle: false, shares: 2, cpus: all },
   'batch-cpus': { parentIdle: false, kidsIdle: false, shares: 1024, cpus: batchCpus },
 };
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
 
 const dir = passableTmpDir('lodger-idlespread-');
 const parent = `lodger-coloc-${process.pid}`;

@@ -79,16 +79,25 @@ export class TestDaemon {
    * left in its state directory, by id (refused, harmlessly, while another lodgerd holds it).
    */
   async end(): Promise<void> {
-    if (this.proc?.pid && this.running) {
-      const exited = new Promise((r) => this.proc!.once('exit', r));
-      this.proc.kill('SIGKILL');
-      await exited;
-    }
-    for (const pid of this.vmmPids) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-    }
-    if (this.started) await endSandboxes(this.started);
+    await endLodgerd(this.proc, this.vmmPids, this.started);
   }
+}
+
+/**
+ * A lodgerd that must not outlive its test or bench: SIGKILLed (awaited), every VMM it
+ * logged killed by pid, then, given its flags, what is left ended by id. Resolves with the
+ * sweep's log.
+ */
+export async function endLodgerd(proc: ChildProcess | null, vmmPids: Iterable<number>, flags: string[] | null): Promise<string> {
+  if (proc?.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGKILL');
+    await exited;
+  }
+  for (const pid of vmmPids) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+  return flags ? (await endSandboxes(flags)).log : '';
 }
 
 /** `lodgerd --end-sandboxes` with these flags (its state directory, config): its exit code and log. */

@@ -8,7 +8,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ApiClient } from '../../daemon/index.ts';
 import { openGvisorRuntime, openRuntime, type Backend, type Sandbox } from '../../sandbox-runtime/index.ts';
-import { endSandboxes } from '../lodgerd.ts';
+import { endLodgerd } from '../lodgerd.ts';
 
 const CPU_LOOP = 'w(){ while :; do head -c 1048576 /dev/zero | gzip -1 | sha256sum >/dev/null; echo u; done; }; w & w & wait';
 const MEM_LOOP = 'head -c 100663296 /dev/zero > /tmp/big; o=0; while :; do dd if=/tmp/big bs=1M skip=$o count=8 2>/dev/null | sha256sum >/dev/null; o=$(( (o + 8) % 88 )); echo m; done';
@@ -134,13 +134,7 @@ export async function startDaemon(dir: string, tag: string, policyYaml: string, 
   const vmmPids = (): number[] => [...log.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
   // By pid what it logged, then by id what is left (a sandbox killed mid-boot was never logged).
   const kill = async (): Promise<void> => {
-    if (daemon.exitCode === null && daemon.signalCode === null) {
-      const gone = new Promise((r) => daemon.once('exit', r));
-      daemon.kill('SIGKILL');
-      await gone;
-    }
-    for (const pid of vmmPids()) if (existsSync(`/proc/${pid}`)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-    const { log: left } = await endSandboxes(['--config', config, '--state-dir', join(base, 'state')]);
+    const left = await endLodgerd(daemon, vmmPids(), ['--config', config, '--state-dir', join(base, 'state')]);
     if (/sandbox \S+ ended/.test(left)) console.error(`lodgerd-${tag} had left sandboxes, ended by id:\n${left}`);
   };
   let api: ApiClient | null = null;
